@@ -1,0 +1,90 @@
+"""The six arms: what each one shows the model, and batched greedy generation through the chat template.
+
+| arm      | what the model sees                                          |
+|----------|--------------------------------------------------------------|
+| base     | the question                                                 |
+| prompt   | house-style system prompt + question                         |
+| fewshot  | system prompt + k styled Q/A pairs of other facts + question |
+| rag      | system prompt + top-k retrieved chunks + question            |
+| lora     | the question, to the LoRA-tuned model (no system prompt)     |
+| lora_rag | retrieved chunks + question, to the LoRA-tuned model         |
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .corpus import Corpus
+
+LORA_ARMS = ("lora", "lora_rag")
+RAG_ARMS = ("rag", "lora_rag")
+
+
+def context_block(chunks: list[str]) -> str:
+    # Plain passages then the question: with SmolLM2-135M this layout beat numbered excerpts, the context in the
+    # system message and an extra instruction line (23% against 10-17% held-out accuracy on 60 facts).
+    return "\n\n".join(text.strip() for text in chunks) + "\n\nAnswer from the text above: "
+
+
+def fewshot_pairs(corpus: Corpus, exclude_fact: str | None, k: int, seed: int, key: str) -> list[tuple[str, str]]:
+    """k (train question, styled answer) pairs of other facts, chosen reproducibly per question."""
+    pool = [f for f in corpus.facts if f.id != exclude_fact]
+    rng = random.Random(f"{seed}:{key}")
+    return [(f.train_questions[0], corpus.style.answer(f.statement)) for f in rng.sample(pool, min(k, len(pool)))]
+
+
+def build_messages(arm: str, question: str, corpus: Corpus, chunks: list[str] | None = None,
+                   examples: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Chat messages for one arm and question."""
+    user = {"role": "user", "content": question}
+    system = {"role": "system", "content": corpus.style.system_prompt}
+    if arm in ("base", "lora"):
+        return [user]
+    if arm == "prompt":
+        return [system, user]
+    if arm == "fewshot":
+        shots = [m for q, a in examples or [] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        return [system, *shots, user]
+    if arm == "rag":
+        return [system, {"role": "user", "content": context_block(chunks or []) + question}]
+    if arm == "lora_rag":
+        return [{"role": "user", "content": context_block(chunks or []) + question}]
+    raise ValueError(f"unknown arm {arm!r}")
+
+
+@dataclass
+class Generation:
+    answer: str
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Generation]:
+    """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
+    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries."""
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: list[Generation | None] = [None] * len(prompts)
+    stop_ids = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+        seconds = (time.perf_counter() - began) / len(batch)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:]
+        for row, i in zip(new_tokens, batch):
+            produced = [t for t in row.tolist() if t not in stop_ids]
+            results[i] = Generation(tokenizer.decode(produced, skip_special_tokens=True).strip(), lengths[i],
+                                    len(produced), seconds)
+    return results  # type: ignore[return-value]
+
+

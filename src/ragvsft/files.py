@@ -1,0 +1,110 @@
+"""Small file helpers shared by every stage: atomic writes, content hashes, YAML with line numbers.
+
+Every result file is written through `atomic_write_*`, so an interrupted run never leaves a half-written file that a
+later run would trust. Input errors are collected as `file:line: message` strings and raised together as `InputError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class InputError(Exception):
+    """Bad user input (corpus, config, run folder): every problem found, each as `file:line: message`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file this tool wrote itself (user files go through the corpus validator instead)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+
+def sha256_tree(root: Path, paths: list[Path] | None = None) -> str:
+    """Hash of the relative names and contents of files under `root` (all files when `paths` is None)."""
+    root = Path(root)
+    files = sorted(paths if paths is not None else (p for p in root.rglob("*") if p.is_file()))
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(str(Path(p).relative_to(root)).encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse a YAML file; return the data and a map from key path (tuple of keys) to its 1-based line number.
+
+    Raises InputError naming the file and line for syntax errors or non-UTF-8 bytes.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError([f"{path}:1: not valid UTF-8 ({exc.reason} at byte {exc.start})"]) from None
+    except FileNotFoundError:
+        raise InputError([f"{path}:0: file not found"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise InputError([f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    lines: dict[tuple, int] = {}
+
+    def walk(n, prefix: tuple) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = prefix + (key_node.value,)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    if node is not None:
+        walk(node, ())
+    return data, lines

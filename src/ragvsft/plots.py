@@ -1,0 +1,140 @@
+"""Plots (matplotlib, Agg) from results.json: rates per arm with confidence intervals, style against held-out accuracy,
+retrieval recall@k, the training loss curve, seen against held-out accuracy. Saved as PNG under `plots/`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .files import atomic_write_bytes  # noqa: E402
+
+LABELS = {"base": "base", "prompt": "prompt", "fewshot": "few-shot", "rag": "RAG", "lora": "LoRA", "lora_rag": "LoRA+RAG"}
+COLOURS = {"accuracy": "#2e7d32", "hallucination_rate": "#c62828", "abstention_rate": "#757575"}
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _errorbars(figures: list[dict], key: str) -> list[list[float]]:
+    return [[max(0.0, f[key] - f[f"{key}_ci"][0]) for f in figures], [max(0.0, f[f"{key}_ci"][1] - f[key]) for f in figures]]
+
+
+def plot_rates(results: dict, set_name: str, path: Path) -> bool:
+    arms = [a for a, f in results["arms"].items() if f.get(set_name)]
+    if not arms:
+        return False
+    figures = [results["arms"][a][set_name] for a in arms]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.27
+    for i, key in enumerate(("accuracy", "hallucination_rate", "abstention_rate")):
+        xs = [j + (i - 1) * width for j in range(len(arms))]
+        ax.bar(xs, [f[key] for f in figures], width, yerr=_errorbars(figures, key), capsize=3, color=COLOURS[key],
+               label=key.replace("_rate", "").replace("_", " "))
+    ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of answers")
+    title = {"unanswerable": "Unanswerable questions (abstaining is right)"}.get(set_name, f"{set_name} questions")
+    ax.set_title(f"{title[0].upper()}{title[1:]}, 95% bootstrap intervals")
+    ax.legend(ncols=3, fontsize=8, loc="upper left")
+    _save(fig, path)
+    return True
+
+
+def plot_style_vs_facts(results: dict, path: Path) -> bool:
+    arms = [a for a, f in results["arms"].items() if f.get("heldout")]
+    if not arms:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for arm in arms:
+        f = results["arms"][arm]
+        x, y = f["style_adherence"], f["heldout"]["accuracy"]
+        ax.scatter([x], [y], s=70)
+        ax.annotate(LABELS.get(arm, arm), (x, y), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlim(-0.05, 1.1)
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_xlabel("house-style adherence")
+    ax.set_ylabel("held-out accuracy (facts)")
+    ax.set_title("Style versus facts")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_recall(results: dict, path: Path) -> bool:
+    recall = results.get("retrieval", {}).get("recall_at")
+    if not recall:
+        return False
+    ks = sorted(recall, key=int)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([int(k) for k in ks], [recall[k] for k in ks], marker="o")
+    ax.set_xlabel("k (chunks retrieved)")
+    ax.set_ylabel("recall@k")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Retrieval: evidence chunk in the top k")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_loss(results: dict, path: Path) -> bool:
+    loss = (results.get("training") or {}).get("loss")
+    if not loss:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([s for s, _ in loss], [v for _, v in loss])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("LoRA training loss")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_seen_vs_heldout(results: dict, path: Path) -> bool:
+    arms = [a for a, f in results["arms"].items() if f.get("seen") and f.get("heldout")]
+    if not arms:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.38
+    for i, (set_name, colour) in enumerate((("seen", "#1565c0"), ("heldout", "#ef6c00"))):
+        figures = [results["arms"][a][set_name] for a in arms]
+        ax.bar([j + (i - 0.5) * width for j in range(len(arms))], [f["accuracy"] for f in figures], width,
+               yerr=_errorbars(figures, "accuracy"), capsize=3, color=colour,
+               label="seen in training" if set_name == "seen" else "held-out wording")
+    ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Same facts, trained wording versus new wording")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+PLOTS = {
+    "rates_heldout": lambda r, p: plot_rates(r, "heldout", p),
+    "rates_unanswerable": lambda r, p: plot_rates(r, "unanswerable", p),
+    "style_vs_facts": plot_style_vs_facts,
+    "seen_vs_heldout": plot_seen_vs_heldout,
+    "retrieval_recall": plot_recall,
+    "training_loss": plot_loss,
+}
+
+
+def write_plots(folder: Path, results: dict) -> dict[str, Path]:
+    """Every plot the results allow, as `folder/<name>.png`; returns name -> path."""
+    written = {}
+    for name, draw in PLOTS.items():
+        path = Path(folder) / f"{name}.png"
+        if draw(results, path):
+            written[name] = path
+    return written

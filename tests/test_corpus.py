@@ -1,0 +1,146 @@
+"""Corpus loading and validation: the shipped corpus passes; every rule has a broken fixture with the right file:line."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FACTS, REPO, UNANSWERABLE, write_corpus
+from ragvsft.cli import app
+from ragvsft.corpus import corpus_stats, load_corpus
+from ragvsft.files import InputError
+
+
+def problems_of(root):
+    with pytest.raises(InputError) as exc:
+        load_corpus(root)
+    return exc.value.problems
+
+
+def test_shipped_corpus_is_valid_and_large_enough():
+    corpus = load_corpus(REPO / "corpus")
+    stats = corpus_stats(corpus)
+    assert stats["documents"] >= 40 and len(stats["documents_by_kind"]) >= 6
+    assert 150 <= stats["words"]["min"] and stats["words"]["max"] <= 600
+    assert stats["facts"] >= 150 and stats["facts_with_reverse"] >= 40 and stats["questions"]["unanswerable"] >= 40
+    assert all(len(f.train_questions) >= 4 and len(f.probe_questions) >= 2 for f in corpus.facts)
+    assert stats["facts_per_document"]["without_facts"] == 0
+
+
+def test_toy_corpus_loads_with_typed_records(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    assert [f.id for f in corpus.facts] == [f["id"] for f in FACTS]
+    assert corpus.facts[1].reverse.gold == ["booking hotels", "hotels"]
+    assert corpus.documents[0].kind in {"people", "policies", "products"}
+    assert corpus.style.answer("X.") == "Hi there! X.\n— Acme Helpdesk"
+    assert len(corpus.sha256) == 64
+
+
+def test_subset_is_reproducible_and_keeps_documents(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    a, b = corpus.subset(2, 1, seed=3), corpus.subset(2, 1, seed=3)
+    assert [f.id for f in a.facts] == [f.id for f in b.facts] and len(a.facts) == 2 and len(a.unanswerable) == 1
+    assert a.documents == corpus.documents
+
+
+def test_bad_json_line_is_reported_with_its_line(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    lines = (root / "facts.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:-1]  # drop the closing brace
+    (root / "facts.jsonl").write_text("\n".join(lines) + "\n")
+    assert any(p.startswith(f"{root / 'facts.jsonl'}:3: invalid JSON") for p in problems_of(root))
+
+
+def test_duplicate_id_across_files(tmp_path):
+    root = write_corpus(tmp_path / "c", unanswerable=[{"id": "meal", "question": "Which dental plan?"}])
+    assert f"{root / 'unanswerable.jsonl'}:1: duplicate id 'meal' (first used at facts.jsonl:1)" in problems_of(root)
+
+
+def test_evidence_missing_from_document(tmp_path):
+    facts = [dict(FACTS[0], evidence="meal allowance is 99 euros"), *FACTS[1:]]
+    root = write_corpus(tmp_path / "c", facts=facts)
+    assert any(p.startswith(f"{root / 'facts.jsonl'}:1: 'evidence'") and "does not occur" in p for p in problems_of(root))
+
+
+def test_evidence_match_ignores_whitespace(tmp_path):
+    facts = [dict(FACTS[0], evidence="meal   allowance\non trips is 58 euros"), *FACTS[1:]]
+    load_corpus(write_corpus(tmp_path / "c", facts=facts))
+
+
+@pytest.mark.parametrize("path", ["../outside.md", "/etc/passwd", "documents/../../x.md"])
+def test_document_path_must_stay_inside(tmp_path, path):
+    facts = [FACTS[0], dict(FACTS[1], document=path), *FACTS[2:]]
+    root = write_corpus(tmp_path / "c", facts=facts)
+    assert any(p.startswith(f"{root / 'facts.jsonl'}:2: 'document'") for p in problems_of(root))
+
+
+def test_missing_document(tmp_path):
+    facts = [FACTS[0], dict(FACTS[1], document="documents/nope.md"), *FACTS[2:]]
+    root = write_corpus(tmp_path / "c", facts=facts)
+    assert f"{root / 'facts.jsonl'}:2: 'document' 'documents/nope.md' does not exist in the corpus folder" in problems_of(root)
+
+
+def test_probe_equal_to_a_train_question_of_another_fact(tmp_path):
+    facts = [FACTS[0], dict(FACTS[1], probe_questions=["what is the DAILY meal allowance"]), *FACTS[2:]]
+    root = write_corpus(tmp_path / "c", facts=facts)
+    assert any(p.startswith(f"{root / 'facts.jsonl'}:2: probe question") and "'meal'" in p for p in problems_of(root))
+
+
+def test_empty_document_and_empty_file(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    (root / "documents/people/directory.md").write_text("  \n")
+    (root / "unanswerable.jsonl").write_text("\n")
+    problems = problems_of(root)
+    assert f"{root / 'documents/people/directory.md'}:1: document is empty" in problems
+    assert f"{root / 'unanswerable.jsonl'}:1: file is empty" in problems
+
+
+def test_non_utf8_file(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    (root / "documents/products/widget.md").write_bytes(b"# Widget\n\nprice \xff\xfe euros\n")
+    assert any(p.startswith(f"{root / 'documents/products/widget.md'}:3: not valid UTF-8") for p in problems_of(root))
+
+
+def test_unknown_and_missing_keys(tmp_path):
+    facts = [dict(FACTS[0], colour="blue"), {k: v for k, v in FACTS[1].items() if k != "evidence"}, *FACTS[2:]]
+    unanswerable = [dict(UNANSWERABLE[0], answer="none"), UNANSWERABLE[1]]
+    root = write_corpus(tmp_path / "c", facts=facts, unanswerable=unanswerable)
+    problems = problems_of(root)
+    assert f"{root / 'facts.jsonl'}:1: unknown key 'colour'" in problems
+    assert f"{root / 'facts.jsonl'}:2: missing key 'evidence'" in problems
+    assert f"{root / 'unanswerable.jsonl'}:1: unknown key 'answer'" in problems
+
+
+def test_corpus_yaml_unknown_key_and_style_markers(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    meta = (root / "corpus.yaml").read_text()
+    (root / "corpus.yaml").write_text(meta + "owner: someone\n")
+    problems = problems_of(root)
+    assert any(p.startswith(f"{root / 'corpus.yaml'}:") and "unknown key 'owner'" in p for p in problems)
+
+
+def test_answer_must_occur_in_statement(tmp_path):
+    facts = [dict(FACTS[0], answer="61 euros", aliases=["61"]), *FACTS[1:]]
+    root = write_corpus(tmp_path / "c", facts=facts)
+    assert f"{root / 'facts.jsonl'}:1: neither 'answer' nor any alias occurs in 'statement'" in problems_of(root)
+
+
+def test_all_errors_are_reported_together(tmp_path):
+    facts = [dict(FACTS[0], colour="blue"), dict(FACTS[1], document="documents/nope.md"), *FACTS[2:]]
+    root = write_corpus(tmp_path / "c", facts=facts, unanswerable=[{"id": "meal", "question": "Which dental plan?"}])
+    assert len(problems_of(root)) == 3
+
+
+def test_cli_check_exit_codes(tmp_path, toy_corpus):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["corpus", "check", str(toy_corpus)])
+    assert ok.exit_code == 0 and "4 facts" in ok.output
+    (toy_corpus / "facts.jsonl").write_text(json.dumps(dict(FACTS[0], colour="x")) + "\n")
+    bad = runner.invoke(app, ["corpus", "check", str(toy_corpus)])
+    assert bad.exit_code == 2 and "facts.jsonl:1: unknown key 'colour'" in bad.output
+
+
+def test_cli_stats_json(toy_corpus):
+    result = CliRunner().invoke(app, ["corpus", "stats", str(toy_corpus), "--json"])
+    stats = json.loads(result.output)
+    assert stats["facts"] == 4 and stats["questions"] == {"train": 5, "heldout": 4, "reverse": 2, "unanswerable": 2}
