@@ -72,7 +72,7 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     args = TrainingArguments(
         output_dir=str(work_dir or Path(adapter_dir).parent / ".trainer"),
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", logging_steps=5, save_strategy="no",
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to=[], seed=seed, data_seed=seed, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
     )

@@ -13,7 +13,7 @@ import io
 import json
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .files import InputError, atomic_write_text, read_jsonl
@@ -151,7 +151,8 @@ def markdown_table(results: dict) -> str:
 
 
 def _environment(autoescape: bool) -> Environment:
-    return Environment(loader=PackageLoader("ragvsft", "templates"), autoescape=select_autoescape(["html"]) if autoescape else False,
+    # autoescape is a plain bool: select_autoescape() goes by file extension and would miss "report.html.j2".
+    return Environment(loader=PackageLoader("ragvsft", "templates"), autoescape=autoescape,
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 

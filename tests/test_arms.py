@@ -1,0 +1,41 @@
+"""Arms: what each arm shows the model, and batched generation that matches one-at-a-time generation."""
+
+from ragvsft.arms import build_messages, fewshot_pairs, generate
+from ragvsft.corpus import load_corpus
+from ragvsft.models import load_lm
+
+
+def test_messages_per_arm(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    q, system = "Who leads security?", corpus.style.system_prompt
+    assert build_messages("base", q, corpus) == [{"role": "user", "content": q}]
+    assert build_messages("lora", q, corpus) == [{"role": "user", "content": q}]
+    assert build_messages("prompt", q, corpus)[0] == {"role": "system", "content": system}
+    rag = build_messages("rag", q, corpus, chunks=["Dalia Fenwick is the head of security."])
+    assert rag[0]["content"] == system and "Dalia Fenwick" in rag[1]["content"] and rag[1]["content"].endswith(q)
+    lora_rag = build_messages("lora_rag", q, corpus, chunks=["Dalia Fenwick is the head of security."])
+    assert len(lora_rag) == 1 and "Dalia Fenwick" in lora_rag[0]["content"]
+    shots = fewshot_pairs(corpus, "security", 2, seed=1, key=q)
+    fewshot = build_messages("fewshot", q, corpus, examples=shots)
+    assert [m["role"] for m in fewshot] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert fewshot[2]["content"].startswith("Hi there!")
+
+
+def test_fewshot_never_shows_the_asked_fact(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    for key in ("a", "b", "c", "d"):
+        pairs = fewshot_pairs(corpus, "security", 3, seed=0, key=key)
+        assert len(pairs) == 3 and all("Fenwick" not in answer for _, answer in pairs)
+    assert fewshot_pairs(corpus, "meal", 3, seed=0, key="x") == fewshot_pairs(corpus, "meal", 3, seed=0, key="x")
+
+
+def test_batched_generation_equals_single(tiny_lm, toy_corpus):
+    model, tokenizer = load_lm(str(tiny_lm))
+    corpus = load_corpus(toy_corpus)
+    conversations = [build_messages("prompt", q, corpus) for q in ["Hi", "What is the payload of the Widget W9 today?", "Who?"]]
+    batched = generate(model, tokenizer, conversations, max_new_tokens=5, batch_size=3)
+    single = [generate(model, tokenizer, [c], max_new_tokens=5, batch_size=1)[0] for c in conversations]
+    assert [g.answer for g in batched] == [g.answer for g in single]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+    assert all(0 <= g.generated_tokens <= 5 and g.seconds > 0 for g in batched)
+    assert batched[1].prompt_tokens > batched[0].prompt_tokens

@@ -1,0 +1,67 @@
+"""Config: every experiment file loads; overrides merge; unknown keys and bad values name the file, line and key."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from ragvsft.config import load_config, parse_overrides
+from ragvsft.files import InputError
+
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_file_loads_and_names_its_command(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.run_dir == Path("runs") / path.stem
+    assert path.read_text().splitlines()[0] == f"# ragvsft run experiments/{path.name}"
+
+
+def test_quick_profile_is_a_subset_of_at_least_40_facts():
+    cfg = load_config(REPO / "experiments" / "quick.yaml")
+    assert cfg.subset.facts >= 40 and cfg.subset.unanswerable >= 10
+    assert set(cfg.probe.arms) == {"base", "prompt", "fewshot", "rag", "lora", "lora_rag"}
+
+
+def test_overrides_take_precedence_in_order(tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("finetune:\n  epochs: 5\n")
+    cfg = load_config(exp, ["finetune.epochs=7", "probe.arms=[base, rag]"], out="elsewhere")
+    assert cfg.finetune.epochs == 7 and cfg.probe.arms == ["base", "rag"] and cfg.run_dir == Path("elsewhere")
+    assert cfg.finetune.lora_r == load_config(None).finetune.lora_r  # untouched keys keep their defaults
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("# comment\nsubset:\n  facts: 10\n  factz: 3\n")
+    with pytest.raises(InputError) as exc:
+        load_config(exp)
+    assert exc.value.problems == [f"{exp}:4: unknown key: 'subset.factz'"]
+
+
+def test_bad_values_are_all_reported(tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("finetune:\n  epochs: -1\nindex:\n  k: 0\n")
+    with pytest.raises(InputError) as exc:
+        load_config(exp)
+    problems = sorted(exc.value.problems)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{exp}:2:") and problems[0].endswith("'finetune.epochs'")
+    assert problems[1].startswith(f"{exp}:4:") and problems[1].endswith("'index.k'")
+
+
+def test_bad_cli_override():
+    with pytest.raises(InputError) as exc:
+        load_config(None, ["probe.arms=[base, oracle]"])
+    assert exc.value.problems[0].startswith("--set:") and "probe.arms" in exc.value.problems[0]
+    with pytest.raises(InputError):
+        parse_overrides(["no-equals-sign"])
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("subset:\n  facts: [1, 2\n")
+    with pytest.raises(InputError) as exc:
+        load_config(exp)
+    assert exc.value.problems[0].startswith(f"{exp}:") and "invalid YAML" in exc.value.problems[0]

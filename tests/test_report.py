@@ -1,0 +1,95 @@
+"""Reports come from results.json alone; findings follow the numbers; document and model text is escaped."""
+
+import json
+
+from ragvsft.cost import cost_table
+from ragvsft.html import render_html
+from ragvsft.plots import write_plots
+from ragvsft.report import findings, render_markdown, results_csv, write_reports
+
+
+def set_figs(acc, n=40, width=0.1, unanswerable=False):
+    ci = [round(max(0, acc - width), 4), round(min(1, acc + width), 4)]
+    hal = round(1 - acc, 4)
+    return {"n": n, "accuracy": acc, "accuracy_ci": ci, "hallucination_rate": hal,
+            "hallucination_rate_ci": [max(0, hal - width), min(1, hal + width)], "abstention_rate": 0.0,
+            "abstention_rate_ci": [0.0, 0.0]}
+
+
+def make_results(rag=0.8, lora=0.1, lora_seen=0.9, style_lora=1.0, style_base=0.0):
+    arm = lambda held, seen, style, prompt: {"heldout": set_figs(held), "seen": set_figs(seen),  # noqa: E731
+                                             "unanswerable": set_figs(0.2), "style_adherence": style,
+                                             "prompt_tokens_per_query": prompt, "generated_tokens_per_query": 20.0,
+                                             "seconds_per_query": 0.3}
+    return {
+        "corpus": {"name": "acme", "organisation": "Acme <b>Ltd</b>", "sha256": "ab" * 32, "documents": 3, "facts": 40,
+                   "unanswerable": 10, "facts_in_corpus": 40},
+        "run": {"name": "t", "seed": 1, "lm": "smollm2", "embedder": "minilm", "dtype": "float32", "questions": 90,
+                "sets": {"heldout": 40, "seen": 40, "unanswerable": 10}},
+        "arms": {"base": arm(0.0, 0.0, style_base, 40.0), "rag": arm(rag, rag, 0.1, 400.0),
+                 "lora": arm(lora, lora_seen, style_lora, 40.0)},
+        "retrieval": {"queries": 40, "recall_at": {"1": 0.5, "3": 0.8}, "mrr": 0.6, "k": 3, "chunks": 10,
+                      "rag_errors": {"retrieval_miss": 3, "reader_error": 5}},
+        "training": {"examples": 160, "epochs": 2, "steps": 40, "trainable_params": 100, "total_params": 10000,
+                     "trainable_share": 0.01, "seconds": 3600.0, "seconds_per_example": 0.5, "loss": [[1, 3.0], [40, 1.0]]},
+        "timings": {"index": 1.0, "finetune": 100.0, "probe": 50.0, "score": 0.2},
+    }
+
+
+def test_findings_support_the_claim_when_the_numbers_do():
+    text = " ".join(findings(make_results()))
+    assert "RAG answered 80% of held-out questions correctly against 10%" in text
+    assert "RAG is clearly better" in text and "supports the claim" in text
+    assert "Fine-tuning taught the house style: 100%" in text
+    assert "memorised phrasings" in text and "3 were retrieval misses" in text
+
+
+def test_findings_say_so_when_fine_tuning_wins():
+    text = " ".join(findings(make_results(rag=0.2, lora=0.7, style_lora=0.0)))
+    assert "Fine-tuning recalled held-out facts better than retrieval" in text
+    assert "does not support the claim in full" in text and "fine-tuning did not raise style adherence" in text
+
+
+def test_findings_with_overlapping_intervals():
+    assert "cannot tell them apart" in " ".join(findings(make_results(rag=0.5, lora=0.45)))
+
+
+def test_markdown_and_csv_come_from_the_results(tmp_path):
+    results = make_results()
+    md = render_markdown(results)
+    assert "| RAG " in md and "80% [70%–90%]" in md and "recall@3 | 80%" in md and "Ovadia" in md
+    assert "breaks even against RAG at" in md
+    lines = results_csv(results).splitlines()
+    assert lines[0].startswith("arm,set,n,accuracy") and len(lines) == 1 + 3 * 3
+
+
+def test_cost_break_even():
+    table = cost_table(make_results(), queries_per_month=1000)
+    rag, lora = table["arms"]["rag"], table["arms"]["lora"]
+    assert rag["fixed_per_month"] == 0 and lora["fixed_per_month"] == 50 + 2.0  # hosting + one hour of training
+    saving = rag["cost_per_query"] - lora["cost_per_query"]
+    assert table["break_even_vs_rag"]["lora"] == round(52 / saving)
+    assert cost_table(make_results(), 10)["arms"]["lora"]["monthly"] > cost_table(make_results(), 10)["arms"]["rag"]["monthly"]
+
+
+def test_html_escapes_document_and_model_text(tmp_path):
+    results = make_results()
+    evil = "<script>alert('x')</script>"
+    predictions = [{"arm": "rag", "set": "heldout", "qid": "q1", "question": f"What is {evil}?", "gold": [evil],
+                    "answer": f"It is {evil}", "verdict": "hallucinated", "style_ok": False, "retrieved": ["d.md#0"]}]
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "chunks.jsonl").write_text(json.dumps({"id": "d.md#0", "document": "d.md", "start": 0, "end": 5,
+                                                                 "text": f"Document says {evil}"}) + "\n")
+    page = render_html(results, predictions, write_plots(tmp_path / "plots", results), tmp_path)
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page and "Document says &lt;script&gt;" in page
+    assert "Acme &lt;b&gt;Ltd&lt;/b&gt;" in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert page.count("data:image/png;base64,") == 6  # every plot embedded, none linked
+
+
+def test_write_reports_writes_every_file(tmp_path):
+    write_reports(tmp_path, make_results(), [])
+    for name in ("results.csv", "report.md", "report.html", "plots/rates_heldout.png", "plots/training_loss.png",
+                 "plots/style_vs_facts.png", "plots/retrieval_recall.png", "plots/seen_vs_heldout.png"):
+        assert (tmp_path / name).stat().st_size > 0, name

@@ -1,0 +1,146 @@
+"""The experiment end to end with a tiny in-process model and a mock encoder: run folder, reuse, bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config, write_corpus
+from ragvsft.cli import app
+from ragvsft.files import InputError, read_jsonl
+from ragvsft.run import run_experiment
+
+ARMS = ["base", "prompt", "fewshot", "rag", "lora", "lora_rag"]
+
+
+def without_timings(results):
+    results = dict(results)
+    results.pop("timings")
+    for figures in results["arms"].values():
+        figures.pop("seconds_per_query")
+    results["training"] = {k: v for k, v in results["training"].items() if k not in ("seconds", "seconds_per_example")}
+    return results
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_lm):
+    from conftest import MockEncoder
+
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = write_corpus(root / "corpus")
+    out = root / "run"
+    cfg = tiny_config(corpus, tiny_lm, out)
+    run_experiment(cfg, encoder=MockEncoder())
+    return cfg, out
+
+
+def test_run_folder_has_every_file(tiny_run):
+    _, out = tiny_run
+    for name in ("config.yaml", "finetune_set.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                 "adapter/training_log.json", "index/faiss.index", "index/chunks.jsonl", "predictions.jsonl",
+                 "results.json", "results.csv", "report.md", "report.html", "plots/rates_heldout.png", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*.tmp")) and not (out / ".adapter.tmp").exists() and not (out / ".trainer").exists()
+
+
+def test_predictions_cover_every_arm_and_question(tiny_run):
+    _, out = tiny_run
+    rows = read_jsonl(out / "predictions.jsonl")
+    assert len(rows) == len(ARMS) * (4 + 4 + 2 + 2)  # heldout, seen, reverse, unanswerable
+    assert {r["arm"] for r in rows} == set(ARMS)
+    for row in rows:
+        assert row["verdict"] in {"correct", "hallucinated", "abstained"}
+        assert (row["gold"] is None) == (row["set"] == "unanswerable")
+        assert bool(row["retrieved"]) == (row["arm"] in ("rag", "lora_rag"))
+    fewshot = next(r for r in rows if r["arm"] == "fewshot")
+    assert len(fewshot["messages"]) == 1 + 2 * 3 + 1
+
+
+def test_results_keep_the_design_keys(tiny_run):
+    _, out = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"corpus", "arms", "retrieval", "training", "timings"}
+    assert list(results["arms"]) == ARMS
+    rag = results["arms"]["rag"]
+    for key in ("heldout", "seen", "unanswerable", "reverse", "style_adherence", "prompt_tokens_per_query",
+                "generated_tokens_per_query", "seconds_per_query"):
+        assert key in rag, key
+    assert set(rag["heldout"]) == {"n", "accuracy", "accuracy_ci", "hallucination_rate", "hallucination_rate_ci",
+                                   "abstention_rate", "abstention_rate_ci"}
+    assert rag["prompt_tokens_per_query"] > results["arms"]["base"]["prompt_tokens_per_query"]
+    assert set(results["retrieval"]) >= {"k", "recall_at", "mrr", "rag_errors"}
+    assert results["training"]["examples"] == 5 and results["training"]["loss"]
+
+
+def test_finetune_set_never_holds_probe_questions(tiny_run):
+    _, out = tiny_run
+    trained = {r["question"] for r in read_jsonl(out / "finetune_set.jsonl")}
+    probed = {r["question"] for r in read_jsonl(out / "predictions.jsonl") if r["set"] != "seen"}
+    assert trained and not trained & probed
+
+
+def test_manifest_is_written_last_and_complete(tiny_run):
+    cfg, out = tiny_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["seed"] == cfg.seed
+    assert set(manifest["hashes"]) == {"corpus", "lm", "embedder"} and manifest["packages"]["torch"].startswith("2.13")
+    assert {"index", "finetune", "probe", "score", "report"} <= set(manifest["timings"])
+    newest = max(p.stat().st_mtime for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert (out / "manifest.json").stat().st_mtime >= newest
+
+
+def test_second_run_reuses_every_stage_and_gives_the_same_figures(tiny_run):
+    from conftest import MockEncoder
+
+    cfg, out = tiny_run
+    first = json.loads((out / "results.json").read_text())
+    run_experiment(cfg, encoder=MockEncoder())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reused_stages"] == ["index", "finetune", "probe"]
+    assert without_timings(json.loads((out / "results.json").read_text())) == without_timings(first)
+
+
+def test_changed_probe_settings_rerun_only_the_probe(tiny_run, tiny_lm, tmp_path):
+    from conftest import MockEncoder
+
+    cfg, out = tiny_run
+    changed = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_new_tokens": 3})})
+    run_experiment(changed, encoder=MockEncoder())
+    assert json.loads((out / "manifest.json").read_text())["reused_stages"] == ["index", "finetune"]
+    assert all(r["generated_tokens"] <= 3 for r in read_jsonl(out / "predictions.jsonl"))
+
+
+def test_same_config_and_seed_give_the_same_figures_in_fresh_folders(tiny_run, tmp_path):
+    from conftest import MockEncoder
+
+    cfg, _ = tiny_run
+    results = []
+    for name in ("a", "b"):
+        run_experiment(cfg.model_copy(update={"out": str(tmp_path / name)}), encoder=MockEncoder())
+        results.append(without_timings(json.loads((tmp_path / name / "results.json").read_text())))
+    assert results[0] == results[1]
+
+
+def test_bad_corpus_leaves_no_run_folder(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "facts.jsonl").write_text('{"id": "x"}\n')
+    cfg = tiny_config(corpus, tiny_lm, tmp_path / "run")
+    with pytest.raises(InputError):
+        run_experiment(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_input_exits_2_without_a_run_folder(tmp_path, toy_corpus):
+    runner = CliRunner()
+    exp = tmp_path / "e.yaml"
+    exp.write_text("finetune:\n  epochz: 1\n")
+    result = runner.invoke(app, ["run", str(exp), "--corpus", str(toy_corpus), "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 2 and f"{exp}:2: unknown key: 'finetune.epochz'" in result.output
+    result = runner.invoke(app, ["run", str(exp).replace("e.yaml", "missing.yaml")])
+    assert result.exit_code == 2 and "file not found" in result.output
+    result = runner.invoke(app, ["run", "experiments/quick.yaml", "--corpus", str(toy_corpus), "--out",
+                                 str(tmp_path / "r2"), "--set", f"models.lm={tmp_path / 'no-model'}"])
+    assert result.exit_code == 2 and "models.lm" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "not a finished run folder" in result.output
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
