@@ -139,8 +139,7 @@ def ask(run_dir: Path = typer.Argument(..., help="a finished run folder"),
     from .live import Session, render_answers
 
     session = Session.open(run_dir)
-    answers = session.ask(question, arms.split(",") if arms else None)
-    render_answers(out, question, answers)
+    render_answers(out, session.ask(question, arms.split(",") if arms else None))
 
 
 @app.command()

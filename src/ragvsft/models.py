@@ -99,6 +99,21 @@ def load_lm(spec: str, dtype: str = "float32"):
     return model, tokenizer
 
 
+def fresh_copy(model, dtype):
+    """The same weights in a freshly built model, cast to `dtype`, in eval mode.
+
+    Generation measured up to 3x slower on CPU with a model object that peft had wrapped (get_peft_model then
+    unload, or merge_and_unload) than with an identical fresh one, so generation always uses a fresh copy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    clean.load_state_dict(model.state_dict())
+    clean.generation_config = model.generation_config
+    return clean.to(dtype).eval()
+
+
 def lm_sha256(spec: str) -> str:
     folder = lm_folder(spec)
     return sha256_tree(folder, sorted(folder.glob("*.safetensors")))

@@ -7,9 +7,9 @@ Each prediction row holds the prompt messages, retrieved chunk ids, answer, verd
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from rich.progress import Progress
 
 from .arms import LORA_ARMS, RAG_ARMS, build_messages, fewshot_pairs, generate
 from .config import ProbeConfig
@@ -65,7 +65,7 @@ def evaluate_retrieval(index: Index, encoder: Encoder, corpus: Corpus, questions
 
 
 def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
-              seed: int, progress: Progress | None = None) -> list[dict]:
+              seed: int, log: Callable[[str], None] | None = None) -> list[dict]:
     """Ask every arm every question; return one scored prediction row per (arm, question).
 
     `models` maps "base" to the base model and "lora" to the fine-tuned one (needed only for the LoRA arms)."""
@@ -78,11 +78,11 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
             chunks = [text for _, text in retrieved.get(q.qid, [])] if arm in RAG_ARMS else None
             examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid) if arm == "fewshot" else None
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
-        task = progress.add_task(f"arm {arm}", total=None) if progress else None
+        began = time.perf_counter()
         model = models["lora" if arm in LORA_ARMS else "base"]
         generations = generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
-        if progress and task is not None:
-            progress.update(task, total=1, completed=1)
+        if log:
+            log(f"arm {arm}: {len(questions)} answers in {time.perf_counter() - began:.0f} s")
         for q, messages, g in zip(questions, conversations, generations):
             rows.append({
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,

@@ -10,7 +10,6 @@ is written last.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -24,7 +23,6 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 import torch
-from rich.progress import Progress
 
 from .arms import LORA_ARMS, RAG_ARMS
 from .config import Config, config_dict
@@ -32,7 +30,7 @@ from .corpus import Corpus, load_corpus
 from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_ids
-from .models import embedder_folder, embedder_sha256, lm_folder, lm_sha256, load_encoder, load_lm
+from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
 from .probe import evaluate_retrieval, question_sets, retrieve, run_probe
 from .report import write_reports
 from .score import arm_figures, rag_errors
@@ -162,14 +160,13 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     else:
         stages.forget("probe")
         dtype = getattr(torch, cfg.models.dtype)
-        models = {"base": copy.deepcopy(model).to(dtype).eval()}
+        models = {"base": fresh_copy(model, dtype)}
         if needs_lora:
             models["lora"] = merged_model(model, adapter_dir, dtype)
         k = cfg.index.k if any(arm in RAG_ARMS for arm in cfg.probe.arms) else 0
         retrieved = retrieve(index, encoder, questions, k) if k else {}
         console.log(f"probe: {len(questions)} questions x {len(cfg.probe.arms)} arms")
-        with Progress(console=console, transient=True) as progress:
-            predictions = run_probe(models, tokenizer, sample, questions, retrieved, cfg.probe, cfg.seed, progress)
+        predictions = run_probe(models, tokenizer, sample, questions, retrieved, cfg.probe, cfg.seed, console.log)
         atomic_write_jsonl(predictions_path, predictions)
         stages.done("probe", probe_key)
     timed("probe", began)

@@ -1,0 +1,109 @@
+"""Live questions against a finished run: every arm answers one typed question, side by side.
+
+    ragvsft ask runs/quick "How heavy a load can a Tern T3 carry?"
+
+Loads the run's resolved config, index and LoRA adapter, so the answers are the run's arms, not new ones. When the
+question is one of the run's probe questions, each answer also gets its verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from rich.columns import Columns
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from .config import Config
+from .corpus import Corpus, load_corpus
+from .files import InputError, read_jsonl
+from .finetune import merged_model
+from .index import Index
+from .models import fresh_copy, load_encoder, load_lm
+from .probe import Question, retrieve, run_probe
+from .report import ARM_LABELS
+from .score import normalize
+
+VERDICT_STYLES = {"correct": "green", "hallucinated": "red", "abstained": "grey50", None: "blue"}
+
+
+@dataclass
+class Session:
+    run_dir: Path
+    config: Config
+    corpus: Corpus
+    index: Index
+    encoder: object
+    tokenizer: object
+    models: dict
+    known: dict[str, Question]
+
+    @classmethod
+    def open(cls, run_dir: Path | str) -> "Session":
+        """Load a finished run; InputError names what is missing."""
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.yaml"
+        if not (run_dir / "results.json").is_file() or not config_path.is_file():
+            raise InputError([f"{run_dir}:0: not a finished run folder (no results.json/config.yaml); run `ragvsft run` first"])
+        config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
+        corpus = load_corpus(config.corpus)
+        model, tokenizer = load_lm(config.models.lm, "float32")
+        dtype = getattr(torch, config.models.dtype)
+        models = {"lora": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
+        models["base"] = fresh_copy(model, dtype)
+        known = {}
+        for row in read_jsonl(run_dir / "predictions.jsonl"):
+            known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],
+                                                         tuple(row["gold"]) if row["gold"] else None)
+        return cls(run_dir, config, corpus, Index.load(run_dir / "index"), load_encoder(config.models.embedder),
+                   tokenizer, models, known)
+
+    @property
+    def arms(self) -> list[str]:
+        return [a for a in self.config.probe.arms if a in ("base", "prompt", "fewshot", "rag") or "lora" in self.models]
+
+    def examples(self, n: int = 6) -> list[str]:
+        """A few probe questions to click: held-out ones first, then an unanswerable one."""
+        held = [q.question for q in self.known.values() if q.set == "heldout"]
+        unanswerable = [q.question for q in self.known.values() if q.set == "unanswerable"]
+        return held[: n - 1] + unanswerable[:1]
+
+    def ask(self, question: str, arms: list[str] | None = None) -> dict:
+        """Every requested arm's answer, with verdicts when the question is a probe question."""
+        unknown = [a for a in arms or [] if a not in self.arms]
+        if unknown:
+            raise InputError([f"--arms: {', '.join(unknown)} not in this run (arms: {', '.join(self.arms)})"])
+        probe_question = self.known.get(normalize(question))
+        asked = probe_question or Question("live", "live/0", question, None, ())
+        retrieved = retrieve(self.index, self.encoder, [asked], self.config.index.k)
+        cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
+        rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed)
+        for row in rows:
+            if probe_question is None:
+                row["verdict"] = None  # no gold answer for a question outside the probe
+            row["arm_label"] = ARM_LABELS.get(row["arm"], row["arm"])
+        return {"question": question, "set": probe_question.set if probe_question else None,
+                "gold": list(probe_question.gold) if probe_question and probe_question.gold else None,
+                "answers": rows, "chunks": [{"id": cid, "text": text} for cid, text in retrieved[asked.qid]]}
+
+
+def render_answers(console: Console, result: dict) -> None:
+    """The arms' answers as panels side by side, then the retrieved chunks."""
+    header = Text(f"Q: {result['question']}", style="bold")
+    if result["set"]:
+        header.append(f"   (probe set: {result['set']}; gold: {' / '.join(result['gold']) if result['gold'] else 'abstain'})",
+                      style="italic")
+    console.print(header)
+    panels = []
+    for row in result["answers"]:
+        verdict = row["verdict"] or "no gold answer"
+        subtitle = f"{verdict} · {row['seconds']:.2f} s · {row['prompt_tokens']}+{row['generated_tokens']} tokens"
+        panels.append(Panel(Text(row["answer"]), title=row["arm_label"], subtitle=subtitle,
+                            border_style=VERDICT_STYLES.get(row["verdict"], "blue"), width=44))
+    console.print(Columns(panels))
+    for chunk in result["chunks"]:
+        console.print(Panel(Text(chunk["text"].strip()), title=f"retrieved: {chunk['id']}", border_style="dim"))
