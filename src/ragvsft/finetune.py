@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,11 +59,25 @@ class _Collator:
         }
 
 
+def _loss_logger(log: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """One short line every tenth of training instead of Trainer's per-step dictionaries."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            every = max(1, state.max_steps // 10)
+            if logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                log(f"finetune: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
+
+    return LossLog()
+
+
 def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: int, adapter_dir: Path,
-               bf16: bool = False, work_dir: Path | None = None) -> dict:
+               bf16: bool = False, work_dir: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train a LoRA adapter on `rows`, save it to `adapter_dir` (safetensors) and return the training figures."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)
     examples = [encode_example(r, tokenizer, cfg.max_length) for r in rows]
@@ -75,9 +90,13 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to=[], seed=seed, data_seed=seed, bf16=bf16, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, log_level="warning",
     )
     trainer = Trainer(model=peft_model, args=args, train_dataset=examples, data_collator=_Collator(tokenizer.pad_token_id))
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    if log:
+        trainer.add_callback(_loss_logger(log))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -145,7 +145,8 @@ class SentenceEncoder:
         self.model = SentenceTransformer(str(self.folder), device="cpu", local_files_only=True)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # Whole documents are longer than the encoder window: only the offsets are used here, so no warning.
+        encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [tuple(span) for span in encoded["offset_mapping"]]
 
     def encode(self, texts: list[str]) -> np.ndarray:
