@@ -97,6 +97,9 @@ def test_second_run_reuses_every_stage_and_gives_the_same_figures(tiny_run):
     run_experiment(cfg, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["reused_stages"] == ["index", "finetune", "probe"]
+    # a reused stage reports the time it took when it was computed, not the time to load it
+    again = json.loads((out / "results.json").read_text())
+    assert [again["timings"][s] for s in ("index", "finetune", "probe")] == [first["timings"][s] for s in ("index", "finetune", "probe")]
     assert without_timings(json.loads((out / "results.json").read_text())) == without_timings(first)
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, follows_style, mentions, normalize,
-                           rag_errors, rate_with_ci, set_figures, verdict)
+from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, follows_style, mentions,
+                           normalize, paired_difference, rag_errors, rate_with_ci, set_figures, verdict)
 
 ABSTAIN = ["I can't find that in our documents", "i don't know"]
 
@@ -67,3 +67,14 @@ def test_arm_figures_and_rag_errors():
     assert figures["prompt_tokens_per_query"] == 10 and figures["seconds_per_query"] == 0.5
     errors = rag_errors(rows, {"f1": {"c1"}, "f2": {"c2"}, "f3": {"c3"}})
     assert errors == {"retrieval_miss": 1, "reader_error": 1}
+
+
+def test_paired_difference_pairs_questions_by_id():
+    rows = [_row("rag", "heldout", CORRECT if i < 30 else HALLUCINATED) | {"qid": f"q{i}"} for i in range(40)]
+    rows += [_row("lora", "heldout", CORRECT if i < 10 else HALLUCINATED) | {"qid": f"q{i}"} for i in range(40)]
+    figures = paired_difference(rows, "rag", "lora", "heldout", seed=0, resamples=500)
+    assert figures["n"] == 40 and figures["difference"] == 0.5 and 0.3 < figures["ci"][0] < 0.5 < figures["ci"][1]
+    assert paired_difference(rows, "rag", "fewshot", "heldout", seed=0) is None
+    assert set(comparisons(rows, seed=0, resamples=200)) == {"rag_vs_lora"}
+    same = paired_difference(rows, "rag", "rag", "heldout", seed=0)
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]

