@@ -103,6 +103,8 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
+    (run_dir / "manifest.json").unlink(missing_ok=True)
     stages = _Stages(run_dir)
     timings: dict[str, float] = {}
     reused: list[str] = []
