@@ -41,11 +41,13 @@ def plot_rates(results: dict, set_name: str, path: Path) -> bool:
         ax.bar(xs, [f[key] for f in figures], width, yerr=_errorbars(figures, key), capsize=3, color=COLOURS[key],
                label=key.replace("_rate", "").replace("_", " "))
     ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.22)  # headroom so the legend sits above the bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("share of answers")
-    title = {"unanswerable": "Unanswerable questions (abstaining is right)"}.get(set_name, f"{set_name} questions")
-    ax.set_title(f"{title[0].upper()}{title[1:]}, 95% bootstrap intervals")
-    ax.legend(ncols=3, fontsize=8, loc="upper left")
+    title = {"unanswerable": "Unanswerable questions (abstaining is right)",
+             "heldout": "Held-out questions"}.get(set_name, f"{set_name.capitalize()} questions")
+    ax.set_title(f"{title}, 95% bootstrap intervals")
+    ax.legend(ncols=3, fontsize=8, loc="upper center")
     _save(fig, path)
     return True
 
