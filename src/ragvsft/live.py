@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from .arms import LORA_ARMS
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl
@@ -50,7 +51,8 @@ class Session:
         if not (run_dir / "results.json").is_file() or not config_path.is_file():
             raise InputError([f"{run_dir}:0: not a finished run folder (no results.json/config.yaml); run `ragvsft run` first"])
         config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
-        corpus = load_corpus(config.corpus)
+        # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
+        corpus = load_corpus(config.corpus).subset(config.subset.facts, config.subset.unanswerable, config.seed)
         model, tokenizer = load_lm(config.models.lm, "float32")
         dtype = getattr(torch, config.models.dtype)
         models = {"lora": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
@@ -64,7 +66,7 @@ class Session:
 
     @property
     def arms(self) -> list[str]:
-        return [a for a in self.config.probe.arms if a in ("base", "prompt", "fewshot", "rag") or "lora" in self.models]
+        return [a for a in self.config.probe.arms if a not in LORA_ARMS or "lora" in self.models]
 
     def examples(self, n: int = 6) -> list[str]:
         """A few probe questions to click: held-out ones first, then an unanswerable one."""
