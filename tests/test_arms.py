@@ -39,3 +39,34 @@ def test_batched_generation_equals_single(tiny_lm, toy_corpus):
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
     assert all(0 <= g.generated_tokens <= 5 and g.seconds > 0 for g in batched)
     assert batched[1].prompt_tokens > batched[0].prompt_tokens
+
+
+def test_fewshot_examples_never_name_the_asked_answer_on_the_shipped_corpus():
+    """Over every question of the full probe: no example's statement contains the gold answer of the question."""
+    from conftest import REPO
+    from ragvsft.config import load_config
+    from ragvsft.probe import question_sets
+    from ragvsft.score import matches_gold
+
+    corpus = load_corpus(REPO / "corpus")
+    cfg = load_config(REPO / "experiments" / "full.yaml")
+    questions = question_sets(corpus, cfg.probe)
+    facts = {f.id: f for f in corpus.facts}
+    assert len(questions) > 600
+    for q in questions:
+        if q.gold is None:
+            continue
+        pairs = fewshot_pairs(corpus, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
+        assert len(pairs) == cfg.probe.fewshot_k
+        for example_question, answer in pairs:
+            assert not matches_gold(answer, list(q.gold)), (q.qid, answer)
+            assert example_question not in facts[q.fact_id].train_questions
+
+
+def test_fewshot_skips_other_facts_that_give_the_answer_away(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    # "portal"'s reverse gold is "hotels": the "portal" fact itself is excluded by id, and no other statement says
+    # "hotels"; asked about "meal" with gold "Roamly", the portal fact must not be shown.
+    for key in "abcdefgh":
+        pairs = fewshot_pairs(corpus, "meal", 3, seed=0, key=key, gold=("Roamly",))
+        assert len(pairs) == 2 and all("Roamly" not in answer for _, answer in pairs)

@@ -144,3 +144,38 @@ def test_cli_stats_json(toy_corpus):
     result = CliRunner().invoke(app, ["corpus", "stats", str(toy_corpus), "--json"])
     stats = json.loads(result.output)
     assert stats["facts"] == 4 and stats["questions"] == {"train": 5, "heldout": 4, "reverse": 2, "unanswerable": 2}
+
+
+def test_reverse_and_unanswerable_questions_equal_to_a_train_question(tmp_path):
+    facts = json.loads(json.dumps(FACTS))
+    facts[1]["reverse"]["questions"] = ["who is the HEAD of security?"]  # fact 4's train question, other case
+    unanswerable = UNANSWERABLE + [{"id": "leak", "question": "Where are hotels booked?"}]
+    problems = problems_of(write_corpus(tmp_path / "c", facts=facts, unanswerable=unanswerable))
+    assert any(p.endswith("facts.jsonl:2: reverse question 'who is the HEAD of security?' equals a train question "
+                          "of fact 'security'") for p in problems)
+    assert any(p.endswith("unanswerable.jsonl:3: question 'Where are hotels booked?' equals a train question of fact "
+                          "'portal'") for p in problems)
+
+
+def test_shipped_corpus_sets_never_overlap():
+    """Leakage guard over the whole shipped corpus: what is trained on is never probed, in any set."""
+    from ragvsft.config import load_config
+    from ragvsft.finetune import build_finetune_set
+    from ragvsft.score import normalize
+
+    corpus = load_corpus(REPO / "corpus")
+    train = {normalize(q) for f in corpus.facts for q in f.train_questions}
+    probe = {normalize(q) for f in corpus.facts for q in f.probe_questions}
+    reverse = {normalize(q) for f in corpus.facts if f.reverse for q in f.reverse.questions}
+    unanswerable = {normalize(u.question) for u in corpus.unanswerable}
+    assert train and probe and reverse and unanswerable
+    assert not train & probe and not train & reverse and not train & unanswerable
+    assert not probe & unanswerable and not reverse & unanswerable
+    trained = {normalize(r["question"]) for r in build_finetune_set(corpus)}
+    assert trained == train
+    # every probe profile's sample too
+    for profile in ("quick", "full"):
+        cfg = load_config(REPO / "experiments" / f"{profile}.yaml")
+        sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+        trained = {normalize(r["question"]) for r in build_finetune_set(sample)}
+        assert not trained & (probe | reverse | unanswerable)

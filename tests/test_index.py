@@ -1,7 +1,8 @@
 """RAG side: token windows with overlap, FAISS search, save/load, gold chunks, recall@k and MRR."""
 
 from ragvsft.corpus import load_corpus
-from ragvsft.index import Index, chunk_document, gold_chunk_ids, retrieval_metrics
+from ragvsft.corpus import Fact
+from ragvsft.index import Index, chunk_document, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -30,8 +31,36 @@ def test_save_and_load_round_trip(tmp_path, toy_corpus, mock_encoder):
 def test_gold_chunks_contain_the_evidence(toy_corpus, mock_encoder):
     corpus = load_corpus(toy_corpus)
     index = Index.build(corpus, mock_encoder, size=16, overlap=4)
-    gold = gold_chunk_ids(corpus.facts[2], index.chunks)
-    assert gold and all("payload of 14 kg" in c.text for c in index.chunks if c.id in gold)
+    gold = gold_chunk_map(corpus.facts, index.chunks, corpus.documents)["payload"]
+    assert gold.whole and gold.ids and all("payload of 14 kg" in c.text for c in index.chunks if c.id in gold.ids)
+
+
+def _fact(evidence: str) -> Fact:
+    return Fact("f", "s", "a", (), "d.md", evidence, ("q?",), ("p?",))
+
+
+def test_evidence_across_a_chunk_boundary_still_has_a_gold_chunk(mock_encoder):
+    text = " ".join(f"w{i}" for i in range(40))
+    chunks = chunk_document("d.md", text, mock_encoder.token_spans(text), size=10, overlap=2)
+    # w7..w12 straddles the boundary between chunk 0 (w0-w9) and chunk 1 (w8-w17); chunk 0 holds 3 of its
+    # words (w7-w9) minus the overlap, chunk 1 holds w8-w12: the larger part.
+    straddling = gold_chunks(_fact("w7 w8  w9\nw10 w11 w12"), chunks, text)
+    assert not straddling.whole and straddling.ids == {"d.md#1"}
+    inside = gold_chunks(_fact("w11 w12"), chunks, text)
+    assert inside.whole and inside.ids == {"d.md#1"}
+    twice = gold_chunks(_fact("w9"), chunks, text)  # in the overlap: both chunks hold it whole
+    assert twice.whole and twice.ids == {"d.md#0", "d.md#1"}
+
+
+def test_every_shipped_fact_has_a_gold_chunk_with_windows(mock_encoder):
+    from conftest import REPO
+
+    corpus = load_corpus(REPO / "corpus")
+    chunks = [c for d in corpus.documents
+              for c in chunk_document(d.path, d.text, mock_encoder.token_spans(d.text), size=24, overlap=4)]
+    gold = gold_chunk_map(corpus.facts, chunks, corpus.documents)
+    assert all(g.ids for g in gold.values())
+    assert any(not g.whole for g in gold.values())  # small windows do cut some evidence: the case is real
 
 
 def test_recall_and_mrr():

@@ -2,7 +2,9 @@
 
 import json
 
-from ragvsft.cost import cost_table
+import pytest
+
+from ragvsft.cost import Prices, cost_table
 from ragvsft.html import render_html
 from ragvsft.plots import write_plots
 from ragvsft.report import findings, render_markdown, results_csv, write_reports
@@ -75,13 +77,30 @@ def test_markdown_and_csv_come_from_the_results(tmp_path):
     assert lines[0].startswith("arm,set,n,accuracy") and len(lines) == 1 + 3 * 3
 
 
-def test_cost_break_even():
+def test_cost_break_even_against_hand_computed_numbers():
+    # RAG: 400 prompt + 20 generated tokens; LoRA: 40 + 20; training took one hour. Default prices: 0.20 and 0.60 USD
+    # per million tokens, 2 USD per training hour, 50 USD hosting, one retrain a month.
     table = cost_table(make_results(), queries_per_month=1000)
     rag, lora = table["arms"]["rag"], table["arms"]["lora"]
-    assert rag["fixed_per_month"] == 0 and lora["fixed_per_month"] == 50 + 2.0  # hosting + one hour of training
-    saving = rag["cost_per_query"] - lora["cost_per_query"]
-    assert table["break_even_vs_rag"]["lora"] == round(52 / saving)
-    assert cost_table(make_results(), 10)["arms"]["lora"]["monthly"] > cost_table(make_results(), 10)["arms"]["rag"]["monthly"]
+    assert rag["cost_per_query"] == pytest.approx(92e-6) and lora["cost_per_query"] == pytest.approx(20e-6)
+    assert rag["fixed_per_month"] == 0 and lora["fixed_per_month"] == 52.0
+    assert rag["monthly"] == pytest.approx(0.092) and lora["monthly"] == pytest.approx(52.02)
+    assert table["break_even_vs_rag"]["lora"] == 722_222  # 52 / 72e-6
+    cheap = cost_table(make_results(), 1000, Prices(finetuned_hosting_per_month=10.0, retrains_per_month=2.0))
+    assert cheap["arms"]["lora"]["fixed_per_month"] == 14.0 and cheap["break_even_vs_rag"]["lora"] == 194_444
+
+
+def test_cost_command_takes_the_prices_it_is_given(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragvsft.cli import app
+
+    (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    default = CliRunner().invoke(app, ["cost", str(tmp_path), "--queries-per-month", "1000"])
+    assert default.exit_code == 0 and "breaks even against RAG at 722,222 queries per month" in default.output
+    hosted = CliRunner().invoke(app, ["cost", str(tmp_path), "--queries-per-month", "1000", "--hosting", "10"])
+    assert hosted.exit_code == 0 and "breaks even against RAG at 166,667 queries per month" in hosted.output
+    assert "|                    12 |           12.02 |" in hosted.output  # 10 hosting + 2 training, + 0.02 queries
 
 
 def test_html_escapes_document_and_model_text(tmp_path):

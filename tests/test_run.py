@@ -1,6 +1,7 @@
 """The experiment end to end with a tiny in-process model and a mock encoder: run folder, reuse, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -79,38 +80,152 @@ def test_finetune_set_never_holds_probe_questions(tiny_run):
     assert trained and not trained & probed
 
 
-def test_manifest_is_written_last_and_complete(tiny_run):
-    cfg, out = tiny_run
+def test_manifest_is_written_last_and_complete(tiny_lm, tmp_path, monkeypatch):
+    import os
+
+    from conftest import MockEncoder
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    cfg = tiny_config(corpus, tiny_lm, out)
+    written, real_replace = [], os.replace
+
+    def replace(src, dst, *args, **kwargs):  # every atomic write and the adapter's rename end in os.replace
+        written.append((Path(dst).name, (out / "manifest.json").exists()))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run_experiment(cfg, encoder=MockEncoder())
+    names = [name for name, _ in written]
+    assert names[-1] == "manifest.json" and names.count("manifest.json") == 1
+    assert {"results.json", "report.html", "predictions.jsonl", "adapter"} <= set(names)
+    assert not any(existed for _, existed in written[:-1])  # no manifest while any other file was being written
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == cfg.seed
     assert set(manifest["hashes"]) == {"corpus", "lm", "embedder"} and manifest["packages"]["torch"].startswith("2.13")
     assert {"index", "finetune", "probe", "score", "report"} <= set(manifest["timings"])
-    newest = max(p.stat().st_mtime for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
-    assert (out / "manifest.json").stat().st_mtime >= newest
 
 
-def test_second_run_reuses_every_stage_and_gives_the_same_figures(tiny_run):
-    from conftest import MockEncoder
+def _copy_of(tiny_run, tmp_path):
+    """A private copy of the module's run folder: tests that rerun never touch a folder another test reads."""
+    import shutil
 
     cfg, out = tiny_run
+    copy = shutil.copytree(out, tmp_path / "run")
+    return cfg.model_copy(update={"out": str(copy)}), copy
+
+
+def test_second_run_reuses_every_stage_and_gives_the_same_figures(tiny_run, tmp_path):
+    from conftest import MockEncoder
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
     first = json.loads((out / "results.json").read_text())
     run_experiment(cfg, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["reused_stages"] == ["index", "finetune", "probe"]
+    assert manifest["reused_stages"] == ["index", "finetune", "probe"] and manifest["reused_arms"] == ARMS
     # a reused stage reports the time it took when it was computed, not the time to load it
     again = json.loads((out / "results.json").read_text())
     assert [again["timings"][s] for s in ("index", "finetune", "probe")] == [first["timings"][s] for s in ("index", "finetune", "probe")]
-    assert without_timings(json.loads((out / "results.json").read_text())) == without_timings(first)
+    assert without_timings(again) == without_timings(first)
 
 
-def test_changed_probe_settings_rerun_only_the_probe(tiny_run, tiny_lm, tmp_path):
+NOT_LORA = ["base", "prompt", "fewshot", "rag"]
+
+
+@pytest.mark.parametrize("override,stages,arms", [
+    ({"probe.bootstrap_resamples": 300}, ["index", "finetune", "probe"], ARMS),      # a statistic: no answer changes
+    ({"name": "renamed"}, ["index", "finetune", "probe"], ARMS),
+    ({"index.k": 1}, ["index", "finetune"], ["base", "prompt", "fewshot", "lora"]),  # k: only the arms that retrieve
+    ({"index.chunk_tokens": 20}, ["finetune"], ["base", "prompt", "fewshot", "lora"]),
+    ({"finetune.epochs": 1}, ["index"], NOT_LORA),                                   # a new adapter: only LoRA arms
+    ({"finetune.lora_r": 4}, ["index"], NOT_LORA),
+    ({"probe.fewshot_k": 1}, ["index", "finetune"], ["base", "prompt", "rag", "lora", "lora_rag"]),
+    ({"probe.max_new_tokens": 3}, ["index", "finetune"], []),
+    ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no LoRA arm: no fine-tune stage
+    ({"probe.sets": "[heldout, unanswerable]"}, ["index", "finetune"], []),          # other questions
+    ({"models.dtype": "bfloat16"}, ["index", "finetune"], []),
+])
+def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, override, stages, arms):
     from conftest import MockEncoder
+    from ragvsft.config import load_config
 
-    cfg, out = tiny_run
-    changed = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_new_tokens": 3})})
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    data = cfg.model_dump(mode="json")
+    keep = [f"{section}.{k}={json.dumps(v)}" for section in ("models", "index", "finetune", "probe", "subset")
+            for k, v in data[section].items() if f"{section}.{k}" not in override]
+    changed = load_config(None, keep + [f"{k}={v}" for k, v in override.items()] + [f"seed={cfg.seed}"],
+                          corpus=cfg.corpus, out=str(out))
     run_experiment(changed, encoder=MockEncoder())
-    assert json.loads((out / "manifest.json").read_text())["reused_stages"] == ["index", "finetune"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reused_stages"] == stages and manifest["reused_arms"] == arms
+
+
+def test_a_corrected_alias_rescores_stored_answers_without_generating_them(tiny_run, tmp_path):
+    from conftest import FACTS, MockEncoder
+    from ragvsft.files import atomic_write_jsonl
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    rows = read_jsonl(out / "predictions.jsonl")
+    stored = next(r for r in rows if r["arm"] == "base" and r["qid"] == "portal/reverse/0")
+    stored["answer"] = "It is for reservations."  # stands for an answer the model gave
+    atomic_write_jsonl(out / "predictions.jsonl", rows)
+    run_experiment(cfg, encoder=MockEncoder())
+    assert next(r for r in read_jsonl(out / "predictions.jsonl") if r["qid"] == stored["qid"])["verdict"] == "hallucinated"
+
+    facts = json.loads(json.dumps(FACTS))
+    facts[1]["reverse"]["aliases"].append("reservations")  # the corpus author corrects the gold
+    corpus = write_corpus(tmp_path / "corpus2", facts=facts)
+    run_experiment(cfg.model_copy(update={"corpus": str(corpus)}), encoder=MockEncoder())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reused_stages"] == ["index", "finetune", "probe"] and manifest["reused_arms"] == ARMS
+    after = next(r for r in read_jsonl(out / "predictions.jsonl") if r["arm"] == "base" and r["qid"] == stored["qid"])
+    assert after["answer"] == "It is for reservations." and after["verdict"] == "correct"
+    assert "reservations" in after["gold"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["arms"]["base"]["reverse"]["accuracy"] == 0.5  # 1 of the 2 reverse questions
+
+
+def test_a_stage_that_raises_leaves_no_manifest_and_is_recomputed(tiny_run, tmp_path, monkeypatch):
+    from conftest import MockEncoder
+    import ragvsft.run
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    changed = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_new_tokens": 3})})
+    real, calls = ragvsft.run.run_probe, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed during the third arm")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ragvsft.run, "run_probe", failing)
+    with pytest.raises(RuntimeError):
+        run_experiment(changed, encoder=MockEncoder())
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(ragvsft.run, "run_probe", real)
+    run_experiment(changed, encoder=MockEncoder())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reused_stages"] == ["index", "finetune"] and manifest["reused_arms"] == ARMS[:2]
     assert all(r["generated_tokens"] <= 3 for r in read_jsonl(out / "predictions.jsonl"))
+
+
+def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    from ragvsft import files
+
+    target = tmp_path / "results.json"
+    files.atomic_write_json(target, {"old": True})
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        files.atomic_write_json(target, {"new": True})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_same_config_and_seed_give_the_same_figures_in_fresh_folders(tiny_run, tmp_path):

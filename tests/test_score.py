@@ -2,16 +2,52 @@
 
 import pytest
 
-from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, follows_style, mentions,
-                           normalize, paired_difference, rag_errors, rate_with_ci, set_figures, verdict)
+import numpy as np
+from scipy.stats import bootstrap
+
+from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, follows_style, hedged,
+                           matches_gold, mentions, normalize, paired_difference, rag_errors, rate_with_ci, set_figures,
+                           verdict)
 
 ABSTAIN = ["I can't find that in our documents", "i don't know"]
 
 
 def test_normalize_keeps_number_punctuation_only():
-    assert normalize("The HX-40 lifts 1,140 kg — at 0.35 m/s!") == "the hx 40 lifts 1,140 kg at 0.35 m s"
+    assert normalize("The HX-40 lifts 1,140 kg — at 0.35 m/s!") == "the hx 40 lifts 1140 kg at 0.35 m s"
     assert normalize("Ｆｕｌｌ-width ＡＢＣ") == "full width abc"  # NFKC
     assert normalize("10:00 to 15:00.") == "10:00 to 15:00"
+    assert normalize("1,5 and 12,3456") == "1,5 and 12,3456"  # not thousands separators: kept as one token
+
+
+@pytest.mark.parametrize("answer", ["14 kg", "14kg", "14-kg", "14 KG.", "It is 14 kilograms", "14 kilos", "14.", "(14)",
+                                    "about 14, I think", "14 units"])
+def test_payload_answers_that_are_right(answer):
+    assert matches_gold(answer, ["14 kg", "14", "14 kilograms"])
+
+
+@pytest.mark.parametrize("answer", ["14 hours", "14h", "14 m/s", "140 kg", "14.5 kg", "1 4 kg", "14 euros", "14 %"])
+def test_payload_answers_that_are_wrong(answer):
+    assert not matches_gold(answer, ["14 kg", "14", "14 kilograms"])
+
+
+@pytest.mark.parametrize("answer,gold,expected", [
+    ("The interval is 12 hours.", ["12 months", "12"], False),       # a bare number with the wrong unit
+    ("The interval is 12 months.", ["12 months", "12"], True),
+    ("Every 12 mo.", ["12 months", "12"], True),                       # not a unit word we know: the number decides
+    ("Every 12 month", ["12 months", "12"], True),                     # singular and plural are one unit
+    ("It takes 5 days.", ["5 working days", "5"], True),
+    ("It takes 5 weeks.", ["5 working days", "5"], False),
+    ("Uptime was 99.95%.", ["99.95 %", "99.95%", "99.95"], True),
+    ("Uptime was 99.95 percent.", ["99.95 %", "99.95"], True),
+    ("Uptime was 99.95 hours.", ["99.95 %", "99.95"], False),
+    ("It is priority 2.", ["priority 2", "2"], True),                  # no unit expected: any non-unit word is fine
+    ("It takes 2 hours.", ["2"], False),                               # ... but a unit is still a different answer
+    ("The fleet has 1140 robots.", ["1,140 robots", "1,140"], True),   # thousands separators
+    ("The fee is €46.", ["46 euros", "€46", "46"], True),
+    ("Each robot costs 46 thousand.", ["46 euros", "46"], True),
+])
+def test_bare_numbers_need_the_right_unit(answer, gold, expected):
+    assert matches_gold(answer, gold) is expected
 
 
 @pytest.mark.parametrize("answer,expected", [
@@ -29,6 +65,15 @@ def test_verdicts():
     assert verdict("Sorry, I DON'T know.", gold, ABSTAIN) == ABSTAINED
     assert verdict("I can’t find that in our documents.", None, ABSTAIN) == ABSTAINED  # curly apostrophe
     assert verdict("The dental plan is Brightsmile.", None, ABSTAIN) == HALLUCINATED
+    assert verdict("The allowance is 58 hours.", gold, ABSTAIN) == HALLUCINATED
+
+
+def test_an_abstention_with_a_guess_is_abstained_and_flagged():
+    gold = ["58 euros", "58"]
+    answer = "I can't find that in our documents... perhaps 58 euros?"
+    assert verdict(answer, gold, ABSTAIN) == ABSTAINED and hedged(answer, gold, ABSTAIN)
+    assert not hedged("I don't know.", gold, ABSTAIN) and not hedged("It is 58 euros.", gold, ABSTAIN)
+    assert not hedged("I don't know.", None, ABSTAIN)
 
 
 def test_style_markers():
@@ -78,3 +123,21 @@ def test_paired_difference_pairs_questions_by_id():
     assert set(comparisons(rows, seed=0, resamples=200)) == {"rag_vs_lora"}
     same = paired_difference(rows, "rag", "rag", "heldout", seed=0)
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]
+
+
+def test_pairing_decides_when_one_arm_is_right_wherever_the_other_is():
+    # B is right on 16 of 40 questions; A on the same 16 and 6 more. Unpaired, 55% against 40% on 40 questions each
+    # cannot be told apart; paired, A is never worse on any question, so the difference is clearly positive.
+    n, b_right, a_extra = 40, set(range(16)), set(range(16, 22))
+    rows = [_row("rag", "heldout", CORRECT if i in b_right | a_extra else HALLUCINATED) | {"qid": f"q{i}"} for i in range(n)]
+    rows += [_row("lora", "heldout", CORRECT if i in b_right else HALLUCINATED) | {"qid": f"q{i}"} for i in range(n)]
+    paired = paired_difference(rows, "rag", "lora", "heldout", seed=0, resamples=2000)
+    assert paired["difference"] == 0.15 and paired["ci"][0] > 0
+    x = np.array([i in b_right | a_extra for i in range(n)], dtype=float)
+    y = np.array([i in b_right for i in range(n)], dtype=float)
+    unpaired = bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis), vectorized=True,
+                         n_resamples=2000, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert unpaired.low < 0  # the same data resampled without pairing straddles zero
+    # pairing is by question id, not by row order
+    shuffled = rows[:n] + list(reversed(rows[n:]))
+    assert paired_difference(shuffled, "rag", "lora", "heldout", seed=0, resamples=2000) == paired

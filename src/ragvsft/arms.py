@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .corpus import Corpus
+from .score import matches_gold
 
 LORA_ARMS = ("lora", "lora_rag")
 RAG_ARMS = ("rag", "lora_rag")
@@ -30,9 +31,11 @@ def context_block(chunks: list[str]) -> str:
     return "\n\n".join(text.strip() for text in chunks) + "\n\nAnswer from the text above: "
 
 
-def fewshot_pairs(corpus: Corpus, exclude_fact: str | None, k: int, seed: int, key: str) -> list[tuple[str, str]]:
-    """k (train question, styled answer) pairs of other facts, chosen reproducibly per question."""
-    pool = [f for f in corpus.facts if f.id != exclude_fact]
+def fewshot_pairs(corpus: Corpus, exclude_fact: str | None, k: int, seed: int, key: str,
+                  gold: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, str]]:
+    """k (train question, styled answer) pairs of other facts, chosen reproducibly per question. A fact whose
+    statement names the asked question's gold answer is never an example: the prompt must not give the answer away."""
+    pool = [f for f in corpus.facts if f.id != exclude_fact and not (gold and matches_gold(f.statement, list(gold)))]
     rng = random.Random(f"{seed}:{key}")
     return [(f.train_questions[0], corpus.style.answer(f.statement)) for f in rng.sample(pool, min(k, len(pool)))]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from .files import InputError, load_yaml_with_lines, sha256_tree
-from .score import ABSTENTION_PHRASES, follows_style, mentions_any, normalize
+from .score import ABSTENTION_PHRASES, follows_style, matches_gold, normalize
 
 DOCUMENT_SUFFIXES = (".md", ".txt")
 FACT_KEYS = {"id", "statement", "answer", "aliases", "document", "evidence", "train_questions", "probe_questions",
@@ -301,14 +301,14 @@ def _load_facts(root: Path, documents: dict[str, Document], problems: _Problems)
             problems.add(path, number, f"'evidence' {obj['evidence']!r} does not occur in {obj['document']}")
         fact = Fact(obj["id"], obj["statement"], obj["answer"], aliases, obj["document"], obj["evidence"],
                     train, probe, reverse, tags, number)
-        if not mentions_any(fact.statement, fact.gold):
+        if not matches_gold(fact.statement, fact.gold):
             problems.add(path, number, "neither 'answer' nor any alias occurs in 'statement'")
         for question in (*train, *probe):
-            if mentions_any(question, fact.gold):
+            if matches_gold(question, fact.gold):
                 problems.add(path, number, f"question {question!r} already contains the answer")
         if reverse is not None:
             for question in reverse.questions:
-                if mentions_any(question, reverse.gold):
+                if matches_gold(question, reverse.gold):
                     problems.add(path, number, f"reverse question {question!r} already contains its answer")
         facts.append(fact)
     return facts
@@ -348,6 +348,11 @@ def _check_across(root: Path, facts: list[Fact], unanswerable: list[Unanswerable
             if normalize(question) in train:
                 problems.add(root / "facts.jsonl", fact.line,
                              f"probe question {question!r} equals a train question of fact {train[normalize(question)]!r}")
+    for fact in facts:
+        for question in fact.reverse.questions if fact.reverse else ():
+            if normalize(question) in train:
+                problems.add(root / "facts.jsonl", fact.line,
+                             f"reverse question {question!r} equals a train question of fact {train[normalize(question)]!r}")
     for item in unanswerable:
         if normalize(item.question) in train:
             problems.add(root / "unanswerable.jsonl", item.line,

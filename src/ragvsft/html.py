@@ -24,7 +24,7 @@ def explorer_items(predictions: list[dict], chunk_texts: dict[str, str]) -> list
         item = items.setdefault(row["qid"], {"qid": row["qid"], "set": row["set"], "question": row["question"],
                                              "gold": row["gold"], "answers": [], "chunks": []})
         item["answers"].append({"arm": ARM_LABELS.get(row["arm"], row["arm"]), "answer": row["answer"],
-                                "verdict": row["verdict"], "style_ok": row["style_ok"]})
+                                "verdict": row["verdict"], "hedged": row.get("hedged", False), "style_ok": row["style_ok"]})
         if row["retrieved"] and not item["chunks"]:
             item["chunks"] = [{"id": cid, "text": chunk_texts.get(cid, "")} for cid in row["retrieved"]]
     return list(items.values())

@@ -8,6 +8,7 @@ keyword mock.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -92,10 +93,37 @@ class Index:
                 for row_ids, row_scores in zip(ids, scores)]
 
 
-def gold_chunk_ids(fact: Fact, chunks: list[Chunk]) -> set[str]:
-    """Chunks of the fact's document that contain its evidence (whitespace-normalised)."""
-    evidence = " ".join(fact.evidence.split())
-    return {c.id for c in chunks if c.document == fact.document and evidence in " ".join(c.text.split())}
+def evidence_spans(text: str, evidence: str) -> list[tuple[int, int]]:
+    """Character spans of every occurrence of `evidence` in `text`, whitespace-insensitive."""
+    pattern = r"\s+".join(re.escape(word) for word in evidence.split())
+    return [m.span() for m in re.finditer(pattern, text)] if pattern else []
+
+
+@dataclass(frozen=True)
+class Gold:
+    """A fact's gold chunks. `whole` is False when no chunk holds the whole evidence (it straddles a chunk boundary):
+    then the chunks holding the largest part of it are gold, so a retrieval miss is never an artefact of chunking."""
+
+    ids: frozenset[str]
+    whole: bool
+
+
+def gold_chunks(fact: Fact, chunks: list[Chunk], document_text: str) -> Gold:
+    """The chunks of the fact's document that contain its evidence (whitespace-normalised), or that hold most of it."""
+    spans = evidence_spans(document_text, fact.evidence)
+    mine = [c for c in chunks if c.document == fact.document]
+    whole = {c.id for c in mine for s, e in spans if c.start <= s and e <= c.end}
+    if whole or not spans:
+        return Gold(frozenset(whole), bool(whole))
+    overlap = {c.id: max(min(e, c.end) - max(s, c.start) for s, e in spans) for c in mine}
+    best = max(overlap.values(), default=0)
+    return Gold(frozenset(cid for cid, size in overlap.items() if size == best > 0), False)
+
+
+def gold_chunk_map(facts, chunks: list[Chunk], documents) -> dict[str, Gold]:
+    """fact id -> Gold for every fact; `documents` are the corpus's Document records."""
+    texts = {d.path: d.text for d in documents}
+    return {f.id: gold_chunks(f, chunks, texts.get(f.document, "")) for f in facts}
 
 
 def retrieval_metrics(ranked: list[list[str]], gold: list[set[str]], ks: list[int]) -> dict:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from .arms import LORA_ARMS, RAG_ARMS, build_messages, fewshot_pairs, generate
 from .config import ProbeConfig
 from .corpus import Corpus
-from .index import Encoder, Index, gold_chunk_ids, retrieval_metrics
-from .score import follows_style, verdict
+from .index import Encoder, Gold, Index, retrieval_metrics
+from .score import follows_style, hedged, verdict
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,29 @@ def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int) 
     return {q.qid: [(c.id, c.text) for c, _ in row] for q, row in zip(questions, hits)}
 
 
-def evaluate_retrieval(index: Index, encoder: Encoder, corpus: Corpus, questions: list[Question], k: int) -> dict:
+def evaluate_retrieval(index: Index, encoder: Encoder, gold: dict[str, Gold], questions: list[Question], k: int) -> dict:
     """recall@1..k and MRR@10 over the held-out questions, a chunk being gold when it holds the fact's evidence."""
-    facts = {f.id: f for f in corpus.facts}
     asked = [q for q in questions if q.set == "heldout"]
     depth = max(10, k)
     ranked = [[c.id for c, _ in row] for row in index.search(encoder, [q.question for q in asked], depth)]
-    gold = [gold_chunk_ids(facts[q.fact_id], index.chunks) for q in asked]
     ks = sorted({1, 3, 5, k} | ({10} if depth >= 10 else set()))
-    figures = retrieval_metrics(ranked, gold, ks)
+    figures = retrieval_metrics(ranked, [set(gold[q.fact_id].ids) for q in asked], ks)
     figures["k"] = k
     return figures
+
+
+def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> list[dict]:
+    """(Re)score prediction rows against the current gold answers, abstention phrases and style markers, so a
+    corrected alias or marker re-scores stored answers without generating them again."""
+    by_qid = {q.qid: q for q in questions}
+    abstain, markers = corpus.abstain_phrases, list(corpus.style.markers)
+    for row in rows:
+        gold = by_qid[row["qid"]].gold if row["qid"] in by_qid else row["gold"]
+        row["gold"] = list(gold) if gold else None
+        row["verdict"] = verdict(row["answer"], row["gold"], abstain)
+        row["hedged"] = hedged(row["answer"], row["gold"], abstain)
+        row["style_ok"] = follows_style(row["answer"], markers)
+    return rows
 
 
 def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
@@ -69,14 +81,12 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
     """Ask every arm every question; return one scored prediction row per (arm, question).
 
     `models` maps "base" to the base model and "lora" to the fine-tuned one (needed only for the LoRA arms)."""
-    abstain = corpus.abstain_phrases
-    markers = list(corpus.style.markers)
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations = []
         for q in questions:
             chunks = [text for _, text in retrieved.get(q.qid, [])] if arm in RAG_ARMS else None
-            examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid) if arm == "fewshot" else None
+            examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if arm == "fewshot" else None
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
         began = time.perf_counter()
         model = models["lora" if arm in LORA_ARMS else "base"]
@@ -88,8 +98,7 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
                 "gold": list(q.gold) if q.gold else None, "messages": messages,
                 "retrieved": [cid for cid, _ in retrieved.get(q.qid, [])] if arm in RAG_ARMS else [],
-                "answer": g.answer, "verdict": verdict(g.answer, list(q.gold) if q.gold else None, abstain),
-                "style_ok": follows_style(g.answer, markers), "prompt_tokens": g.prompt_tokens,
+                "answer": g.answer, "prompt_tokens": g.prompt_tokens,
                 "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
             })
-    return rows
+    return score_rows(rows, questions, corpus)

@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,14 +24,14 @@ import yaml
 from rich.console import Console
 import torch
 
-from .arms import LORA_ARMS, RAG_ARMS
+from .arms import LORA_ARMS, RAG_ARMS, fewshot_pairs
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
 from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
 from .finetune import build_finetune_set, merged_model, train_lora
-from .index import Encoder, Index, gold_chunk_ids
+from .index import Encoder, Index, gold_chunk_map
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
-from .probe import evaluate_retrieval, question_sets, retrieve, run_probe
+from .probe import evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
 from .report import write_reports
 from .score import arm_figures, comparisons, rag_errors
 
@@ -104,6 +104,7 @@ class _Run:
     hashes: dict
     timings: dict = field(default_factory=dict)
     reused: list = field(default_factory=list)
+    reused_arms: list = field(default_factory=list)
 
     def finish(self, stage: str, began: float) -> None:
         self.timings[stage] = self.stages.seconds(stage, round(time.perf_counter() - began, 2))
@@ -112,8 +113,9 @@ class _Run:
 def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder) -> tuple[Index, str]:
     """Chunk, embed and index every document (RAG side)."""
     began = time.perf_counter()
-    key = sha256_json({"corpus": run.hashes["corpus"], "embedder": run.hashes["embedder"],
-                       "index": config_dict(run.cfg)["index"]})
+    # Exactly what chunking and embedding read: the documents, the embedder, the chunk sizes (not k, not the facts).
+    key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": run.hashes["embedder"],
+                       "chunk_tokens": run.cfg.index.chunk_tokens, "chunk_overlap": run.cfg.index.chunk_overlap})
     folder = run.run_dir / "index"
     if run.stages.fresh("index", key, folder / "faiss.index", folder / "chunks.jsonl"):
         index = Index.load(folder)
@@ -161,32 +163,62 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
     return json.loads((adapter_dir / "training_log.json").read_text()), key
 
 
-def _probe_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer,
-                 questions: list, index_key: str, ft_key: str | None) -> list[dict]:
-    """Ask every arm every question and score the answers."""
-    began = time.perf_counter()
+def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None) -> str:
+    """Exactly what generating one arm's answers reads: a changed statistic, alias or style marker only re-scores."""
     cfg = run.cfg
-    key = sha256_json({"index": index_key, "finetune": ft_key, "questions": [asdict(q) for q in questions],
-                       "probe": config_dict(cfg)["probe"], "style": asdict(corpus.style), "lm": run.hashes["lm"],
-                       "dtype": cfg.models.dtype, "seed": cfg.seed, "fewshot_pool": [f.id for f in sample.facts]})
+    inputs = {"arm": arm, "lm": run.hashes["lm"], "dtype": cfg.models.dtype,
+              "questions": [[q.set, q.qid, q.question] for q in questions],
+              "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
+    if arm in ("prompt", "fewshot", "rag"):
+        inputs["system_prompt"] = sample.style.system_prompt
+    if arm == "fewshot":
+        inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
+                              for q in questions]
+    if arm in RAG_ARMS:
+        inputs |= {"index": index_key, "k": cfg.index.k}
+    if arm in LORA_ARMS:
+        inputs["finetune"] = ft_key
+    return sha256_json(inputs)
+
+
+def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer,
+                 questions: list, index_key: str, ft_key: str | None) -> list[dict]:
+    """Ask every arm every question. Each arm is its own cached stage (`probe/<arm>`): adding an arm or changing k
+    regenerates only the arms that read it, and an interrupted probe resumes at the arm it stopped in."""
+    cfg = run.cfg
     path = run.run_dir / "predictions.jsonl"
-    if run.stages.fresh("probe", key, path):
-        predictions = read_jsonl(path)
-        run.reused.append("probe")
-    else:
-        run.stages.forget("probe")
+    stored = read_jsonl(path) if path.is_file() else []
+    by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
+    keys = {arm: _arm_key(run, arm, sample, questions, index_key, ft_key) for arm in cfg.probe.arms}
+    todo = [arm for arm in cfg.probe.arms
+            if not (by_arm[arm] and run.stages.fresh(f"probe/{arm}", keys[arm], path))]
+    models: dict = {}
+    if todo:
         dtype = getattr(torch, cfg.models.dtype)
-        models = {"base": fresh_copy(model, dtype)}
-        if ft_key is not None:
+        if any(arm not in LORA_ARMS for arm in todo):
+            models["base"] = fresh_copy(model, dtype)
+        if any(arm in LORA_ARMS for arm in todo):
             models["lora"] = merged_model(model, run.run_dir / "adapter", dtype)
-        k = cfg.index.k if any(arm in RAG_ARMS for arm in cfg.probe.arms) else 0
-        retrieved = retrieve(index, encoder, questions, k) if k else {}
-        run.console.log(f"probe: {len(questions)} questions x {len(cfg.probe.arms)} arms")
-        predictions = run_probe(models, tokenizer, sample, questions, retrieved, cfg.probe, cfg.seed, run.console.log)
-        atomic_write_jsonl(path, predictions)
-        run.stages.done("probe", key)
-    run.finish("probe", began)
-    return predictions
+        needs_k = any(arm in RAG_ARMS for arm in todo)
+        retrieved = retrieve(index, encoder, questions, cfg.index.k) if needs_k else {}
+        run.console.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
+    seconds = 0.0
+    for arm in cfg.probe.arms:
+        began = time.perf_counter()
+        if arm in todo:
+            run.stages.forget(f"probe/{arm}")
+            by_arm[arm] = run_probe(models, tokenizer, sample, questions, retrieved,
+                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.console.log)
+            # Written after every arm, so a stopped probe keeps the arms it finished.
+            atomic_write_jsonl(path, [r for a in cfg.probe.arms for r in by_arm[a]])
+            run.stages.done(f"probe/{arm}", keys[arm])
+        seconds += run.stages.seconds(f"probe/{arm}", round(time.perf_counter() - began, 2))
+    run.timings["probe"] = round(seconds, 2)
+    reused = [arm for arm in cfg.probe.arms if arm not in todo]
+    run.reused_arms = reused
+    if not todo:
+        run.reused.append("probe")
+    return [r for a in cfg.probe.arms for r in by_arm[a]]
 
 
 def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
@@ -194,11 +226,19 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     """Every figure of the run: the contents of results.json (tables and plots read only this)."""
     began = time.perf_counter()
     cfg = run.cfg
-    gold_chunks = {f.id: gold_chunk_ids(f, index.chunks) for f in sample.facts}
-    retrieval = evaluate_retrieval(index, encoder, sample, questions, cfg.index.k)
-    retrieval["chunks"] = len(index.chunks)
+    score_rows(predictions, questions, sample)
+    gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
+    split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
+    missing = sorted(fact for fact, g in gold.items() if not g.ids)
+    if split:
+        run.console.log(f"retrieval: the evidence of {len(split)} facts straddles a chunk boundary; the chunks holding "
+                        f"most of it count as gold: {', '.join(split[:10])}{' ...' if len(split) > 10 else ''}")
+    if missing:
+        run.console.log(f"retrieval: no chunk holds any of the evidence of: {', '.join(missing)}")
+    retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
+    retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing}
     if "rag" in cfg.probe.arms:
-        retrieval["rag_errors"] = rag_errors(predictions, gold_chunks)
+        retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
     results = {
         "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
                    "documents": len(corpus.documents), "facts": len(sample.facts),
@@ -237,8 +277,9 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     model, tokenizer = load_lm(cfg.models.lm, "float32")
     training, ft_key = _finetune_stage(run, sample, index, model, tokenizer)
     questions = question_sets(sample, cfg.probe)
-    predictions = _probe_stage(run, corpus, sample, index, encoder, model, tokenizer, questions, index_key, ft_key)
+    predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key)
     results = _results(run, corpus, sample, index, encoder, questions, predictions, training)
+    atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     atomic_write_json(run_dir / "results.json", results)
     began = time.perf_counter()
     write_reports(run_dir, results, predictions)
@@ -249,7 +290,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
         "status": "complete", "started": started.isoformat(), "finished": finished.isoformat(),
         "seconds": round((finished - started).total_seconds(), 2), "seed": cfg.seed, "config": config_dict(cfg),
         "hashes": hashes, "lm_folder": str(lm_folder(cfg.models.lm)), "embedder_folder": str(embedder_folder(cfg.models.embedder)),
-        "packages": package_versions(), "machine": machine(), "timings": run.timings, "reused_stages": run.reused,
+        "packages": package_versions(), "machine": machine(), "timings": run.timings, "reused_stages": run.reused, "reused_arms": run.reused_arms,
         "files": sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json"),
     })
     return run_dir

@@ -2,8 +2,15 @@
 bootstrap confidence intervals.
 
 A metric is a small named unit with a direction, so the table generator knows which way is better.
-Normalisation: Unicode NFKC, lowercase, punctuation and symbols replaced by spaces except `.`, `,` and `:` between
-digits (so "1,140" and "0.35" stay one token and "14" never matches "140" or "14.5").
+Normalisation: Unicode NFKC, lowercase, `%` read as "percent", a unit glued to its number split off ("14kg" is
+"14 kg"), thousands separators dropped ("1,140" is "1140"), other punctuation and symbols replaced by spaces except `.`,
+`,` and `:` between digits (so "0.35" and "10:00" stay one token and "14" never matches "140" or "14.5").
+
+Gold matching: an answer is correct when the fact's answer or an alias occurs in it as whole words. An alias that is a
+bare number ("12" for "12 months") counts only where the number is not followed by a different unit: "12 months",
+"12." and "12 mo" match, "12 hours" does not. The units a fact expects are the words that follow its number in its
+answer and its other aliases. An answer that declines ("I can't find that...") is abstained even when it goes on to
+guess; a guess that names the gold answer is flagged `hedged` in the predictions.
 """
 
 from __future__ import annotations
@@ -28,13 +35,33 @@ ABSTENTION_PHRASES = (
     "do not have access", "not provided in", "no mention",
 )
 
+# Unit words, in groups of synonyms: a bare number followed by a unit outside the fact's expected groups is not a match.
+UNIT_GROUPS = (
+    ("s", "sec", "secs", "second", "seconds"), ("min", "mins", "minute", "minutes"),
+    ("h", "hr", "hrs", "hour", "hours"), ("day", "days"), ("week", "weeks"), ("month", "months"), ("year", "years"),
+    ("mg",), ("g", "gram", "grams"), ("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"),
+    ("t", "tonne", "tonnes", "ton", "tons"), ("mm", "millimetre", "millimetres", "millimeter", "millimeters"),
+    ("cm", "centimetre", "centimetres", "centimeter", "centimeters"), ("m", "metre", "metres", "meter", "meters"),
+    ("km", "kilometre", "kilometres", "kilometer", "kilometers"), ("euro", "euros", "eur"),
+    ("dollar", "dollars", "usd"), ("pound", "pounds", "gbp"), ("percent", "per cent", "pct"),
+    ("kb",), ("mb",), ("gb",), ("tb",), ("w", "watt", "watts"), ("kw",), ("kwp",), ("mw",), ("kwh",), ("mwh",),
+    # "a" (ampere) is left out on purpose: "2 a day" is far more common in answers than "2 A".
+    ("v", "volt", "volts"), ("amp", "amps", "ampere", "amperes"), ("mah",), ("c", "celsius", "degree", "degrees"),
+    ("db", "decibel", "decibels"), ("hz",), ("khz",), ("ghz",),
+)
+_UNIT_GROUP = {word: i for i, group in enumerate(UNIT_GROUPS) for word in group}
+_GLUED_UNIT = re.compile(r"(?<=\d)(" + "|".join(sorted((w for w in _UNIT_GROUP if " " not in w), key=len, reverse=True))
+                         + r")\b")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER_PUNCT = re.compile(r"(?<=\d)[.,:](?=\d)")
 _NON_WORD = re.compile(r"[^\w\u0001]+")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
 
 
 def normalize(text: str) -> str:
-    """Lowercase, NFKC, punctuation stripped except inside numbers, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
+    """Lowercase, NFKC, units split from numbers, punctuation stripped except inside numbers, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower().replace("%", " percent ")
+    text = _GLUED_UNIT.sub(r" \1", _THOUSANDS.sub("", text))
     # Protect number-internal punctuation with placeholders, strip the rest, then restore.
     text = _NUMBER_PUNCT.sub(lambda m: {".": "\u0001d", ",": "\u0001c", ":": "\u0001k"}[m.group()], text)
     text = _NON_WORD.sub(" ", text.replace("_", " "))
@@ -52,13 +79,65 @@ def mentions_any(text: str, phrases: list[str]) -> bool:
     return any(mentions(text, p) for p in phrases)
 
 
+def _expected_units(gold: list[str]) -> set[int]:
+    """Unit groups that follow a number in the gold entries that are more than a bare number."""
+    groups = set()
+    for entry in gold:
+        words = normalize(entry).split()
+        for i, word in enumerate(words[:-1]):
+            if _NUMBER.fullmatch(word):
+                groups |= {_UNIT_GROUP[w] for w in words[i + 1:i + 3] if w in _UNIT_GROUP}
+                pair = " ".join(words[i + 1:i + 3])
+                if pair in _UNIT_GROUP:
+                    groups.add(_UNIT_GROUP[pair])
+    return groups
+
+
+def _bare_number_matches(words: list[str], number: str, expected: set[int]) -> bool:
+    """`number` occurs in `words` and is not followed by a unit outside the expected ones."""
+    for i, word in enumerate(words):
+        if word != number:
+            continue
+        after = words[i + 1] if i + 1 < len(words) else None
+        pair = " ".join(words[i + 1:i + 3])
+        unit = _UNIT_GROUP.get(pair, _UNIT_GROUP.get(after))
+        if unit is None or unit in expected:
+            return True
+    return False
+
+
+def matches_gold(text: str, gold: list[str]) -> bool:
+    """True when the answer or an alias occurs in `text` as whole words (bare numbers only with a fitting unit)."""
+    words = normalize(text).split()
+    padded = f" {' '.join(words)} "
+    expected = None
+    for entry in gold:
+        needle = normalize(entry)
+        if not needle:
+            continue
+        if _NUMBER.fullmatch(needle):
+            expected = _expected_units(gold) if expected is None else expected
+            if _bare_number_matches(words, needle, expected):
+                return True
+        elif f" {needle} " in padded:
+            return True
+    return False
+
+
 def verdict(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> str:
-    """Verdict for one answer. `gold` is the answer plus its aliases, or None for an unanswerable question."""
-    if gold and mentions_any(answer, gold):
-        return CORRECT
+    """Verdict for one answer. `gold` is the answer plus its aliases, or None for an unanswerable question.
+
+    A declared abstention wins over a guess that follows it: the model said it does not know."""
     if mentions_any(answer, abstain_phrases):
         return ABSTAINED
+    if gold and matches_gold(answer, gold):
+        return CORRECT
     return HALLUCINATED
+
+
+def hedged(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> bool:
+    """An abstention that still names the gold answer ("I can't find that... perhaps 58 euros")."""
+    return bool(gold) and mentions_any(answer, abstain_phrases) and matches_gold(answer, gold)
 
 
 def follows_style(answer: str, markers: list[str]) -> bool:
