@@ -3,6 +3,7 @@
     .venv/bin/python experiments/benchmark.py                  # both profiles (about 35 minutes on 2 cores)
     .venv/bin/python experiments/benchmark.py --profile quick --readme
     .venv/bin/python experiments/benchmark.py --dtype-check --readme  # bfloat16 against float32 on the quick run
+    .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
 
 Each profile runs in a fresh folder `runs/bench-<profile>` (nothing reused), as `ragvsft run` would. The figures go to
 `runs/benchmark.json`; with --readme the "Measured" section of README.md between its benchmark markers is rewritten
@@ -69,6 +70,60 @@ def dtype_check() -> dict:
     return {"answers": len(shared), "same_verdict": same, "arms": arms}
 
 
+def matmul_peak(dtype, repeats: int = 30) -> float:
+    """FLOP/s of a bare 2048x576 @ 576x1536 matrix product (the shape of SmolLM2's MLP on a batch of tokens)."""
+    import torch
+
+    a, b = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 2048 * 576 * 1536 * repeats / (time.perf_counter() - began)
+
+
+def training_speed(epochs: float = 2.0) -> dict:
+    """Train the quick profile's LoRA adapter with each precision and batch size (no learning curve), and report
+    seconds per example, tokens per second, the achieved share of the measured bfloat16 matmul peak, and the final
+    loss, so that speed is never bought with learning."""
+    import tempfile
+
+    import torch
+
+    from ragvsft.config import load_config
+    from ragvsft.corpus import load_corpus
+    from ragvsft.finetune import build_finetune_set, encode_example, train_lora
+    from ragvsft.models import load_lm
+
+    cfg = load_config(REPO / "experiments" / "quick.yaml")
+    sample = load_corpus(REPO / "corpus").subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+    rows = build_finetune_set(sample)
+    model, tokenizer = load_lm(cfg.models.lm, "float32")
+    examples = [encode_example(r, tokenizer, cfg.finetune.max_length) for r in rows]
+    tokens = sum(len(e["input_ids"]) for e in examples)
+    answer_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    head = model.config.vocab_size * model.config.hidden_size
+    # Forward and backward through a frozen base cost about 2 + 2 FLOPs per weight and token (no weight gradients);
+    # the vocabulary projection is computed for answer tokens only.
+    flops_per_epoch = 4 * body * tokens + 4 * head * answer_tokens
+    peak = {"bfloat16": matmul_peak(torch.bfloat16), "float32": matmul_peak(torch.float32)}
+    variants = []
+    for precision, batch in (("float32", 8), ("bfloat16", 8), ("float32", 32), ("bfloat16", 16), ("bfloat16", 32)):
+        ft = cfg.finetune.model_copy(update={"precision": precision, "batch_size": batch, "epochs": epochs, "curve_points": 0})
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = train_lora(model, tokenizer, rows, ft, cfg.seed, Path(tmp) / "adapter", work_dir=Path(tmp) / "work")
+        achieved = flops_per_epoch * epochs / figures["seconds"]
+        variants.append({"precision": precision, "batch_size": batch, "seconds_per_example": figures["seconds_per_example"],
+                         "tokens_per_second": figures["tokens_per_second"], "final_loss": figures["loss"][-1][1],
+                         "gflops": round(achieved / 1e9, 1), "share_of_bf16_peak": round(achieved / peak["bfloat16"], 3)})
+        print(json.dumps(variants[-1]), flush=True)
+    return {"examples": len(rows), "epochs": epochs, "tokens_per_example": round(tokens / len(rows), 1),
+            "answer_tokens_per_example": round(answer_tokens / len(rows), 1),
+            "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()}, "variants": variants}
+
+
 def readme_section(bench: dict) -> str:
     machine = bench["machine"]
     lines = [START, "", f"Measured on {machine['cpus']} CPU cores ({machine['processor']}, {machine['platform']}), "
@@ -88,6 +143,16 @@ def readme_section(bench: dict) -> str:
                       f"generation dtype differs): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
                       f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
+    speed = bench.get("training_speed")
+    if speed:
+        lines += ["", f"LoRA training speed on the quick profile's {speed['examples']} examples ({speed['epochs']:g} epochs, "
+                      f"{speed['tokens_per_example']:.0f} tokens per example of which {speed['answer_tokens_per_example']:.0f} "
+                      f"answer tokens; `--training`; measured matmul peak {speed['matmul_peak_gflops']['bfloat16']:.0f} "
+                      f"GFLOP/s in bfloat16, {speed['matmul_peak_gflops']['float32']:.0f} in float32):", "",
+                  "| frozen base | batch | s per example | tokens/s | GFLOP/s | share of bf16 peak | final loss |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v['precision']} | {v['batch_size']} | {v['seconds_per_example']:.3f} | {v['tokens_per_second']:.0f} | "
+                  f"{v['gflops']:.0f} | {100 * v['share_of_bf16_peak']:.0f}% | {v['final_loss']:.3f} |" for v in speed["variants"]]
     for name, p in bench["profiles"].items():
         results = json.loads((REPO / p["run_dir"] / "results.json").read_text())
         lines += ["", f"The {name} profile's comparison table, as measured (`{p['run_dir']}/report.md`):", "",
@@ -102,10 +167,14 @@ def main() -> None:
     parser.add_argument("--profile", action="append", choices=["quick", "full"], help="profile(s) to time (default both)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's benchmark section")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
+    parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     args = parser.parse_args()
     path = REPO / "runs" / "benchmark.json"
     bench = json.loads(path.read_text()) if path.is_file() else {"profiles": {}}
-    for profile in args.profile or ([] if args.dtype_check else ["quick", "full"]):
+    if args.training:
+        print("timing LoRA training ...", flush=True)
+        bench["training_speed"] = training_speed()
+    for profile in args.profile or ([] if args.dtype_check or args.training else ["quick", "full"]):
         print(f"timing the {profile} profile ...", flush=True)
         bench["profiles"][profile] = run_profile(profile)
         print(json.dumps(bench["profiles"][profile], indent=2), flush=True)

@@ -149,15 +149,17 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
-    """One small run with the real SmolLM2 and MiniLM: 4 facts, 2 unanswerable questions, one training epoch."""
+    """One small run with the real SmolLM2 and MiniLM: 8 facts, 2 unanswerable questions, trained long enough to
+    learn its 32 examples (the quick profile's settings otherwise)."""
     from ragvsft.config import load_config
     from ragvsft.run import run_experiment
 
     out = tmp_path_factory.mktemp("real") / "run"
     corpus = REPO / "corpus"
     cfg = load_config(REPO / "experiments" / "quick.yaml",
-                      ["subset.facts=4", "subset.unanswerable=2", "finetune.epochs=1", "probe.max_new_tokens=32",
-                       "probe.bootstrap_resamples=200"], corpus=str(corpus), out=str(out))
+                      ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8",
+                       "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200"],
+                      corpus=str(corpus), out=str(out))
     run_experiment(cfg)
     return out
 

@@ -9,12 +9,12 @@ def test_messages_per_arm(toy_corpus):
     corpus = load_corpus(toy_corpus)
     q, system = "Who leads security?", corpus.style.system_prompt
     assert build_messages("base", q, corpus) == [{"role": "user", "content": q}]
-    assert build_messages("lora", q, corpus) == [{"role": "user", "content": q}]
+    assert build_messages("lora", q, corpus) == [{"role": "system", "content": ""}, {"role": "user", "content": q}]
     assert build_messages("prompt", q, corpus)[0] == {"role": "system", "content": system}
     rag = build_messages("rag", q, corpus, chunks=["Dalia Fenwick is the head of security."])
     assert rag[0]["content"] == system and "Dalia Fenwick" in rag[1]["content"] and rag[1]["content"].endswith(q)
     lora_rag = build_messages("lora_rag", q, corpus, chunks=["Dalia Fenwick is the head of security."])
-    assert len(lora_rag) == 1 and "Dalia Fenwick" in lora_rag[0]["content"]
+    assert lora_rag[0] == {"role": "system", "content": ""} and "Dalia Fenwick" in lora_rag[1]["content"]
     shots = fewshot_pairs(corpus, "security", 2, seed=1, key=q)
     fewshot = build_messages("fewshot", q, corpus, examples=shots)
     assert [m["role"] for m in fewshot] == ["system", "user", "assistant", "user", "assistant", "user"]

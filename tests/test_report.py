@@ -124,3 +124,21 @@ def test_write_reports_writes_every_file(tmp_path):
     for name in ("results.csv", "report.md", "report.html", "plots/rates_heldout.png", "plots/training_loss.png",
                  "plots/style_vs_facts.png", "plots/retrieval_recall.png", "plots/seen_vs_heldout.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_learning_curve_is_plotted_and_described(tmp_path):
+    results = make_results()
+    results["curves"] = [
+        {"epoch": 0.0, "seen": 0.0, "heldout": 0.0, "unanswerable_hallucination": 0.9, "style": 0.0, "loss": None},
+        {"epoch": 2.0, "seen": 0.5, "heldout": 0.1, "unanswerable_hallucination": 1.0, "style": 0.9, "loss": 0.5},
+        {"epoch": 4.0, "seen": 0.95, "heldout": 0.2, "unanswerable_hallucination": 1.0, "style": 1.0, "loss": 0.05}]
+    text = " ".join(findings(results))
+    assert ("went from 0% to 95% on questions it was trained on and from 0% to 20% on the same facts asked in new "
+            "words; on questions nobody can answer it hallucinated 90% before and 100% after") in text
+    assert "less than half of that carried over" in text
+    results["curves"][-1]["seen"] = 0.6
+    assert "did not learn its own training set" in " ".join(findings(results))
+    write_reports(tmp_path, results, [])
+    assert (tmp_path / "plots" / "learning_curve.png").stat().st_size > 0
+    assert "| 4.0 | 60% | 20% | 100% | 100% | 0.050 |" in (tmp_path / "report.md").read_text()
+    assert "learning_curve" in (tmp_path / "report.html").read_text()

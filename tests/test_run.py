@@ -19,7 +19,8 @@ def without_timings(results):
     results.pop("timings")
     for figures in results["arms"].values():
         figures.pop("seconds_per_query")
-    results["training"] = {k: v for k, v in results["training"].items() if k not in ("seconds", "seconds_per_example")}
+    results["training"] = {k: v for k, v in results["training"].items()
+                          if k not in ("seconds", "seconds_per_example", "tokens_per_second", "curve_seconds")}
     return results
 
 

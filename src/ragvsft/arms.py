@@ -8,6 +8,9 @@
 | rag      | system prompt + top-k retrieved chunks + question            |
 | lora     | the question, to the LoRA-tuned model (no system prompt)     |
 | lora_rag | retrieved chunks + question, to the LoRA-tuned model         |
+
+The LoRA arms and the fine-tuning set use an empty system message: without one, SmolLM2's chat template inserts its
+own ~20-token default system prompt into every training example and every prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .score import matches_gold
 
 LORA_ARMS = ("lora", "lora_rag")
 RAG_ARMS = ("rag", "lora_rag")
+NO_SYSTEM = {"role": "system", "content": ""}
 
 
 def context_block(chunks: list[str]) -> str:
@@ -40,13 +44,20 @@ def fewshot_pairs(corpus: Corpus, exclude_fact: str | None, k: int, seed: int, k
     return [(f.train_questions[0], corpus.style.answer(f.statement)) for f in rng.sample(pool, min(k, len(pool)))]
 
 
+def closed_book_messages(question: str) -> list[dict]:
+    """What the LoRA model is trained on and asked: the question alone, under an empty system message."""
+    return [NO_SYSTEM, {"role": "user", "content": question}]
+
+
 def build_messages(arm: str, question: str, corpus: Corpus, chunks: list[str] | None = None,
                    examples: list[tuple[str, str]] | None = None) -> list[dict]:
     """Chat messages for one arm and question."""
     user = {"role": "user", "content": question}
     system = {"role": "system", "content": corpus.style.system_prompt}
-    if arm in ("base", "lora"):
+    if arm == "base":
         return [user]
+    if arm == "lora":
+        return closed_book_messages(question)
     if arm == "prompt":
         return [system, user]
     if arm == "fewshot":
@@ -55,7 +66,7 @@ def build_messages(arm: str, question: str, corpus: Corpus, chunks: list[str] | 
     if arm == "rag":
         return [system, {"role": "user", "content": context_block(chunks or []) + question}]
     if arm == "lora_rag":
-        return [{"role": "user", "content": context_block(chunks or []) + question}]
+        return closed_book_messages(context_block(chunks or []) + question)
     raise ValueError(f"unknown arm {arm!r}")
 
 
@@ -75,8 +86,10 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[Generation | None] = [None] * len(prompts)
     stop_ids = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
+    size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
+    for start in range(0, len(order), size):
+        batch = order[start:start + size]
         encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         began = time.perf_counter()
         with torch.inference_mode():

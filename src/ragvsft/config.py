@@ -61,6 +61,10 @@ class FinetuneConfig(_Section):
     target_modules: list[str]
     include_passages: bool = False
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    curve_points: int = Field(default=4, ge=0, le=50)
+    curve_questions: int = Field(default=20, ge=1)
+    curve_max_new_tokens: int = Field(default=40, ge=1)
 
 
 class ProbeConfig(_Section):

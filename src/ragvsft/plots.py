@@ -122,6 +122,32 @@ def plot_seen_vs_heldout(results: dict, path: Path) -> bool:
     return True
 
 
+def plot_learning_curve(results: dict, path: Path) -> bool:
+    """Gekhman et al. (2024) Fig. 1 style: as the closed-book model trains, what happens to seen and held-out
+    accuracy and to hallucination on questions nobody can answer."""
+    curve = results.get("curves") or []
+    if len(curve) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    epochs = [p["epoch"] for p in curve]
+    for key, label, colour in (("seen", "seen questions: accuracy", "#1565c0"),
+                               ("heldout", "held-out questions: accuracy", "#ef6c00"),
+                               ("unanswerable_hallucination", "unanswerable: hallucinated", "#c62828"),
+                               ("style", "house style", "#757575")):
+        ys = [p.get(key) for p in curve]
+        if any(y is not None for y in ys):
+            ax.plot(epochs, ys, marker="o", label=label, color=colour, linestyle="--" if key == "style" else "-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("share of answers")
+    ax.set_ylim(-0.02, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_title("Learning curve of the closed-book LoRA model")
+    ax.legend(ncols=2, fontsize=8, loc="upper center")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
 PLOTS = {
     "rates_heldout": lambda r, p: plot_rates(r, "heldout", p),
     "rates_unanswerable": lambda r, p: plot_rates(r, "unanswerable", p),
@@ -129,6 +155,7 @@ PLOTS = {
     "seen_vs_heldout": plot_seen_vs_heldout,
     "retrieval_recall": plot_recall,
     "training_loss": plot_loss,
+    "learning_curve": plot_learning_curve,
 }
 
 

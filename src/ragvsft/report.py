@@ -95,6 +95,21 @@ def _compare(results: dict, a: str, b: str) -> str:
     return sentence + f"; {name_a if side > 0 else name_b} is clearly better."
 
 
+def _learning_curve_sentence(curve: list[dict]) -> str:
+    first, last = curve[0], curve[-1]
+    sentence = (f"During training (learning curve, epoch {first['epoch']:g} to {last['epoch']:g}) the closed-book model went "
+                f"from {pct(first['seen'])} to {pct(last['seen'])} on questions it was trained on and from "
+                f"{pct(first['heldout'])} to {pct(last['heldout'])} on the same facts asked in new words")
+    if first.get("unanswerable_hallucination") is not None and last.get("unanswerable_hallucination") is not None:
+        sentence += (f"; on questions nobody can answer it hallucinated {pct(first['unanswerable_hallucination'])} "
+                     f"before and {pct(last['unanswerable_hallucination'])} after")
+    if last["seen"] is not None and last["seen"] < 0.8:
+        return sentence + " — it did not learn its own training set, so its held-out figures say little about fine-tuning."
+    if last["seen"] is not None and last["heldout"] is not None and last["heldout"] < 0.5 * last["seen"]:
+        return sentence + " — it learnt its training set, but less than half of that carried over to new wording."
+    return sentence + "."
+
+
 def findings(results: dict) -> list[str]:
     """Sentences computed from the figures; each is included only when the arms it needs were run."""
     arms = results["arms"]
@@ -118,6 +133,9 @@ def findings(results: dict) -> list[str]:
         out.append(f"The LoRA model answered {pct(lora['seen']['accuracy'])} of the questions it was trained on but "
                    f"{pct(lora['heldout']['accuracy'])} of the same facts asked in new words"
                    + (" — it memorised phrasings more than it learned facts." if gap > 0.1 else "."))
+    curve = results.get("curves") or []
+    if len(curve) >= 2:
+        out.append(_learning_curve_sentence(curve))
     if lora.get("reverse"):
         out.append(f"Asked in the reverse direction, the LoRA model was right {pct(lora['reverse']['accuracy'])} of the time"
                    + (f", RAG {pct(arms['rag']['reverse']['accuracy'])}." if arms.get("rag", {}).get("reverse") else "."))
