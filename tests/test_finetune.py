@@ -6,7 +6,7 @@ import torch
 
 from ragvsft.config import load_config
 from ragvsft.corpus import load_corpus
-from ragvsft.finetune import IGNORE, build_finetune_set, encode_example, merged_model, train_lora
+from ragvsft.finetune import IGNORE, build_finetune_set, curve_epochs, encode_example, merged_model, train_lora
 from ragvsft.models import load_lm
 
 
@@ -52,3 +52,60 @@ def test_lora_trains_and_saves_safetensors(tmp_path, toy_corpus, tiny_lm):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     merged = merged_model(model, tmp_path / "adapter", torch.float32)
     assert any(not torch.equal(before[k], v) for k, v in merged.state_dict().items())
+
+
+def test_answer_only_logits_give_the_full_loss(toy_corpus, tiny_lm):
+    """The trainer's loss (logits for answer positions only) equals the model's own loss over full logits."""
+    from ragvsft.finetune import _Collator, _answer_loss_trainer
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    rows = build_finetune_set(load_corpus(toy_corpus))
+    batch = _Collator(tokenizer.pad_token_id)([encode_example(r, tokenizer, 512) for r in rows])
+    reference = model(**batch).loss
+    trainer = _answer_loss_trainer().__new__(_answer_loss_trainer())  # compute_loss needs no Trainer state
+    ours = trainer.compute_loss(model, dict(batch))
+    assert torch.allclose(ours, reference, rtol=1e-5)
+
+
+def test_bfloat16_base_learns_like_float32(tmp_path, toy_corpus, tiny_lm):
+    model, tokenizer = load_lm(str(tiny_lm))
+    rows = build_finetune_set(load_corpus(toy_corpus))
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = load_config(None, ["finetune.epochs=6", "finetune.batch_size=2", "finetune.learning_rate=0.01",
+                                 f"finetune.precision={precision}"]).finetune
+        figures = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / precision,
+                             work_dir=tmp_path / f"work-{precision}")
+        assert figures["precision"] == precision
+        losses[precision] = [loss for _, loss in figures["loss"]]
+    assert len(losses["float32"]) == len(losses["bfloat16"])
+    assert abs(losses["bfloat16"][0] - losses["float32"][0]) < 0.01 * losses["float32"][0]
+    assert abs(losses["bfloat16"][-1] - losses["float32"][-1]) < 0.05 * losses["float32"][-1]
+    assert losses["bfloat16"][-1] < losses["bfloat16"][0]
+
+
+def test_curve_epochs():
+    assert curve_epochs(4, 2) == [2, 4]
+    assert curve_epochs(4, 4) == [1, 2, 3, 4]
+    assert curve_epochs(1.5, 4) == [1, 2]  # the fractional last epoch is measured at the end of training
+    assert curve_epochs(3, 0) == []
+
+
+def test_learning_curve_bookkeeping(tmp_path, toy_corpus, tiny_lm):
+    model, tokenizer = load_lm(str(tiny_lm))
+    calls = []
+
+    def evaluate(merged):
+        assert not any("lora" in name for name, _ in merged.named_parameters())  # a merged, plain copy
+        calls.append(merged)
+        return {"seen": len(calls) / 10, "heldout": 0.0, "unanswerable_hallucination": 1.0, "style": 0.5}
+
+    cfg = load_config(None, ["finetune.epochs=4", "finetune.batch_size=2", "finetune.curve_points=2"]).finetune
+    figures = train_lora(model, tokenizer, build_finetune_set(load_corpus(toy_corpus)), cfg, seed=0,
+                         adapter_dir=tmp_path / "adapter", work_dir=tmp_path / "work", evaluate=evaluate)
+    assert [p["epoch"] for p in figures["curve"]] == [0.0, 2.0, 4.0]
+    assert [p["seen"] for p in figures["curve"]] == [0.1, 0.2, 0.3]
+    assert figures["curve"][0]["loss"] is None and figures["curve"][-1]["loss"] == figures["loss"][-1][1]
+    assert "seconds" not in figures["curve"][0] and figures["curve_seconds"] >= 0
+    saved = json.loads((tmp_path / "adapter" / "training_log.json").read_text())
+    assert saved["curve"] == figures["curve"]

@@ -72,6 +72,8 @@ def test_results_keep_the_design_keys(tiny_run):
     assert rag["prompt_tokens_per_query"] > results["arms"]["base"]["prompt_tokens_per_query"]
     assert set(results["retrieval"]) >= {"k", "recall_at", "mrr", "rag_errors"}
     assert results["training"]["examples"] == 5 and results["training"]["loss"]
+    assert [p["epoch"] for p in results["curves"]] == [0.0, 1.0, 2.0]  # 2 epochs: before, after each
+    assert set(results["curves"][0]) == {"epoch", "seen", "heldout", "unanswerable_hallucination", "style", "loss"}
 
 
 def test_finetune_set_never_holds_probe_questions(tiny_run):

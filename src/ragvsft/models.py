@@ -114,6 +114,7 @@ def fresh_copy(model, dtype, attention: str = "sdpa"):
     with no_init_weights():
         clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation=attention)
     clean.load_state_dict(model.state_dict())
+    clean.tie_weights()  # skipped with the initialisation; an untied copy would double-count the embeddings
     clean.generation_config = model.generation_config
     return clean.to(dtype).eval()
 
