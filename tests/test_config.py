@@ -65,3 +65,9 @@ def test_invalid_yaml_names_line(tmp_path):
     with pytest.raises(InputError) as exc:
         load_config(exp)
     assert exc.value.problems[0].startswith(f"{exp}:") and "invalid YAML" in exc.value.problems[0]
+
+
+def test_an_empty_list_of_arms_or_sets_is_refused():
+    with pytest.raises(InputError) as exc:
+        load_config(None, ["probe.arms=[]", "probe.sets=[]"])
+    assert any("'probe.arms'" in p for p in exc.value.problems) and any("'probe.sets'" in p for p in exc.value.problems)

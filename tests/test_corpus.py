@@ -179,3 +179,21 @@ def test_shipped_corpus_sets_never_overlap():
         sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
         trained = {normalize(r["question"]) for r in build_finetune_set(sample)}
         assert not trained & (probe | reverse | unanswerable)
+
+
+def test_a_document_linking_outside_the_corpus_is_refused(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    secret = tmp_path / "secret.md"
+    secret.write_text("# Not a corpus document\n\nprivate text\n")
+    (root / "documents" / "policies" / "leak.md").symlink_to(secret)
+    problems = problems_of(root)
+    assert any(p.startswith(f"{root / 'documents' / 'policies' / 'leak.md'}:0: a link to a file outside") for p in problems)
+
+
+def test_an_empty_style_marker_is_refused(tmp_path):
+    from conftest import STYLE
+
+    meta = {"name": "acme", "organisation": "Acme Ltd", "description": "A toy corpus.",
+            "style": dict(STYLE, markers=["^Hi there!", ""])}
+    root = write_corpus(tmp_path / "c", meta=meta)
+    assert any("an empty marker matches every answer" in p for p in problems_of(root))

@@ -265,3 +265,19 @@ def test_cli_bad_input_exits_2_without_a_run_folder(tmp_path, toy_corpus):
     result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not a finished run folder" in result.output
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    from ragvsft import files
+
+    old = os.umask(0o022)
+    try:
+        files.atomic_write_text(tmp_path / "report.html", "<p>shared</p>")
+        assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        files.atomic_write_text(tmp_path / "private.html", "<p>mine</p>")
+        assert (tmp_path / "private.html").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

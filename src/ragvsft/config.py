@@ -68,8 +68,8 @@ class FinetuneConfig(_Section):
 
 
 class ProbeConfig(_Section):
-    arms: list[Literal[ARMS]]  # type: ignore[valid-type]
-    sets: list[Literal[SETS]]  # type: ignore[valid-type]
+    arms: list[Literal[ARMS]] = Field(min_length=1)  # type: ignore[valid-type]
+    sets: list[Literal[SETS]] = Field(min_length=1)  # type: ignore[valid-type]
     heldout_per_fact: int | None = Field(default=None, ge=1)
     seen_per_fact: int | None = Field(default=1, ge=1)
     fewshot_k: int = Field(ge=0)

@@ -208,6 +208,9 @@ def _load_style(path: Path, data: dict, lines: dict, problems: _Problems) -> Sty
         problems.add(path, lines.get(("style", "markers"), line), "'style.markers' must be a non-empty list of regexes")
         return None
     for marker in markers:
+        if not marker.strip():
+            problems.add(path, lines.get(("style", "markers"), line), "an empty marker matches every answer; remove it")
+            return None
         try:
             re.compile(marker)
         except re.error as exc:
@@ -226,8 +229,12 @@ def _load_documents(root: Path, problems: _Problems) -> dict[str, Document]:
         problems.add(folder, 0, "missing folder: put the internal documents (*.md, *.txt) here")
         return {}
     documents = {}
+    inside = root.resolve()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if not path.resolve().is_relative_to(inside):
+            problems.add(path, 0, "a link to a file outside the corpus folder; copy the document in instead")
             continue
         text = _read_text(path, problems)
         if text is None:

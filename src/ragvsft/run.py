@@ -147,8 +147,11 @@ def _curve_evaluator(sample: Corpus, questions: list[Question], tokenizer, cfg: 
         answers = generate(model, tokenizer, conversations, cfg.finetune.curve_max_new_tokens, 64)
         rows = score_rows([{"qid": q.qid, "gold": q.gold, "answer": g.answer} for q, g in zip(questions, answers)],
                           questions, sample)
-        rate = lambda s, v: (lambda xs: round(sum(x == v for x in xs) / len(xs), 4) if xs else None)(  # noqa: E731
-            [r["verdict"] for r, q in zip(rows, questions) if q.set == s])
+
+        def rate(set_name: str, wanted: str) -> float | None:
+            verdicts = [r["verdict"] for r, q in zip(rows, questions) if q.set == set_name]
+            return round(sum(v == wanted for v in verdicts) / len(verdicts), 4) if verdicts else None
+
         return {"seen": rate("seen", CORRECT), "heldout": rate("heldout", CORRECT),
                 "unanswerable_hallucination": rate("unanswerable", HALLUCINATED),
                 "style": round(sum(r["style_ok"] for r in rows) / len(rows), 4)}
