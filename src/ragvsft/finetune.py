@@ -15,6 +15,7 @@ safetensors with its training log.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,8 +89,6 @@ def _answer_loss_trainer():
 def curve_epochs(epochs: float, points: int) -> list[int]:
     """The whole epochs after which the learning curve is measured: `points` of them, evenly spread, the last one
     always included (a fractional last epoch is measured at the end of training)."""
-    import math
-
     last = math.ceil(epochs)
     if points <= 0:
         return []
@@ -112,8 +111,6 @@ def _callbacks(log: Callable[[str], None] | None, evaluate: Callable | None, epo
                 log(f"finetune: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            import math
-
             finished = state.global_step >= state.max_steps
             if evaluate is not None and (math.ceil(state.epoch - 1e-9) in epochs_at or finished):
                 losses = [e["loss"] for e in state.log_history if "loss" in e]
