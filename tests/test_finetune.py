@@ -97,7 +97,7 @@ def test_learning_curve_bookkeeping(tmp_path, toy_corpus, tiny_lm):
 
     def evaluate(merged):
         assert not any("lora" in name for name, _ in merged.named_parameters())  # a merged, plain copy
-        calls.append(merged)
+        calls.append(merged.model.layers[0].self_attn.q_proj.weight.detach().float().clone())
         return {"seen": len(calls) / 10, "heldout": 0.0, "unanswerable_hallucination": 1.0, "style": 0.5}
 
     cfg = load_config(None, ["finetune.epochs=4", "finetune.batch_size=2", "finetune.curve_points=2"]).finetune
@@ -109,3 +109,7 @@ def test_learning_curve_bookkeeping(tmp_path, toy_corpus, tiny_lm):
     assert "seconds" not in figures["curve"][0] and figures["curve_seconds"] >= 0
     saved = json.loads((tmp_path / "adapter" / "training_log.json").read_text())
     assert saved["curve"] == figures["curve"]
+    # Each point measured its own snapshot: the base before training, the saved adapter at the end.
+    final = merged_model(model, tmp_path / "adapter", torch.float32).model.layers[0].self_attn.q_proj.weight
+    assert torch.allclose(calls[0], model.model.layers[0].self_attn.q_proj.weight.float(), atol=1e-2)
+    assert torch.allclose(calls[-1], final, atol=1e-2) and not torch.allclose(calls[1], calls[-1], atol=1e-4)

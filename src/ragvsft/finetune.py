@@ -7,8 +7,9 @@ covers the answer tokens only, and logits are computed only there (the 49k-word 
 single matrix product of a 135M model). On a CPU the frozen base is held in bfloat16 (the matrix units of current
 x86 CPUs) while the LoRA weights, their gradients and the optimiser stay in float32; `finetune.precision: float32`
 trains in float32 throughout. Batches are formed from examples of similar length, so little compute goes to padding.
-During training the closed-book model answers a fixed subset of seen, held-out and unanswerable questions at several
-epochs (the learning curve, `curves` in results.json); nothing is selected on those answers. The adapter is saved as
+The LoRA weights are copied at several epochs; after training, the closed-book model with each copy answers a fixed
+subset of seen, held-out and unanswerable questions (the learning curve, `curves` in results.json); nothing is
+selected on those answers. The adapter is saved as
 safetensors with its training log.
 """
 
@@ -95,15 +96,19 @@ def curve_epochs(epochs: float, points: int) -> list[int]:
     return sorted({max(1, round(last * i / points)) for i in range(1, points + 1)})
 
 
-def _callbacks(log: Callable[[str], None] | None, evaluate: Callable | None, epochs_at: list[int], curve: list):
+def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshots: list):
+    from peft import get_peft_model_state_dict
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        """One short loss line every tenth of training, and the learning curve at the chosen epochs."""
+        """One short loss line every tenth of training; a copy of the LoRA weights at the learning curve's epochs.
+
+        Only the adapter weights (a few MB) are copied here; the curve is measured after training, so generation
+        never interleaves with training steps and the training time stays a clean figure."""
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if evaluate is not None:
-                self._measure(0.0, model, None)
+            if epochs_at:
+                self._snapshot(0.0, model, None)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             every = max(1, state.max_steps // 10)
@@ -112,24 +117,36 @@ def _callbacks(log: Callable[[str], None] | None, evaluate: Callable | None, epo
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             finished = state.global_step >= state.max_steps
-            if evaluate is not None and (math.ceil(state.epoch - 1e-9) in epochs_at or finished):
+            if epochs_at and (math.ceil(state.epoch - 1e-9) in epochs_at or finished):
                 losses = [e["loss"] for e in state.log_history if "loss" in e]
-                self._measure(round(state.epoch, 3), model, losses[-1] if losses else None)
+                self._snapshot(round(state.epoch, 3), model, losses[-1] if losses else None)
 
-        def _measure(self, epoch, model, loss):
-            if curve and curve[-1]["epoch"] == epoch:
+        def _snapshot(self, epoch, model, loss):
+            if snapshots and snapshots[-1][0] == epoch:
                 return
-            began = time.perf_counter()
-            # A merged copy: a peft-wrapped model generated 2-3x slower (see models.fresh_copy).
-            merged = fresh_copy(copy.deepcopy(model).merge_and_unload(), model.get_base_model().dtype)
-            point = {"epoch": epoch, **evaluate(merged), "loss": None if loss is None else round(loss, 4)}
-            point["seconds"] = time.perf_counter() - began
-            curve.append(point)
-            if log:
-                log("finetune: curve at epoch " + f"{epoch:g}: " + ", ".join(
-                    f"{k} {v:.2f}" for k, v in point.items() if k not in ("epoch", "loss", "seconds") and v is not None))
+            weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+            snapshots.append((epoch, None if loss is None else round(loss, 4), weights))
 
     return [Progress()]
+
+
+def _measure_curve(peft_model, snapshots: list, evaluate: Callable, log: Callable[[str], None] | None) -> list[dict]:
+    """The learning curve: the closed-book model with each snapshot's LoRA weights, merged into a fresh copy
+    (a peft-wrapped model generated 2-3x slower, see models.fresh_copy), answering the curve's questions."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    final = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    curve = []
+    for epoch, loss, weights in snapshots:
+        set_peft_model_state_dict(peft_model, weights)
+        merged = fresh_copy(copy.deepcopy(peft_model).merge_and_unload(), peft_model.get_base_model().dtype)
+        point = {"epoch": epoch, **evaluate(merged), "loss": loss}
+        curve.append(point)
+        if log:
+            log("finetune: curve at epoch " + f"{epoch:g}: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in point.items() if k not in ("epoch", "loss") and v is not None))
+    set_peft_model_state_dict(peft_model, final)
+    return curve
 
 
 def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: int, adapter_dir: Path,
@@ -164,15 +181,17 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
                                      data_collator=_Collator(tokenizer.pad_token_id))
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
-    curve: list[dict] = []
-    for callback in _callbacks(log, evaluate, curve_epochs(cfg.epochs, cfg.curve_points), curve):
+    snapshots: list = []
+    epochs_at = curve_epochs(cfg.epochs, cfg.curve_points) if evaluate is not None else []
+    for callback in _callbacks(log, epochs_at, snapshots):
         trainer.add_callback(callback)
     start = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - start
-    curve_seconds = sum(p.pop("seconds", 0.0) for p in curve)
-    train_seconds = seconds - curve_seconds
+    train_seconds = time.perf_counter() - start
     peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    start = time.perf_counter()
+    curve = _measure_curve(peft_model, snapshots, evaluate, log) if snapshots else []
+    curve_seconds = time.perf_counter() - start
     loss = [[entry["step"], round(entry["loss"], 4)] for entry in trainer.state.log_history if "loss" in entry]
     tokens = sum(len(e["input_ids"]) for e in examples) * cfg.epochs
     figures = {"examples": len(examples), "epochs": cfg.epochs, "steps": trainer.state.global_step,
