@@ -1,8 +1,8 @@
-"""RAG side: token windows with overlap, FAISS search, save/load, gold chunks, recall@k and MRR."""
+"""RAG side: section chunks (headings, table headers), token windows with overlap, FAISS search, save/load, gold chunks, recall@k and MRR."""
 
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
-from ragvsft.index import Index, chunk_document, gold_chunk_map, gold_chunks, retrieval_metrics
+from ragvsft.index import Index, chunk_document, chunk_sections, document_blocks, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -12,6 +12,62 @@ def test_chunks_overlap_and_cover_the_document(mock_encoder):
     assert chunks[0].text.split()[-5:] == chunks[1].text.split()[:5]
     assert chunks[-1].text.endswith("w49") and all(text[c.start:c.end] == c.text for c in chunks)
     assert chunk_document("d.md", "", [], 20, 5) == []
+
+
+HANDBOOK = """# Travel Policy
+
+Owner: Finance.
+
+## Booking
+Book through the portal.
+- Economy below 6 hours.
+- Rail under 4 hours.
+
+## Allowances
+| Item | Domestic | Abroad |
+|---|---|---|
+| Meal allowance | 46 euros | 61 euros |
+| Car per km | 0.31 euros | 0.31 euros |
+| Incidentals | none | 9 euros |
+
+### Exceptions
+Trade fairs double the cap.
+"""
+
+
+def test_section_chunks_keep_headings_and_table_headers(mock_encoder):
+    blocks = document_blocks(HANDBOOK)
+    assert [HANDBOOK[b.start:b.end] for b in blocks][:4] == [
+        "Owner: Finance.", "Book through the portal.", "- Economy below 6 hours.", "- Rail under 4 hours."]
+    assert blocks[-1].headings == ("Travel Policy", "Allowances", "Exceptions")
+    chunks = chunk_sections("t.md", HANDBOOK, mock_encoder.token_spans, limit=24)
+    by_body = {HANDBOOK[c.start:c.end]: c for c in chunks}
+    # No chunk crosses a heading; each starts with its heading path.
+    assert chunks[0].text == "Travel Policy\nOwner: Finance."
+    assert by_body["Trade fairs double the cap."].text.startswith("Travel Policy > Allowances > Exceptions\n")
+    # Table rows split into pieces of at most 24 tokens, each repeating the header row, none holding the rule line.
+    rows = [c for c in chunks if "| Item |" in c.text]
+    assert len(rows) >= 2 and all(len(mock_encoder.token_spans(c.text)) <= 24 for c in rows)
+    assert all(c.text.startswith("Travel Policy > Allowances\n| Item | Domestic | Abroad |\n") for c in rows)
+    assert not any("|---|" in c.text for c in chunks)
+    bodies = [line for c in rows for line in HANDBOOK[c.start:c.end].splitlines()]
+    assert sorted(bodies) == sorted(line for line in HANDBOOK.splitlines() if "euros |" in line or "none |" in line)  # every row in exactly one piece
+
+
+def test_an_overlong_block_is_cut_to_the_limit(mock_encoder):
+    text = "# Log\n" + " ".join(f"w{i}" for i in range(100))
+    chunks = chunk_sections("log.md", text, mock_encoder.token_spans, limit=20)
+    assert len(chunks) > 5 and all(len(mock_encoder.token_spans(c.text)) <= 20 for c in chunks)
+    assert all(c.text.startswith("Log\n") and c.text.endswith(text[c.start:c.end]) for c in chunks)
+    no_heading = chunk_sections("notes/plain.md", "Just text.", mock_encoder.token_spans, limit=20)
+    assert [c.text for c in no_heading] == ["plain\nJust text."]
+
+
+def test_section_gold_chunk_holds_a_table_row(mock_encoder):
+    chunks = chunk_sections("t.md", HANDBOOK, mock_encoder.token_spans, limit=24)
+    gold = gold_chunks(Fact("f", "s", "a", (), "t.md", "Car per km | 0.31 euros", ("q?",), ("p?",)), chunks, HANDBOOK)
+    assert gold.whole and len(gold.ids) == 1
+    assert "Domestic" in next(c.text for c in chunks if c.id in gold.ids)  # the header travels with the row
 
 
 def test_search_finds_the_document_with_the_keywords(toy_corpus, mock_encoder):

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_config, write_corpus
+from conftest import STYLE, tiny_config, write_corpus
 from ragvsft.cli import app
 from ragvsft.files import InputError, read_jsonl
 from ragvsft.run import run_experiment
 
-ARMS = ["base", "prompt", "fewshot", "rag", "lora", "lora_rag"]
+from ragvsft.catalogue import NAMES, RETRIEVING
+
+ARMS = list(NAMES)
 
 
 def without_timings(results):
@@ -21,6 +23,7 @@ def without_timings(results):
         figures.pop("seconds_per_query")
     results["training"] = {k: v for k, v in results["training"].items()
                           if k not in ("seconds", "seconds_per_example", "tokens_per_second", "curve_seconds")}
+    results["reader"] = {k: v for k, v in results["reader"].items() if k not in ("seconds", "seconds_per_example")}
     return results
 
 
@@ -39,10 +42,27 @@ def tiny_run(tmp_path_factory, tiny_lm):
 def test_run_folder_has_every_file(tiny_run):
     _, out = tiny_run
     for name in ("config.yaml", "finetune_set.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                 "adapter/training_log.json", "index/faiss.index", "index/chunks.jsonl", "predictions.jsonl",
+                 "adapter/training_log.json", "reader/fold-0/adapter_model.safetensors",
+                 "reader/fold-1/training_log.json", "reader_set.jsonl", "index/faiss.index", "index/chunks.jsonl", "predictions.jsonl",
                  "results.json", "results.csv", "report.md", "report.html", "plots/rates_heldout.png", "manifest.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*.tmp")) and not (out / ".adapter.tmp").exists() and not (out / ".trainer").exists()
+    assert not (out / ".reader.tmp").exists()
+
+
+def test_no_reader_ever_trains_on_a_fact_it_answers(tiny_run):
+    _, out = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    folds = results["reader"]["fold_facts"]
+    assert len(folds) == 2 and sorted(sum(folds, [])) == ["meal", "payload", "portal", "security"]  # no subset: 2 folds
+    training = read_jsonl(out / "reader_set.jsonl")
+    for i, fold in enumerate(folds):
+        trained = {r["fact_id"] for r in training if r["fold"] == i}
+        assert trained and not trained & set(fold)
+        asked = [r for r in read_jsonl(out / "predictions.jsonl") if r["arm"] == "raft" and r["reader_fold"] == i]
+        assert {r["fact_id"] for r in asked if r["fact_id"]} <= set(fold)  # fold i's questions go to reader i only
+    assert {r["target"] for r in training} >= {"distractors"}
+    assert all(r["answer"] == STYLE["abstain_template"] for r in training if r["target"] != "answer")
 
 
 def test_predictions_cover_every_arm_and_question(tiny_run):
@@ -53,7 +73,7 @@ def test_predictions_cover_every_arm_and_question(tiny_run):
     for row in rows:
         assert row["verdict"] in {"correct", "hallucinated", "abstained"}
         assert (row["gold"] is None) == (row["set"] == "unanswerable")
-        assert bool(row["retrieved"]) == (row["arm"] in ("rag", "lora_rag"))
+        assert bool(row["retrieved"]) == (row["arm"] in RETRIEVING)
     fewshot = next(r for r in rows if r["arm"] == "fewshot")
     assert len(fewshot["messages"]) == 1 + 2 * 3 + 1
 
@@ -125,28 +145,32 @@ def test_second_run_reuses_every_stage_and_gives_the_same_figures(tiny_run, tmp_
     first = json.loads((out / "results.json").read_text())
     run_experiment(cfg, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["reused_stages"] == ["index", "finetune", "probe"] and manifest["reused_arms"] == ARMS
+    assert manifest["reused_stages"] == ["index", "finetune", "reader", "probe"] and manifest["reused_arms"] == ARMS
     # a reused stage reports the time it took when it was computed, not the time to load it
     again = json.loads((out / "results.json").read_text())
     assert [again["timings"][s] for s in ("index", "finetune", "probe")] == [first["timings"][s] for s in ("index", "finetune", "probe")]
     assert without_timings(again) == without_timings(first)
 
 
-NOT_LORA = ["base", "prompt", "fewshot", "rag"]
+NOT_LORA = ["base", "prompt", "fewshot", "rag", "raft"]
+NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
 
 
 @pytest.mark.parametrize("override,stages,arms", [
-    ({"probe.bootstrap_resamples": 300}, ["index", "finetune", "probe"], ARMS),      # a statistic: no answer changes
-    ({"name": "renamed"}, ["index", "finetune", "probe"], ARMS),
-    ({"index.k": 1}, ["index", "finetune"], ["base", "prompt", "fewshot", "lora"]),  # k: only the arms that retrieve
-    ({"index.chunk_tokens": 20}, ["finetune"], ["base", "prompt", "fewshot", "lora"]),
-    ({"finetune.epochs": 1}, ["index"], NOT_LORA),                                   # a new adapter: only LoRA arms
-    ({"finetune.lora_r": 4}, ["index"], NOT_LORA),
-    ({"probe.fewshot_k": 1}, ["index", "finetune"], ["base", "prompt", "rag", "lora", "lora_rag"]),
-    ({"probe.max_new_tokens": 3}, ["index", "finetune"], []),
-    ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no LoRA arm: no fine-tune stage
-    ({"probe.sets": "[heldout, unanswerable]"}, ["index", "finetune"], []),          # other questions
-    ({"models.dtype": "bfloat16"}, ["index", "finetune"], []),
+    ({"probe.bootstrap_resamples": 300}, ["index", "finetune", "reader", "probe"], ARMS),  # a statistic: no answer changes
+    ({"name": "renamed"}, ["index", "finetune", "reader", "probe"], ARMS),
+    ({"index.k": 1}, ["index", "finetune"], NO_RETRIEVAL),              # k: the arms that retrieve, and the reader's set
+    ({"index.chunk_tokens": 20}, ["finetune"], NO_RETRIEVAL),
+    ({"index.chunking": "window"}, ["finetune"], NO_RETRIEVAL),
+    ({"finetune.epochs": 1}, ["index", "reader"], NOT_LORA),            # a new closed-book adapter: only its arms
+    ({"finetune.lora_r": 4}, ["index", "reader"], NOT_LORA),
+    ({"reader.epochs": 1}, ["index", "finetune"], ARMS[:-1]),          # a new reader: only raft
+    ({"reader.distractor_share": 0.5}, ["index", "finetune"], ARMS[:-1]),
+    ({"probe.fewshot_k": 1}, ["index", "finetune", "reader"], [a for a in ARMS if a != "fewshot"]),
+    ({"probe.max_new_tokens": 3}, ["index", "finetune", "reader"], []),
+    ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no trained arm: no training stage
+    ({"probe.sets": "[heldout, unanswerable]"}, ["index", "finetune", "reader"], []),  # other questions
+    ({"models.dtype": "bfloat16"}, ["index", "finetune", "reader"], []),
 ])
 def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, override, stages, arms):
     from conftest import MockEncoder
@@ -154,7 +178,7 @@ def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, overr
 
     cfg, out = _copy_of(tiny_run, tmp_path)
     data = cfg.model_dump(mode="json")
-    keep = [f"{section}.{k}={json.dumps(v)}" for section in ("models", "index", "finetune", "probe", "subset")
+    keep = [f"{section}.{k}={json.dumps(v)}" for section in ("models", "index", "finetune", "reader", "probe", "subset")
             for k, v in data[section].items() if f"{section}.{k}" not in override]
     changed = load_config(None, keep + [f"{k}={v}" for k, v in override.items()] + [f"seed={cfg.seed}"],
                           corpus=cfg.corpus, out=str(out))
@@ -180,7 +204,7 @@ def test_a_corrected_alias_rescores_stored_answers_without_generating_them(tiny_
     corpus = write_corpus(tmp_path / "corpus2", facts=facts)
     run_experiment(cfg.model_copy(update={"corpus": str(corpus)}), encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["reused_stages"] == ["index", "finetune", "probe"] and manifest["reused_arms"] == ARMS
+    assert manifest["reused_stages"] == ["index", "finetune", "reader", "probe"] and manifest["reused_arms"] == ARMS
     after = next(r for r in read_jsonl(out / "predictions.jsonl") if r["arm"] == "base" and r["qid"] == stored["qid"])
     assert after["answer"] == "It is for reservations." and after["verdict"] == "correct"
     assert "reservations" in after["gold"]
@@ -209,7 +233,7 @@ def test_a_stage_that_raises_leaves_no_manifest_and_is_recomputed(tiny_run, tmp_
     monkeypatch.setattr(ragvsft.run, "run_probe", real)
     run_experiment(changed, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["reused_stages"] == ["index", "finetune"] and manifest["reused_arms"] == ARMS[:2]
+    assert manifest["reused_stages"] == ["index", "finetune", "reader"] and manifest["reused_arms"] == ARMS[:2]
     assert all(r["generated_tokens"] <= 3 for r in read_jsonl(out / "predictions.jsonl"))
 
 

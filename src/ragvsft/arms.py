@@ -1,16 +1,8 @@
-"""The six arms: what each one shows the model, and batched greedy generation through the chat template.
+"""How each arm asks its question (one message builder per arm of `catalogue.CATALOGUE`), and batched greedy
+generation through the chat template.
 
-| arm      | what the model sees                                          |
-|----------|--------------------------------------------------------------|
-| base     | the question                                                 |
-| prompt   | house-style system prompt + question                         |
-| fewshot  | system prompt + k styled Q/A pairs of other facts + question |
-| rag      | system prompt + top-k retrieved chunks + question            |
-| lora     | the question, to the LoRA-tuned model (no system prompt)     |
-| lora_rag | retrieved chunks + question, to the LoRA-tuned model         |
-
-The LoRA arms and the fine-tuning set use an empty system message: without one, SmolLM2's chat template inserts its
-own ~20-token default system prompt into every training example and every prompt.
+The arms that use an adapter (lora, lora_rag, raft) and the fine-tuning sets use an empty system message: without
+one, SmolLM2's chat template inserts its own ~20-token default system prompt into every training example and prompt.
 """
 
 from __future__ import annotations
@@ -21,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .catalogue import NAMES, RETRIEVING
 from .corpus import Corpus
 from .score import matches_gold
 
-LORA_ARMS = ("lora", "lora_rag")
-RAG_ARMS = ("rag", "lora_rag")
+RAG_ARMS = RETRIEVING
 NO_SYSTEM = {"role": "system", "content": ""}
 
 
@@ -49,25 +41,40 @@ def closed_book_messages(question: str) -> list[dict]:
     return [NO_SYSTEM, {"role": "user", "content": question}]
 
 
+def reader_messages(question: str, chunks: list[str]) -> list[dict]:
+    """Retrieved chunks then the question, under an empty system message: what the RAFT reader is trained on and
+    asked, and what the closed-book LoRA model is asked in the LoRA + RAG arm."""
+    return closed_book_messages(context_block(chunks) + question)
+
+
+def _system(corpus: Corpus) -> dict:
+    return {"role": "system", "content": corpus.style.system_prompt}
+
+
+def _fewshot(question, corpus, chunks, examples):
+    shots = [m for q, a in examples or [] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    return [_system(corpus), *shots, {"role": "user", "content": question}]
+
+
+BUILDERS = {
+    "base": lambda question, corpus, chunks, examples: [{"role": "user", "content": question}],
+    "prompt": lambda question, corpus, chunks, examples: [_system(corpus), {"role": "user", "content": question}],
+    "fewshot": _fewshot,
+    "rag": lambda question, corpus, chunks, examples: [
+        _system(corpus), {"role": "user", "content": context_block(chunks or []) + question}],
+    "lora": lambda question, corpus, chunks, examples: closed_book_messages(question),
+    "lora_rag": lambda question, corpus, chunks, examples: reader_messages(question, chunks or []),
+    "raft": lambda question, corpus, chunks, examples: reader_messages(question, chunks or []),
+}
+assert set(BUILDERS) == set(NAMES), "every arm of the catalogue needs a message builder"
+
+
 def build_messages(arm: str, question: str, corpus: Corpus, chunks: list[str] | None = None,
                    examples: list[tuple[str, str]] | None = None) -> list[dict]:
     """Chat messages for one arm and question."""
-    user = {"role": "user", "content": question}
-    system = {"role": "system", "content": corpus.style.system_prompt}
-    if arm == "base":
-        return [user]
-    if arm == "lora":
-        return closed_book_messages(question)
-    if arm == "prompt":
-        return [system, user]
-    if arm == "fewshot":
-        shots = [m for q, a in examples or [] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-        return [system, *shots, user]
-    if arm == "rag":
-        return [system, {"role": "user", "content": context_block(chunks or []) + question}]
-    if arm == "lora_rag":
-        return closed_book_messages(context_block(chunks or []) + question)
-    raise ValueError(f"unknown arm {arm!r}")
+    if arm not in BUILDERS:
+        raise ValueError(f"unknown arm {arm!r}")
+    return BUILDERS[arm](question, corpus, chunks, examples)
 
 
 @dataclass

@@ -16,10 +16,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .catalogue import NAMES as ARMS
 from .files import InputError, load_yaml_with_lines
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-ARMS = ("base", "prompt", "fewshot", "rag", "lora", "lora_rag")
 SETS = ("heldout", "seen", "unanswerable", "reverse")
 
 
@@ -39,6 +39,7 @@ class SubsetConfig(_Section):
 
 
 class IndexConfig(_Section):
+    chunking: Literal["section", "window"]
     chunk_tokens: int = Field(ge=16, le=512)
     chunk_overlap: int = Field(ge=0)
     k: int = Field(ge=1, le=20)
@@ -67,6 +68,19 @@ class FinetuneConfig(_Section):
     curve_max_new_tokens: int = Field(default=40, ge=1)
 
 
+class ReaderConfig(_Section):
+    """The RAFT reader (arm `raft`): a LoRA adapter trained on retrieved chunks + train questions of other facts."""
+    folds: int | None = Field(default=None, ge=1, le=10)
+    facts: int | None = Field(default=None, ge=1)
+    questions_per_fact: int = Field(default=1, ge=1)
+    distractor_share: float = Field(default=0.25, ge=0, lt=1)
+    epochs: float = Field(default=2, gt=0)
+    learning_rate: float = Field(default=0.002, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    lora_r: int = Field(default=8, ge=1)
+    max_length: int = Field(default=512, ge=32)
+
+
 class ProbeConfig(_Section):
     arms: list[Literal[ARMS]] = Field(min_length=1)  # type: ignore[valid-type]
     sets: list[Literal[SETS]] = Field(min_length=1)  # type: ignore[valid-type]
@@ -87,6 +101,7 @@ class Config(_Section):
     models: ModelsConfig
     index: IndexConfig
     finetune: FinetuneConfig
+    reader: ReaderConfig
     probe: ProbeConfig
 
     @property

@@ -4,15 +4,17 @@ where fine-tuning's shorter prompts pay for its training and hosting.
     ragvsft cost runs/quick --queries-per-month 100000 --input-price 0.2 --output-price 0.6
 
 Model: per query, prompt tokens x input price + generated tokens x output price (prices per million tokens). Arms with
-a fine-tuned model add a monthly hosting fee for the dedicated model and the training run, repeated `retrains` times
-a month (documents change), priced at the measured training hours x the compute price per hour.
+a fine-tuned model add a monthly hosting fee for the dedicated model; the closed-book adapter (which holds the facts)
+also adds its training run, repeated `retrains` times a month (documents change), priced at the measured training
+hours x the compute price per hour. The RAFT reader learnt to read, not the facts: a document change needs a re-index,
+not a new reader, so it adds hosting only.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .arms import LORA_ARMS
+from .catalogue import TRAINED, label, model_of
 
 
 @dataclass(frozen=True)
@@ -34,14 +36,15 @@ def cost_table(results: dict, queries_per_month: int, prices: Prices = Prices())
     for arm, f in results["arms"].items():
         per_query = (f["prompt_tokens_per_query"] * prices.input_per_million
                      + f["generated_tokens_per_query"] * prices.output_per_million) / 1e6
-        fixed = (prices.finetuned_hosting_per_month + training_cost * prices.retrains_per_month) if arm in LORA_ARMS else 0.0
+        fixed = {"base": 0.0, "reader": prices.finetuned_hosting_per_month,
+                 "closed_book": prices.finetuned_hosting_per_month + training_cost * prices.retrains_per_month}[model_of(arm)]
         arms[arm] = {"cost_per_query": per_query, "fixed_per_month": round(fixed, 4),
                      "monthly": round(per_query * queries_per_month + fixed, 4),
                      "prompt_tokens_per_query": f["prompt_tokens_per_query"],
                      "generated_tokens_per_query": f["generated_tokens_per_query"]}
     break_even = {}
     if "rag" in arms:
-        for arm in LORA_ARMS:
+        for arm in TRAINED:
             if arm in arms:
                 saving = arms["rag"]["cost_per_query"] - arms[arm]["cost_per_query"]
                 break_even[arm] = round(arms[arm]["fixed_per_month"] / saving) if saving > 0 else None
@@ -53,7 +56,7 @@ def cost_table(results: dict, queries_per_month: int, prices: Prices = Prices())
 def break_even_sentence(table: dict) -> str:
     sentences = []
     for arm, volume in table["break_even_vs_rag"].items():
-        name = "The LoRA model" if arm == "lora" else "LoRA + RAG"
+        name = label(arm)
         if volume is None:
             sentences.append(f"{name} never breaks even against RAG: its prompts are not shorter.")
         else:

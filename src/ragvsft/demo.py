@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from .catalogue import label  # noqa: E402
 from .live import Session  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def build_demo(session: Session) -> gr.Blocks:
         boxes = []
         with gr.Row():
             for arm in session.arms:
-                boxes.append(gr.Textbox(label=arm, elem_id=f"answer-{arm}", lines=6, interactive=False))
+                boxes.append(gr.Textbox(label=label(arm), elem_id=f"answer-{arm}", lines=6, interactive=False))
         passages = gr.Textbox(label="Retrieved passages", elem_id="passages", lines=8, interactive=False)
         gr.Examples(examples=[[q] for q in session.examples()], inputs=[question])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .arms import closed_book_messages
+from .arms import closed_book_messages, reader_messages
 from .config import FinetuneConfig
 from .corpus import Corpus
 from .files import atomic_write_json
@@ -42,12 +42,14 @@ def build_finetune_set(corpus: Corpus, passages: list[str] | None = None) -> lis
 
 
 def encode_example(row: dict, tokenizer, max_length: int) -> dict:
-    """Token ids and labels; labels mask the prompt (-100) so the loss covers the answer tokens only."""
+    """Token ids and labels; labels mask the prompt (-100) so the loss covers the answer tokens only. Kinds: "qa"
+    (closed-book question), "reader" (retrieved chunks + question, see reader.py), "passage" (plain text)."""
     if row["kind"] == "passage":
         ids = tokenizer(row["text"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
         return {"input_ids": ids, "labels": list(ids)}
-    prompt = tokenizer.apply_chat_template(closed_book_messages(row["question"]), tokenize=False,
-                                           add_generation_prompt=True)
+    messages = (reader_messages(row["question"], row["chunks"]) if row["kind"] == "reader"
+                else closed_book_messages(row["question"]))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(row["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     ids = (prompt_ids + answer_ids)[:max_length]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .cost import break_even_sentence, cost_table
 from .files import read_jsonl
+from .catalogue import label
 from .report import ARM_LABELS, LITERATURE, SET_LABELS, _environment, comparison_rows, findings, pct
 
 DEFAULT_COST_VOLUME = 100_000
@@ -23,7 +24,7 @@ def explorer_items(predictions: list[dict], chunk_texts: dict[str, str]) -> list
     for row in predictions:
         item = items.setdefault(row["qid"], {"qid": row["qid"], "set": row["set"], "question": row["question"],
                                              "gold": row["gold"], "answers": [], "chunks": []})
-        item["answers"].append({"arm": ARM_LABELS.get(row["arm"], row["arm"]), "answer": row["answer"],
+        item["answers"].append({"arm": label(row["arm"]), "answer": row["answer"],
                                 "verdict": row["verdict"], "hedged": row.get("hedged", False), "style_ok": row["style_ok"]})
         if row["retrieved"] and not item["chunks"]:
             item["chunks"] = [{"id": cid, "text": chunk_texts.get(cid, "")} for cid in row["retrieved"]]

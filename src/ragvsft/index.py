@@ -1,5 +1,11 @@
-"""RAG side: token-aware chunking with overlap, sentence embeddings, a FAISS index, top-k retrieval, and retrieval
-metrics (recall@k, MRR) against each fact's evidence.
+"""RAG side: chunking, sentence embeddings, a FAISS index, top-k retrieval, and retrieval metrics (recall@k, MRR)
+against each fact's evidence.
+
+Two chunkings (`index.chunking`): `section` (default) follows the markdown structure — a chunk never crosses a
+heading, starts with the document title and heading path ("Business Travel Policy > Allowances"), and a table is split
+by rows with its header row repeated in every piece, all within `chunk_tokens`; `window` cuts fixed windows of
+`chunk_tokens` tokens with `chunk_overlap` tokens of overlap. A chunk's `start`/`end` are the document characters it
+covers (its body), which decide the gold chunks; its `text` is what is embedded and shown to the model.
 
 The index lives in the run folder as `index/faiss.index` (FAISS's own format, never pickle) and `index/chunks.jsonl`
 (the chunk table). Any encoder with `token_spans(text)` and `encode(texts)` (L2-normalised rows) works; tests use a
@@ -49,8 +55,105 @@ def chunk_document(path: str, text: str, spans: list[tuple[int, int]], size: int
         first += step
 
 
-def chunk_corpus(corpus: Corpus, encoder: Encoder, size: int, overlap: int) -> list[Chunk]:
-    return [c for d in corpus.documents for c in chunk_document(d.path, d.text, encoder.token_spans(d.text), size, overlap)]
+HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$")
+LIST_ITEM = re.compile(r"^([-*+]|\d+[.)])\s")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A paragraph, list item or table row: document characters [start, end) under a heading path."""
+    start: int
+    end: int
+    headings: tuple[str, ...]
+    table_header: str | None = None
+
+
+def document_blocks(text: str) -> list[Block]:
+    """The document's paragraphs, list items and table rows, each with the headings above it (markdown `#` lines)."""
+    blocks: list[Block] = []
+    headings: list[tuple[int, str]] = []
+    header: str | None = None  # the current table's header row
+    para: list[int] | None = None  # [start, end] of the paragraph being read
+
+    def close() -> None:
+        nonlocal para
+        if para:
+            blocks.append(Block(para[0], para[1], tuple(h for _, h in headings)))
+        para = None
+
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        start, stripped = offset, line.strip()
+        end = start + len(line.rstrip("\r\n"))
+        offset += len(line)
+        heading = HEADING.match(stripped)
+        if heading:
+            close()
+            level = len(heading.group(1))
+            headings = [h for h in headings if h[0] < level] + [(level, heading.group(2))]
+            header = None
+        elif not stripped:
+            close()
+            header = None
+        elif stripped.startswith("|"):
+            close()
+            if header is None:
+                header = stripped
+            elif not TABLE_RULE.match(stripped):
+                blocks.append(Block(start, end, tuple(h for _, h in headings), header))
+        else:
+            header = None
+            if para is None or LIST_ITEM.match(stripped):
+                close()
+                para = [start, end]
+            para[1] = end
+    close()
+    return blocks
+
+
+def chunk_sections(path: str, text: str, token_spans, limit: int) -> list[Chunk]:
+    """Chunks that follow the document: consecutive blocks under the same headings (and table) packed up to `limit`
+    tokens, each prefixed with the heading path (the file name where there is none) and, for table rows, the header
+    row. A block longer than the limit is cut into token windows."""
+    chunks: list[Chunk] = []
+    count_tokens = lambda t: len(token_spans(t))  # noqa: E731
+
+    def emit(prefix: str, start: int, end: int, body: str) -> None:
+        chunks.append(Chunk(f"{path}#{len(chunks)}", path, start, end, f"{prefix}\n{body}"))
+
+    group: list[Block] = []
+    blocks = document_blocks(text)
+    for i, block in enumerate(blocks):
+        group.append(block)
+        following = blocks[i + 1] if i + 1 < len(blocks) else None
+        if following and (following.headings, following.table_header) == (block.headings, block.table_header):
+            continue
+        prefix = " > ".join(block.headings) or Path(path).stem
+        if block.table_header:
+            prefix += "\n" + block.table_header
+        room = max(8, limit - count_tokens(prefix))
+        packed: list[Block] = []
+        for part in group + [None]:
+            size = None if part is None else count_tokens(text[part.start:part.end])
+            if packed and (part is None or count_tokens(text[packed[0].start:part.end]) > room):
+                emit(prefix, packed[0].start, packed[-1].end, text[packed[0].start:packed[-1].end])
+                packed = []
+            if part is not None and size > room:  # one over-long block: token windows of it
+                body = text[part.start:part.end]
+                for window in chunk_document(path, body, token_spans(body), room, 0):
+                    emit(prefix, part.start + window.start, part.start + window.end, window.text)
+            elif part is not None:
+                packed.append(part)
+        group = []
+    return chunks
+
+
+def chunk_corpus(corpus: Corpus, encoder: Encoder, size: int, overlap: int, chunking: str = "section") -> list[Chunk]:
+    if chunking == "window":
+        return [c for d in corpus.documents
+                for c in chunk_document(d.path, d.text, encoder.token_spans(d.text), size, overlap)]
+    return [c for d in corpus.documents for c in chunk_sections(d.path, d.text, encoder.token_spans, size)]
 
 
 class Index:
@@ -64,8 +167,8 @@ class Index:
         self.faiss = faiss_index
 
     @classmethod
-    def build(cls, corpus: Corpus, encoder: Encoder, size: int, overlap: int) -> "Index":
-        chunks = chunk_corpus(corpus, encoder, size, overlap)
+    def build(cls, corpus: Corpus, encoder: Encoder, size: int, overlap: int, chunking: str = "section") -> "Index":
+        chunks = chunk_corpus(corpus, encoder, size, overlap, chunking)
         return cls(chunks, encoder.encode([c.text for c in chunks]))
 
     def save(self, folder: Path) -> None:

@@ -8,6 +8,7 @@ question is one of the run's probe questions, each answer also gets its verdict.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from .arms import LORA_ARMS
+from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl
@@ -26,7 +27,7 @@ from .finetune import merged_model
 from .index import Index
 from .models import fresh_copy, load_encoder, load_lm
 from .probe import Question, retrieve, run_probe
-from .report import ARM_LABELS
+from .reader import fold_of_question
 from .score import normalize
 
 VERDICT_STYLES = {"correct": "green", "hallucinated": "red", "abstained": "grey50", None: "blue"}
@@ -42,6 +43,7 @@ class Session:
     tokenizer: object
     models: dict
     known: dict[str, Question]
+    reader_folds: list[list[str]]
 
     @classmethod
     def open(cls, run_dir: Path | str) -> "Session":
@@ -55,18 +57,22 @@ class Session:
         corpus = load_corpus(config.corpus).subset(config.subset.facts, config.subset.unanswerable, config.seed)
         model, tokenizer = load_lm(config.models.lm, "float32")
         dtype = getattr(torch, config.models.dtype)
-        models = {"lora": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
+        models = {"closed_book": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
+        reader = json.loads((run_dir / "results.json").read_text(encoding="utf-8")).get("reader") or {}
+        folds = reader.get("fold_facts") or []
+        if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
+            models["reader"] = [merged_model(model, run_dir / "reader" / f"fold-{i}", dtype) for i in range(len(folds))]
         models["base"] = fresh_copy(model, dtype)
         known = {}
         for row in read_jsonl(run_dir / "predictions.jsonl"):
             known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],
                                                          tuple(row["gold"]) if row["gold"] else None)
         return cls(run_dir, config, corpus, Index.load(run_dir / "index"), load_encoder(config.models.embedder),
-                   tokenizer, models, known)
+                   tokenizer, models, known, folds)
 
     @property
     def arms(self) -> list[str]:
-        return [a for a in self.config.probe.arms if a not in LORA_ARMS or "lora" in self.models]
+        return [a for a in self.config.probe.arms if model_of(a) in self.models]
 
     def examples(self, n: int = 6) -> list[str]:
         """A few probe questions to click: held-out ones first, then an unanswerable one."""
@@ -83,11 +89,14 @@ class Session:
         asked = probe_question or Question("live", "live/0", question, None, ())
         retrieved = retrieve(self.index, self.encoder, [asked], self.config.index.k)
         cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
-        rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed)
+        folds = self.reader_folds if "reader" in self.models else None
+        route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None
+        rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed,
+                         reader_fold=route)
         for row in rows:
             if probe_question is None:
                 row["verdict"] = None  # no gold answer for a question outside the probe
-            row["arm_label"] = ARM_LABELS.get(row["arm"], row["arm"])
+            row["arm_label"] = label(row["arm"])
         return {"question": question, "set": probe_question.set if probe_question else None,
                 "gold": list(probe_question.gold) if probe_question and probe_question.gold else None,
                 "answers": rows, "chunks": [{"id": cid, "text": text} for cid, text in retrieved[asked.qid]]}

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .arms import LORA_ARMS, RAG_ARMS, build_messages, fewshot_pairs, generate
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
+from .catalogue import model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .index import Encoder, Gold, Index, retrieval_metrics
@@ -76,11 +77,25 @@ def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> l
     return rows
 
 
+def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None):
+    """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers)."""
+    if route is None:
+        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+    out: list = [None] * len(conversations)
+    for fold in sorted(set(route)):
+        mine = [i for i, r in enumerate(route) if r == fold]
+        for i, g in zip(mine, generate(model[fold], tokenizer, [conversations[i] for i in mine], cfg.max_new_tokens,
+                                       cfg.batch_size)):
+            out[i] = g
+    return out
+
+
 def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
-              seed: int, log: Callable[[str], None] | None = None) -> list[dict]:
+              seed: int, log: Callable[[str], None] | None = None, reader_fold: dict[str, int] | None = None) -> list[dict]:
     """Ask every arm every question; return one scored prediction row per (arm, question).
 
-    `models` maps "base" to the base model and "lora" to the fine-tuned one (needed only for the LoRA arms)."""
+    `models` maps each model of the catalogue that the arms use ("base", "closed_book") to a model, and "reader" to
+    the list of cross-fitted reader models; `reader_fold` maps a question id to the reader that answers it."""
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations = []
@@ -89,16 +104,18 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
             examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if arm == "fewshot" else None
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
         began = time.perf_counter()
-        model = models["lora" if arm in LORA_ARMS else "base"]
-        generations = generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+        which = model_of(arm)
+        route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
+        generations = _answer(models[which], tokenizer, conversations, cfg, route)
         if log:
             log(f"arm {arm}: {len(questions)} answers in {time.perf_counter() - began:.0f} s")
-        for q, messages, g in zip(questions, conversations, generations):
+        for i, (q, messages, g) in enumerate(zip(questions, conversations, generations)):
             rows.append({
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
                 "gold": list(q.gold) if q.gold else None, "messages": messages,
                 "retrieved": [cid for cid, _ in retrieved.get(q.qid, [])] if arm in RAG_ARMS else [],
                 "answer": g.answer, "prompt_tokens": g.prompt_tokens,
                 "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
+                **({"reader_fold": route[i]} if route else {}),
             })
     return score_rows(rows, questions, corpus)

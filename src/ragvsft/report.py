@@ -16,10 +16,10 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
+from .catalogue import LABELS, label
 from .files import InputError, atomic_write_text, read_jsonl
 
-ARM_LABELS = {"base": "base model", "prompt": "prompting", "fewshot": "few-shot", "rag": "RAG",
-              "lora": "LoRA fine-tuned", "lora_rag": "LoRA + RAG"}
+ARM_LABELS = LABELS  # from the catalogue
 SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
 
 # Published reference points (../shared/docs/literature.md); shown beside the run's figures, never mixed into them.
@@ -48,11 +48,12 @@ def comparison_rows(results: dict) -> list[dict]:
     rows = []
     for arm, f in results["arms"].items():
         rows.append({
-            "arm": ARM_LABELS.get(arm, arm),
+            "arm": label(arm),
             "held-out accuracy": pct_ci(f.get("heldout")),
             "held-out hallucination": pct_ci(f.get("heldout"), "hallucination_rate"),
             "seen accuracy": pct_ci(f.get("seen")),
             "reverse accuracy": pct_ci(f.get("reverse")),
+            "held-out: abstained": pct_ci(f.get("heldout"), "abstention_rate"),
             "unanswerable: abstained": pct_ci(f.get("unanswerable")),
             "house style": pct(f["style_adherence"]),
             "prompt tokens": f"{f['prompt_tokens_per_query']:.0f}",
@@ -83,7 +84,7 @@ def _separation(results: dict, a: str, b: str) -> int:
 def _compare(results: dict, a: str, b: str) -> str:
     """A sentence comparing two arms' held-out accuracy, saying whether the difference is clear."""
     fa, fb = results["arms"][a]["heldout"], results["arms"][b]["heldout"]
-    name_a, name_b = ARM_LABELS.get(a, a), ARM_LABELS.get(b, b)
+    name_a, name_b = label(a), label(b)
     sentence = f"{name_a} answered {pct(fa['accuracy'])} of held-out questions correctly against {pct(fb['accuracy'])} for {name_b}"
     paired = results.get("comparisons", {}).get(f"{a}_vs_{b}")
     if paired:
@@ -110,6 +111,23 @@ def _learning_curve_sentence(curve: list[dict]) -> str:
     return sentence + "."
 
 
+def _reader_sentence(results: dict) -> str:
+    """What the RAFT reader was and was not trained on, and how often it declined, both ways."""
+    reader, raft = results.get("reader") or {}, results["arms"]["raft"]
+    sentence = ""
+    if reader:
+        sentence = (f"The RAFT reader{'s' if reader['folds'] > 1 else ''} ({reader['folds']} cross-fitted "
+                    f"fold{'s' if reader['folds'] > 1 else ''}) learnt to read on train questions of "
+                    f"{' and '.join(str(n) for n in reader['trained_on_facts'])} other facts with their retrieved chunks, "
+                    f"never on the facts {'they were' if reader['folds'] > 1 else 'it was'} asked about.")
+    declined = [f"{pct(raft[s]['abstention_rate' if s == 'heldout' else 'accuracy'])} of {what}"
+                for s, what in (("unanswerable", "unanswerable questions"), ("heldout", "answerable held-out ones"))
+                if raft.get(s)]
+    if declined:
+        sentence += f" It abstained on {' and on '.join(declined)}."
+    return sentence.strip()
+
+
 def findings(results: dict) -> list[str]:
     """Sentences computed from the figures; each is included only when the arms it needs were run."""
     arms = results["arms"]
@@ -123,6 +141,8 @@ def findings(results: dict) -> list[str]:
                        "retrieval supplies the facts.")
     if held("lora_rag") and held("lora"):
         out.append(_compare(results, "lora_rag", "lora"))
+    if held("raft") and held("rag"):
+        out.append(_compare(results, "raft", "rag") + " " + _reader_sentence(results))
     if "lora" in arms and "base" in arms:
         out.append(f"Fine-tuning taught the house style: {pct(arms['lora']['style_adherence'])} of the LoRA model's answers "
                    f"follow it, against {pct(arms['base']['style_adherence'])} for the base model"
@@ -147,8 +167,8 @@ def findings(results: dict) -> list[str]:
         out.append(f"On questions the documents cannot answer, every arm abstained {pct(min(unans.values()))} of the time.")
     elif unans:
         best, worst = max(unans, key=unans.get), min(unans, key=unans.get)
-        out.append(f"On questions the documents cannot answer, {ARM_LABELS.get(best, best)} abstained most often "
-                   f"({pct(unans[best])}) and {ARM_LABELS.get(worst, worst)} least ({pct(unans[worst])}).")
+        out.append(f"On questions the documents cannot answer, {label(best)} abstained most often "
+                   f"({pct(unans[best])}) and {label(worst)} least ({pct(unans[worst])}).")
     if "rag" in arms and "lora" in arms:
         out.append(f"A RAG query cost {arms['rag']['prompt_tokens_per_query']:.0f} prompt tokens against "
                    f"{arms['lora']['prompt_tokens_per_query']:.0f} for the fine-tuned model.")
@@ -203,7 +223,7 @@ def cost_markdown(table: dict) -> str:
     """The cost table (see cost.py) as Markdown, shared by report.md and `ragvsft cost`."""
     from .cost import break_even_sentence
 
-    rows = [[ARM_LABELS.get(arm, arm), f"{c['prompt_tokens_per_query']:.0f}", f"{c['generated_tokens_per_query']:.0f}",
+    rows = [[label(arm), f"{c['prompt_tokens_per_query']:.0f}", f"{c['generated_tokens_per_query']:.0f}",
              f"{1000 * c['cost_per_query']:.4f}", f"{c['fixed_per_month']:.2f}", f"{c['monthly']:.2f}"]
             for arm, c in table["arms"].items()]
     text = tabulate(rows, headers=["arm", "prompt tokens", "generated tokens", "USD per 1,000 queries",

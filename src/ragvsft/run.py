@@ -1,4 +1,4 @@
-"""The experiment end to end: index, fine-tune, probe, score, report, manifest, in one run folder.
+"""The experiment end to end: index, fine-tune, reader, probe, score, report, manifest, in one run folder.
 
     ragvsft run experiments/quick.yaml            # a few minutes on a laptop CPU
     ragvsft run experiments/full.yaml --corpus my_corpus --out runs/mine
@@ -24,14 +24,16 @@ import yaml
 from rich.console import Console
 import torch
 
-from .arms import LORA_ARMS, RAG_ARMS, build_messages, fewshot_pairs, generate
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
+from .catalogue import model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
-from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
+from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_map
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
+from .reader import build_reader_set, fact_folds, fold_count, fold_of_question, training_facts
 from .report import write_reports
 from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
 
@@ -115,14 +117,16 @@ def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder) -> tuple[Index, st
     began = time.perf_counter()
     # Exactly what chunking and embedding read: the documents, the embedder, the chunk sizes (not k, not the facts).
     key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": run.hashes["embedder"],
-                       "chunk_tokens": run.cfg.index.chunk_tokens, "chunk_overlap": run.cfg.index.chunk_overlap})
+                       "chunking": run.cfg.index.chunking, "chunk_tokens": run.cfg.index.chunk_tokens,
+                       "chunk_overlap": run.cfg.index.chunk_overlap})
     folder = run.run_dir / "index"
     if run.stages.fresh("index", key, folder / "faiss.index", folder / "chunks.jsonl"):
         index = Index.load(folder)
         run.reused.append("index")
     else:
         run.console.log(f"index: chunking {len(corpus.documents)} documents and embedding them")
-        index = Index.build(corpus, encoder, run.cfg.index.chunk_tokens, run.cfg.index.chunk_overlap)
+        index = Index.build(corpus, encoder, run.cfg.index.chunk_tokens, run.cfg.index.chunk_overlap,
+                            run.cfg.index.chunking)
         index.save(folder)
         run.stages.done("index", key)
     run.finish("index", began)
@@ -163,7 +167,7 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
     """Build the fine-tuning set and train the LoRA adapter (fine-tuning side); (training figures, key)."""
     began = time.perf_counter()
     cfg, run_dir = run.cfg, run.run_dir
-    if not any(arm in LORA_ARMS for arm in cfg.probe.arms):
+    if not uses(cfg.probe.arms, "closed_book"):
         run.finish("finetune", began)
         return None, None
     passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
@@ -192,7 +196,79 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
     return json.loads((adapter_dir / "training_log.json").read_text()), key
 
 
-def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None) -> str:
+def _check_reader(cfg: Config, corpus: Corpus, sample: Corpus) -> None:
+    """Before anything is loaded: every cross-fitted reader must have facts of its own to train on."""
+    if not uses(cfg.probe.arms, "reader"):
+        return
+    for fold in fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed):
+        if not training_facts(corpus, fold, cfg.reader, cfg.seed):
+            raise InputError([f"reader.folds: {cfg.reader.folds or 1} fold(s) leave no fact outside the probed ones "
+                              "to train the RAFT reader on; use 2 or more folds, or a subset of the corpus"])
+
+
+@dataclass
+class ReaderPlan:
+    folds: list[list[str]]  # probed fact ids per fold; reader i answers fold i
+    key: str | None = None
+    figures: dict | None = None
+
+
+def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer,
+                  index_key: str) -> ReaderPlan | None:
+    """Train the cross-fitted RAFT readers (reader.py): reader i on facts outside fold i, with their retrieved chunks."""
+    began = time.perf_counter()
+    cfg, run_dir = run.cfg, run.run_dir
+    if not uses(cfg.probe.arms, "reader"):
+        return None
+    folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
+    gold = gold_chunk_map(corpus.facts, index.chunks, corpus.documents)
+    sets = []
+    for i, fold in enumerate(folds):
+        facts = training_facts(corpus, fold, cfg.reader, cfg.seed)
+        # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers.
+        assert not {f.id for f in facts} & set(fold), "a reader's training facts overlap the facts it answers"
+        sets.append(build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed))
+    training = cfg.finetune.model_copy(update={
+        "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
+        "lora_r": cfg.reader.lora_r, "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False})
+    key = sha256_json({"sets": sets, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
+                       "training": training.model_dump(mode="json"), "seed": cfg.seed})
+    folder = run_dir / "reader"
+    paths = [folder / f"fold-{i}" / "adapter_model.safetensors" for i in range(len(folds))]
+    if run.stages.fresh("reader", key, *paths, run_dir / "reader_set.jsonl"):
+        run.reused.append("reader")
+    else:
+        run.stages.forget("reader")
+        atomic_write_jsonl(run_dir / "reader_set.jsonl", [{"fold": i, **row} for i, rows in enumerate(sets) for row in rows])
+        tmp = run_dir / ".reader.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i, rows in enumerate(sets):
+            targets = {t: sum(1 for r in rows if r["target"] == t) for t in ("answer", "abstain", "distractors")}
+            run.console.log(f"reader {i + 1}/{len(sets)}: LoRA on {len(rows)} examples of "
+                            f"{len({r['fact_id'] for r in rows})} other facts ({targets}), answers {len(folds[i])} facts")
+            figures = train_lora(model, tokenizer, rows, training, cfg.seed, tmp / f"fold-{i}",
+                                 work_dir=run_dir / ".trainer", log=run.console.log)
+            atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
+                              {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
+                               "answers_facts": len(folds[i])})
+        shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        run.stages.done("reader", key)
+    logs = [json.loads((folder / f"fold-{i}" / "training_log.json").read_text()) for i in range(len(folds))]
+    figures = {"folds": len(folds), "fold_facts": folds, "facts_per_fold": [len(f) for f in folds],
+               "trained_on_facts": [log["trained_on_facts"] for log in logs],
+               "examples": [log["examples"] for log in logs], "targets": [log["targets"] for log in logs],
+               "epochs": cfg.reader.epochs, "seconds": round(sum(log["seconds"] for log in logs), 2),
+               "seconds_per_example": round(sum(log["seconds"] for log in logs) /
+                                            max(1, sum(log["examples"] for log in logs) * cfg.reader.epochs), 4),
+               "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs]}
+    run.finish("reader", began)
+    return ReaderPlan(folds, key, figures)
+
+
+def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
+             reader_key: str | None = None) -> str:
     """Exactly what generating one arm's answers reads: a changed statistic, alias or style marker only re-scores."""
     cfg = run.cfg
     inputs = {"arm": arm, "lm": run.hashes["lm"], "dtype": cfg.models.dtype,
@@ -205,29 +281,36 @@ def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: st
                               for q in questions]
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k}
-    if arm in LORA_ARMS:
+    if model_of(arm) == "closed_book":
         inputs["finetune"] = ft_key
+    if model_of(arm) == "reader":
+        inputs["reader"] = reader_key
     return sha256_json(inputs)
 
 
 def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer,
-                 questions: list, index_key: str, ft_key: str | None) -> list[dict]:
+                 questions: list, index_key: str, ft_key: str | None, reader: ReaderPlan | None) -> list[dict]:
     """Ask every arm every question. Each arm is its own cached stage (`probe/<arm>`): adding an arm or changing k
     regenerates only the arms that read it, and an interrupted probe resumes at the arm it stopped in."""
     cfg = run.cfg
     path = run.run_dir / "predictions.jsonl"
     stored = read_jsonl(path) if path.is_file() else []
     by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
-    keys = {arm: _arm_key(run, arm, sample, questions, index_key, ft_key) for arm in cfg.probe.arms}
+    reader_key = reader.key if reader else None
+    keys = {arm: _arm_key(run, arm, sample, questions, index_key, ft_key, reader_key) for arm in cfg.probe.arms}
     todo = [arm for arm in cfg.probe.arms
             if not (by_arm[arm] and run.stages.fresh(f"probe/{arm}", keys[arm], path))]
     models: dict = {}
+    folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions} if reader else None
     if todo:
         dtype = getattr(torch, cfg.models.dtype)
-        if any(arm not in LORA_ARMS for arm in todo):
+        if uses(todo, "base"):
             models["base"] = fresh_copy(model, dtype)
-        if any(arm in LORA_ARMS for arm in todo):
-            models["lora"] = merged_model(model, run.run_dir / "adapter", dtype)
+        if uses(todo, "closed_book"):
+            models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype)
+        if uses(todo, "reader"):
+            models["reader"] = [merged_model(model, run.run_dir / "reader" / f"fold-{i}", dtype)
+                                for i in range(len(reader.folds))]
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = retrieve(index, encoder, questions, cfg.index.k) if needs_k else {}
         run.console.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
@@ -237,7 +320,7 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
         if arm in todo:
             run.stages.forget(f"probe/{arm}")
             by_arm[arm] = run_probe(models, tokenizer, sample, questions, retrieved,
-                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.console.log)
+                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.console.log, folds)
             # Written after every arm, so a stopped probe keeps the arms it finished.
             atomic_write_jsonl(path, [r for a in cfg.probe.arms for r in by_arm[a]])
             run.stages.done(f"probe/{arm}", keys[arm])
@@ -294,6 +377,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     started = datetime.now(timezone.utc)
     corpus = prepare(cfg)
     sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+    _check_reader(cfg, corpus, sample)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
@@ -306,9 +390,11 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     index, index_key = _index_stage(run, corpus, encoder)
     model, tokenizer = load_lm(cfg.models.lm, "float32")
     training, ft_key = _finetune_stage(run, sample, index, model, tokenizer)
+    reader = _reader_stage(run, corpus, sample, index, encoder, model, tokenizer, index_key)
     questions = question_sets(sample, cfg.probe)
-    predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key)
+    predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key, reader)
     results = _results(run, corpus, sample, index, encoder, questions, predictions, training)
+    results["reader"] = reader.figures if reader else None
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     atomic_write_json(run_dir / "results.json", results)
     began = time.perf_counter()

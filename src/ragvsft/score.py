@@ -238,7 +238,8 @@ def paired_difference(rows: list[dict], arm_a: str, arm_b: str, set_name: str, s
     return {"n": len(shared), "difference": round(difference, 4), "ci": [round(float(low), 4), round(float(high), 4)]}
 
 
-COMPARISONS = (("rag", "lora"), ("lora_rag", "lora"), ("rag", "prompt"), ("lora_rag", "rag"))
+COMPARISONS = (("rag", "lora"), ("lora_rag", "lora"), ("rag", "prompt"), ("lora_rag", "rag"), ("raft", "rag"),
+               ("raft", "lora"))
 
 
 def comparisons(rows: list[dict], seed: int, resamples: int = 2000, set_name: str = "heldout") -> dict:

@@ -1,0 +1,59 @@
+"""The arms, described once: every other module (config, probe, run, report, plots, cost, ask, demo) reads them here.
+
+An arm is a way of asking the model a question: which model answers (the base model, the closed-book LoRA adapter,
+or the RAFT reader adapter), whether retrieved chunks are put in front of the question, and how its chat messages
+are built (`arms.build_messages`, one builder per arm). This module imports no torch, so the config loader and the
+report can use it cheaply. Adding an arm is one entry here plus its message builder in arms.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Model = Literal["base", "closed_book", "reader"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str  # in tables and sentences
+    short: str  # on plot axes
+    model: Model  # which weights answer
+    retrieves: bool  # retrieved chunks are put in the prompt
+    sees: str  # what the model sees, for the README and report
+
+
+CATALOGUE: tuple[Arm, ...] = (
+    Arm("base", "base model", "base", "base", False, "the question"),
+    Arm("prompt", "prompting", "prompt", "base", False, "house-style system prompt + question"),
+    Arm("fewshot", "few-shot", "few-shot", "base", False, "system prompt + k styled Q/A pairs of other facts + question"),
+    Arm("rag", "RAG", "RAG", "base", True, "system prompt + top-k retrieved chunks + question"),
+    Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False, "the question, to the closed-book LoRA model"),
+    Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True, "retrieved chunks + question, to the closed-book LoRA model"),
+    Arm("raft", "RAFT reader", "RAFT", "reader", True,
+        "retrieved chunks + question, to a LoRA reader trained to answer from chunks (on other facts) or abstain"),
+)
+ARMS: dict[str, Arm] = {arm.name: arm for arm in CATALOGUE}
+NAMES: tuple[str, ...] = tuple(ARMS)
+LABELS: dict[str, str] = {arm.name: arm.label for arm in CATALOGUE}
+SHORT_LABELS: dict[str, str] = {arm.name: arm.short for arm in CATALOGUE}
+TRAINED: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.model != "base")
+RETRIEVING: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.retrieves)
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def short_label(name: str) -> str:
+    return SHORT_LABELS.get(name, name)
+
+
+def model_of(name: str) -> Model:
+    return ARMS[name].model
+
+
+def uses(arms, model: Model) -> bool:
+    """Whether any of `arms` is answered by `model`."""
+    return any(ARMS[a].model == model for a in arms)
