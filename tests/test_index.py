@@ -2,7 +2,7 @@
 
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
-from ragvsft.index import Index, chunk_document, chunk_sections, document_blocks, gold_chunk_map, gold_chunks, retrieval_metrics
+from ragvsft.index import Index, chunk_document, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -68,6 +68,18 @@ def test_section_gold_chunk_holds_a_table_row(mock_encoder):
     gold = gold_chunks(Fact("f", "s", "a", (), "t.md", "Car per km | 0.31 euros", ("q?",), ("p?",)), chunks, HANDBOOK)
     assert gold.whole and len(gold.ids) == 1
     assert "Domestic" in next(c.text for c in chunks if c.id in gold.ids)  # the header travels with the row
+
+
+def test_units_keep_heading_and_table_header(mock_encoder):
+    chunks = chunk_sections("t.md", HANDBOOK, mock_encoder.token_spans, limit=40)
+    table = next(c for c in chunks if "| Item |" in c.text)
+    units = chunk_units(table.text, headed=True)
+    assert units[0] == "Travel Policy > Allowances\n| Item | Domestic | Abroad |\n| Meal allowance | 46 euros | 61 euros |"
+    prose = chunk_units("Booking\nBook through the portal. Rail under 4 hours.", headed=True)
+    assert prose == ["Booking\nBook through the portal.", "Booking\nRail under 4 hours."]
+    assert chunk_units("Plain window text. Second one.", headed=False) == ["Plain window text.", "Second one."]
+    picked = select_units(mock_encoder, ["What is the car allowance per km?"], [[(table.id, table.text)]], 1, True)
+    assert picked == [[(table.id, "Travel Policy > Allowances\n| Item | Domestic | Abroad |\n| Car per km | 0.31 euros | 0.31 euros |")]]
 
 
 def test_search_finds_the_document_with_the_keywords(toy_corpus, mock_encoder):

@@ -142,3 +142,32 @@ def test_learning_curve_is_plotted_and_described(tmp_path):
     assert (tmp_path / "plots" / "learning_curve.png").stat().st_size > 0
     assert "| 4.0 | 60% | 20% | 100% | 100% | 0.050 |" in (tmp_path / "report.md").read_text()
     assert "learning_curve" in (tmp_path / "report.html").read_text()
+
+
+def test_the_catalogue_drives_every_label(tmp_path, monkeypatch):
+    from ragvsft import catalogue
+
+    monkeypatch.setitem(catalogue.LABELS, "rag", "Retrieval <i>arm</i>")
+    monkeypatch.setitem(catalogue.SHORT_LABELS, "lora", "LORA-SHORT")
+    results = make_results()
+    write_reports(tmp_path, results, [])
+    assert "Retrieval <i>arm</i>" in (tmp_path / "report.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "Retrieval &lt;i&gt;arm&lt;/i&gt;" in html and "Retrieval <i>arm</i>" not in html
+    assert any("Retrieval <i>arm</i> answered" in s for s in findings(results))
+    captured = []
+    monkeypatch.setattr("matplotlib.axes.Axes.set_xticks", lambda self, ticks, labels=None, **k: captured.extend(labels or []))
+    write_plots(tmp_path / "again", results)
+    assert "LORA-SHORT" in captured
+
+
+def test_the_raft_finding_states_what_the_reader_learnt_on():
+    results = make_results(rag=0.2)
+    results["arms"]["raft"] = dict(results["arms"]["rag"], heldout=set_figs(0.5), unanswerable=set_figs(0.7))
+    results["arms"]["raft"]["heldout"]["abstention_rate"] = 0.1
+    results["comparisons"] = {"raft_vs_rag": {"set": "heldout", "n": 40, "difference": 0.3, "ci": [0.15, 0.45]}}
+    results["reader"] = {"folds": 2, "trained_on_facts": [94, 94]}
+    sentence = next(s for s in findings(results) if s.startswith("RAFT reader answered"))
+    assert "+30 points" in sentence and "RAFT reader is clearly better" in sentence
+    assert "2 cross-fitted folds" in sentence and "94 and 94 other facts" in sentence
+    assert "abstained on 70% of unanswerable questions and on 10% of answerable held-out ones" in sentence

@@ -162,6 +162,7 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"index.k": 1}, ["index", "finetune"], NO_RETRIEVAL),              # k: the arms that retrieve, and the reader's set
     ({"index.chunk_tokens": 20}, ["finetune"], NO_RETRIEVAL),
     ({"index.chunking": "window"}, ["finetune"], NO_RETRIEVAL),
+    ({"index.context_units": 2}, ["index", "finetune"], NO_RETRIEVAL),  # what the reader is shown, in training too
     ({"finetune.epochs": 1}, ["index", "reader"], NOT_LORA),            # a new closed-book adapter: only its arms
     ({"finetune.lora_r": 4}, ["index", "reader"], NOT_LORA),
     ({"reader.epochs": 1}, ["index", "finetune"], ARMS[:-1]),          # a new reader: only raft

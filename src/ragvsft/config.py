@@ -43,6 +43,7 @@ class IndexConfig(_Section):
     chunk_tokens: int = Field(ge=16, le=512)
     chunk_overlap: int = Field(ge=0)
     k: int = Field(ge=1, le=20)
+    context_units: int | None = Field(default=None, ge=1, le=50)
 
     @model_validator(mode="after")
     def _overlap_below_size(self):

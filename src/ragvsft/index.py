@@ -149,6 +149,53 @@ def chunk_sections(path: str, text: str, token_spans, limit: int) -> list[Chunk]
     return chunks
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+
+
+def chunk_units(text: str, headed: bool) -> list[str]:
+    """A chunk's sentences and table rows, each led by the chunk's heading line (when `headed`) and, for a row, its
+    table's header row: small pieces a 135M reader can use without losing what they are about."""
+    lines = text.split("\n")
+    head = lines.pop(0) if headed and len(lines) > 1 else ""
+    units, header, prose = [], None, []
+    for line in (line.strip() for line in lines):
+        if line.startswith("|"):
+            if header is None:
+                header = line
+            elif not TABLE_RULE.match(line):
+                units.append("\n".join(x for x in (head, header, line) if x))
+        elif line:
+            prose.append(line)
+    units += ["\n".join(x for x in (head, sentence.strip()) if x)
+              for sentence in SENTENCE_END.split(" ".join(prose)) if sentence.strip()]
+    return units
+
+
+def select_units(encoder: Encoder, questions: list[str], contexts: list[list[tuple[str, str]]], n: int,
+                 headed: bool) -> list[list[tuple[str, str]]]:
+    """For each question, the `n` sentences or table rows of its retrieved chunks most similar to it (cosine), best
+    first, as (source chunk id, unit text)."""
+    flat = [(qi, cid, unit) for qi, context in enumerate(contexts) for cid, text in context
+            for unit in chunk_units(text, headed)]
+    out: list[list[tuple[str, str]]] = [[] for _ in questions]
+    if not flat:
+        return out
+    units, queries = encoder.encode([u for _, _, u in flat]), encoder.encode(questions)
+    scores = (units * queries[[qi for qi, _, _ in flat]]).sum(axis=1)
+    for i in sorted(range(len(flat)), key=lambda i: -scores[i]):
+        qi, cid, unit = flat[i]
+        if len(out[qi]) < n:
+            out[qi].append((cid, unit))
+    return out
+
+
+def contexts(chunks: list[list[Chunk]], encoder: Encoder, queries: list[str], units: int | None,
+             headed: bool) -> list[list[tuple[str, str]]]:
+    """What a reader is shown for each query: its chunks whole, or with `units` the best sentences/rows of them."""
+    whole = [[(c.id, c.text) for c in row] for row in chunks]
+    return whole if units is None else select_units(encoder, queries, whole, units, headed)
+
+
 def chunk_corpus(corpus: Corpus, encoder: Encoder, size: int, overlap: int, chunking: str = "section") -> list[Chunk]:
     if chunking == "window":
         return [c for d in corpus.documents

@@ -15,7 +15,7 @@ from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
 from .catalogue import model_of
 from .config import ProbeConfig
 from .corpus import Corpus
-from .index import Encoder, Gold, Index, retrieval_metrics
+from .index import Encoder, Gold, Index, contexts, retrieval_metrics
 from .score import follows_style, hedged, verdict
 
 
@@ -46,10 +46,13 @@ def question_sets(corpus: Corpus, cfg: ProbeConfig) -> list[Question]:
     return questions
 
 
-def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int) -> dict[str, list[tuple[str, str]]]:
-    """qid -> the top-k (chunk id, chunk text) for every question."""
-    hits = index.search(encoder, [q.question for q in questions], k)
-    return {q.qid: [(c.id, c.text) for c, _ in row] for q, row in zip(questions, hits)}
+def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, units: int | None = None,
+             headed: bool = True) -> dict[str, list[tuple[str, str]]]:
+    """qid -> what the retrieving arms show for every question: the top-k (chunk id, chunk text), or with `units`
+    the best sentences/table rows of those chunks as (source chunk id, unit text) (`index.context_units`)."""
+    texts = [q.question for q in questions]
+    hits = [[c for c, _ in row] for row in index.search(encoder, texts, k)]
+    return {q.qid: context for q, context in zip(questions, contexts(hits, encoder, texts, units, headed))}
 
 
 def evaluate_retrieval(index: Index, encoder: Encoder, gold: dict[str, Gold], questions: list[Question], k: int) -> dict:
@@ -113,7 +116,7 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
             rows.append({
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
                 "gold": list(q.gold) if q.gold else None, "messages": messages,
-                "retrieved": [cid for cid, _ in retrieved.get(q.qid, [])] if arm in RAG_ARMS else [],
+                "retrieved": list(dict.fromkeys(cid for cid, _ in retrieved.get(q.qid, []))) if arm in RAG_ARMS else [],
                 "answer": g.answer, "prompt_tokens": g.prompt_tokens,
                 "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
                 **({"reader_fold": route[i]} if route else {}),

@@ -20,7 +20,8 @@ import zlib
 
 from .config import ReaderConfig
 from .corpus import Corpus, Fact
-from .index import Encoder, Gold, Index
+from .index import Encoder, Gold, Index, contexts
+from .score import matches_gold
 
 
 def fold_count(corpus: Corpus, sample: Corpus, cfg: ReaderConfig) -> int:
@@ -56,24 +57,30 @@ def training_facts(corpus: Corpus, excluded: list[str], cfg: ReaderConfig, seed:
 
 
 def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: Encoder, gold: dict[str, Gold],
-                     k: int, cfg: ReaderConfig, seed: int) -> list[dict]:
-    """Rows of one reader's training set (see the module docstring); `context` holds the chunk ids shown."""
+                     k: int, cfg: ReaderConfig, seed: int, units: int | None = None, headed: bool = True) -> list[dict]:
+    """Rows of one reader's training set (see the module docstring); `context` holds the chunk ids shown. The context
+    is built exactly as the probe builds it (`index.contexts`); with `units`, an example counts as answerable only
+    when a shown sentence or row of a gold chunk names the answer."""
     asked = [(f, q) for f in facts for q in f.train_questions[:cfg.questions_per_fact]]
+    questions = [q for _, q in asked]
     depth = k + max((len(gold[f.id].ids) for f in facts), default=0)
-    hits = index.search(encoder, [q for _, q in asked], depth)
+    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, depth)]
+    shown = contexts([row[:k] for row in ranked], encoder, questions, units, headed)
     answer, abstain = (lambda f: corpus.style.answer(f.statement)), corpus.style.abstain_template
     rows = []
-    for (fact, question), ranked in zip(asked, hits):
-        top = [c for c, _ in ranked[:k]]
-        found = any(c.id in gold[fact.id].ids for c in top)
-        rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c.id for c in top],
-                     "chunks": [c.text for c in top], "answer": answer(fact) if found else abstain,
+    for (fact, question), context in zip(asked, shown):
+        found = any(cid in gold[fact.id].ids and (units is None or matches_gold(text, list(fact.gold)))
+                    for cid, text in context)
+        rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c for c, _ in context],
+                     "chunks": [t for _, t in context], "answer": answer(fact) if found else abstain,
                      "target": "answer" if found else "abstain"})
     rng = random.Random(f"{seed}:reader-distractors")
     extra = round(len(asked) * cfg.distractor_share / (1 - cfg.distractor_share)) if asked else 0
-    for i in sorted(rng.sample(range(len(asked)), min(extra, len(asked)))):
-        (fact, question), ranked = asked[i], hits[i]
-        distractors = [c for c, _ in ranked if c.id not in gold[fact.id].ids][:k]
-        rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c.id for c in distractors],
-                     "chunks": [c.text for c in distractors], "answer": abstain, "target": "distractors"})
+    picked = sorted(rng.sample(range(len(asked)), min(extra, len(asked))))
+    distractors = contexts([[c for c in ranked[i] if c.id not in gold[asked[i][0].id].ids][:k] for i in picked],
+                           encoder, [questions[i] for i in picked], units, headed)
+    for i, context in zip(picked, distractors):
+        fact, question = asked[i]
+        rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c for c, _ in context],
+                     "chunks": [t for _, t in context], "answer": abstain, "target": "distractors"})
     return rows

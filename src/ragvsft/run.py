@@ -227,7 +227,8 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
         facts = training_facts(corpus, fold, cfg.reader, cfg.seed)
         # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers.
         assert not {f.id for f in facts} & set(fold), "a reader's training facts overlap the facts it answers"
-        sets.append(build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed))
+        sets.append(build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed,
+                                     cfg.index.context_units, cfg.index.chunking == "section"))
     training = cfg.finetune.model_copy(update={
         "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
         "lora_r": cfg.reader.lora_r, "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False})
@@ -280,7 +281,7 @@ def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: st
         inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
                               for q in questions]
     if arm in RAG_ARMS:
-        inputs |= {"index": index_key, "k": cfg.index.k}
+        inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
     if model_of(arm) == "closed_book":
         inputs["finetune"] = ft_key
     if model_of(arm) == "reader":
@@ -312,7 +313,8 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
             models["reader"] = [merged_model(model, run.run_dir / "reader" / f"fold-{i}", dtype)
                                 for i in range(len(reader.folds))]
         needs_k = any(arm in RAG_ARMS for arm in todo)
-        retrieved = retrieve(index, encoder, questions, cfg.index.k) if needs_k else {}
+        retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
+                              cfg.index.chunking == "section") if needs_k else {})
         run.console.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
     seconds = 0.0
     for arm in cfg.probe.arms:
