@@ -96,6 +96,7 @@ def test_cost_command_takes_the_prices_it_is_given(tmp_path):
     from ragvsft.cli import app
 
     (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "complete", "files": ["results.json"]}))
     default = CliRunner().invoke(app, ["cost", str(tmp_path), "--queries-per-month", "1000"])
     assert default.exit_code == 0 and "breaks even against RAG at 722,222 queries per month" in default.output
     hosted = CliRunner().invoke(app, ["cost", str(tmp_path), "--queries-per-month", "1000", "--hosting", "10"])

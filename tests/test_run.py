@@ -288,7 +288,7 @@ def test_cli_bad_input_exits_2_without_a_run_folder(tmp_path, toy_corpus):
                                  str(tmp_path / "r2"), "--set", f"models.lm={tmp_path / 'no-model'}"])
     assert result.exit_code == 2 and "models.lm" in result.output
     result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "not a finished run folder" in result.output
+    assert result.exit_code == 2 and "no such run folder" in result.output
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
@@ -306,3 +306,57 @@ def test_written_files_follow_the_umask(tmp_path):
         assert (tmp_path / "private.html").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_out_never_overwrites_a_strangers_folder_or_file(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "corpus")
+    theirs = tmp_path / "theirs"
+    (theirs / "adapter").mkdir(parents=True)
+    (theirs / "manifest.json").write_text("their manifest")
+    (theirs / "adapter" / "weights.bin").write_text("their weights")
+    (theirs / "thesis.tex").write_text("their thesis")
+    with pytest.raises(InputError, match="holds files ragvsft did not write \\(thesis.tex\\)"):
+        run_experiment(tiny_config(corpus, tiny_lm, theirs))
+    assert (theirs / "manifest.json").read_text() == "their manifest" and not (theirs / "config.yaml").exists()
+    assert (theirs / "adapter" / "weights.bin").read_text() == "their weights"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(InputError, match="names a file, not a folder"):
+        run_experiment(tiny_config(corpus, tiny_lm, a_file))
+    assert a_file.read_text() == "mine"
+
+
+def test_commands_refuse_an_unfinished_or_foreign_run_folder(tiny_run, tmp_path):
+    runner = CliRunner()
+    _, out = _copy_of(tiny_run, tmp_path)
+    (out / "manifest.json").unlink()  # what a stopped rerun leaves: files of two runs, no manifest
+    for command in (["report", str(out)], ["cost", str(out)], ["ask", str(out), "Who is the head of security?"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "did not finish (no manifest.json)" in result.output, command
+    _, out = _copy_of(tiny_run, tmp_path / "second")
+    (out / "results.json").write_text("[]")
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and 'no "arms" mapping' in result.output
+    (out / "results.json").write_text("[" * 100000)
+    result = runner.invoke(app, ["cost", str(out)])
+    assert result.exit_code == 2 and "not valid JSON" in result.output
+    (out / "index" / "faiss.index").unlink()
+    result = runner.invoke(app, ["ask", str(out), "Who is the head of security?"])
+    assert result.exit_code == 2 and "listed in manifest.json but missing" in result.output
+
+
+def test_a_run_folder_works_from_any_directory(tiny_run, tmp_path, monkeypatch):
+    import yaml
+
+    from ragvsft.live import Session
+
+    _, out = _copy_of(tiny_run, tmp_path)
+    assert Path(yaml.safe_load((out / "config.yaml").read_text())["corpus"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    moved = (out.rename(tmp_path / "moved")).resolve()
+    from conftest import MockEncoder
+
+    result = Session.open(moved, encoder=MockEncoder()).ask("Who leads the security team?", ["rag", "raft"])
+    assert [r["arm"] for r in result["answers"]] == ["rag", "raft"] and result["set"] == "heldout"

@@ -117,3 +117,47 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
     if node is not None:
         walk(node, ())
     return data, lines
+
+
+# What a run folder may hold: everything `ragvsft run` writes (and the temporary names it uses while writing).
+RUN_ENTRIES = {"config.yaml", "stages.json", "manifest.json", "index", "adapter", "reader", "finetune_set.jsonl",
+               "reader_set.jsonl", "predictions.jsonl", "results.json", "results.csv", "report.md", "report.html",
+               "plots", ".trainer", ".adapter.tmp", ".reader.tmp"}
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """`--out` must be a new folder or a ragvsft run folder: never overwrite or delete a stranger's files."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError([f"{run_dir}:0: --out names a file, not a folder; choose a new folder for the run"])
+    if not run_dir.is_dir():
+        return
+    strangers = sorted(p.name for p in run_dir.iterdir()
+                       if p.name not in RUN_ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if strangers:
+        raise InputError([f"{run_dir}:0: --out names a folder that holds files ragvsft did not write "
+                          f"({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); choose a new folder "
+                          "or an earlier run folder, nothing was changed"])
+
+
+def require_complete_run(run_dir: Path) -> dict:
+    """The manifest of a finished run, or an InputError saying what is missing: a folder whose last run stopped (no
+    manifest) may mix files of two runs, and nothing should read it as current."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    if not run_dir.is_dir():
+        raise InputError([f"{run_dir}:0: no such run folder; run `ragvsft run` first"])
+    if not manifest.is_file():
+        raise InputError([f"{manifest}:0: the last run in this folder did not finish (no manifest.json), so its files "
+                          "may mix two runs; run `ragvsft run` with its config again to complete it"])
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError([f"{manifest}:1: not valid JSON ({type(exc).__name__})"]) from None
+    if not isinstance(data, dict) or data.get("status") != "complete":
+        raise InputError([f"{manifest}:1: not the manifest of a complete run"])
+    missing = [name for name in data.get("files", []) if not (run_dir / name).is_file()]
+    if missing:
+        raise InputError([f"{run_dir / missing[0]}:0: listed in manifest.json but missing "
+                          f"({len(missing)} file(s) missing); run `ragvsft run` again"])
+    return data

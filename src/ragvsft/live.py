@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 from rich.columns import Columns
 from rich.console import Console
 from rich.panel import Panel
@@ -22,7 +23,7 @@ from rich.text import Text
 from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
-from .files import InputError, read_jsonl
+from .files import InputError, read_jsonl, require_complete_run
 from .finetune import merged_model
 from .index import Index
 from .models import fresh_copy, load_encoder, load_lm
@@ -46,13 +47,15 @@ class Session:
     reader_folds: list[list[str]]
 
     @classmethod
-    def open(cls, run_dir: Path | str) -> "Session":
-        """Load a finished run; InputError names what is missing."""
+    def open(cls, run_dir: Path | str, encoder=None) -> "Session":
+        """Load a finished run; InputError names what is missing. `encoder` replaces the configured embedder (tests)."""
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"
-        if not (run_dir / "results.json").is_file() or not config_path.is_file():
-            raise InputError([f"{run_dir}:0: not a finished run folder (no results.json/config.yaml); run `ragvsft run` first"])
-        config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
+        require_complete_run(run_dir)
+        try:
+            config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
+        except (ValidationError, yaml.YAMLError) as exc:
+            raise InputError([f"{config_path}:1: not the config of a ragvsft run ({str(exc).splitlines()[0][:120]})"]) from None
         # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
         corpus = load_corpus(config.corpus).subset(config.subset.facts, config.subset.unanswerable, config.seed)
         model, tokenizer = load_lm(config.models.lm, "float32")
@@ -67,7 +70,7 @@ class Session:
         for row in read_jsonl(run_dir / "predictions.jsonl"):
             known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],
                                                          tuple(row["gold"]) if row["gold"] else None)
-        return cls(run_dir, config, corpus, Index.load(run_dir / "index"), load_encoder(config.models.embedder),
+        return cls(run_dir, config, corpus, Index.load(run_dir / "index"), encoder or load_encoder(config.models.embedder),
                    tokenizer, models, known, folds)
 
     @property

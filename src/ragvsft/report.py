@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .catalogue import LABELS, label
-from .files import InputError, atomic_write_text, read_jsonl
+from .files import InputError, atomic_write_text, read_jsonl, require_complete_run
 
 ARM_LABELS = LABELS  # from the catalogue
 SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
@@ -255,12 +255,13 @@ def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """results.json and predictions.jsonl of a finished run, with a clear error when the folder is not one."""
     run_dir = Path(run_dir)
+    require_complete_run(run_dir)
     results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise InputError([f"{results_path}:0: not a finished run folder (no results.json); run `ragvsft run` first"])
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError([f"{results_path}:1: not valid JSON ({exc})"]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError([f"{results_path}:1: not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"]) from None
+    if not isinstance(results, dict) or not isinstance(results.get("arms"), dict):
+        raise InputError([f"{results_path}:1: not the results of a ragvsft run (no \"arms\" mapping)"])
     predictions_path = run_dir / "predictions.jsonl"
     return results, read_jsonl(predictions_path) if predictions_path.is_file() else []

@@ -28,7 +28,7 @@ from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
 from .catalogue import model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
-from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
+from .files import InputError, atomic_write_json, check_run_folder, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_map
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
@@ -247,8 +247,8 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
             targets = {t: sum(1 for r in rows if r["target"] == t) for t in ("answer", "abstain", "distractors")}
             run.console.log(f"reader {i + 1}/{len(sets)}: LoRA on {len(rows)} examples of "
                             f"{len({r['fact_id'] for r in rows})} other facts ({targets}), answers {len(folds[i])} facts")
-            figures = train_lora(model, tokenizer, rows, training, cfg.seed, tmp / f"fold-{i}",
-                                 work_dir=run_dir / ".trainer", log=run.console.log)
+            figures = train_lora(model, tokenizer, rows, training, cfg.seed, tmp / f"fold-{i}", work_dir=run_dir / ".trainer",
+                                 log=lambda line: run.console.log(line.replace("finetune:", "reader:", 1)))
             atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
                               {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
                                "answers_facts": len(folds[i])})
@@ -377,10 +377,13 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     `encoder` replaces the configured sentence embedder (tests pass a keyword mock)."""
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
+    # The run folder records where its corpus is as an absolute path, so `ask` and `demo` work from any directory.
+    cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
     corpus = prepare(cfg)
     sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
     _check_reader(cfg, corpus, sample)
     run_dir = cfg.run_dir
+    check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
     (run_dir / "manifest.json").unlink(missing_ok=True)
