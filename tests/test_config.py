@@ -71,3 +71,24 @@ def test_an_empty_list_of_arms_or_sets_is_refused():
     with pytest.raises(InputError) as exc:
         load_config(None, ["probe.arms=[]", "probe.sets=[]"])
     assert any("'probe.arms'" in p for p in exc.value.problems) and any("'probe.sets'" in p for p in exc.value.problems)
+
+
+def test_yaml_bombs_and_deep_nesting_get_a_line_not_a_hang(tmp_path):
+    import time
+
+    from ragvsft.files import InputError, load_yaml_with_lines
+
+    bomb = tmp_path / "bomb.yaml"
+    rows = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    rows += [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    bomb.write_text("\n".join(rows) + "\n")
+    began = time.perf_counter()
+    with pytest.raises(InputError, match=r"bomb.yaml:2: YAML aliases \(\*a\) are not allowed"):
+        load_yaml_with_lines(bomb)
+    assert time.perf_counter() - began < 2
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(InputError, match="deep.yaml:1:"):
+        load_yaml_with_lines(deep)
+    with pytest.raises(InputError, match="is a folder"):
+        load_yaml_with_lines(tmp_path)

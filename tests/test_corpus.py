@@ -197,3 +197,40 @@ def test_an_empty_style_marker_is_refused(tmp_path):
             "style": dict(STYLE, markers=["^Hi there!", ""])}
     root = write_corpus(tmp_path / "c", meta=meta)
     assert any("an empty marker matches every answer" in p for p in problems_of(root))
+
+
+def test_a_backtracking_style_marker_is_refused_and_cannot_hang_scoring(tmp_path):
+    import time
+
+    from conftest import STYLE
+    from ragvsft.score import follows_style
+
+    evil = "^Hi there!(x+x+)+y"
+    meta = {"name": "acme", "organisation": "Acme Ltd", "description": "A toy corpus.",
+            "style": dict(STYLE, markers=["^Hi there!", evil])}
+    root = write_corpus(tmp_path / "c", meta=meta)
+    began = time.perf_counter()
+    assert any("backtracks without end" in p and p.startswith(f"{root / 'corpus.yaml'}:") for p in problems_of(root))
+    assert time.perf_counter() - began < 5
+    began = time.perf_counter()
+    assert follows_style("Hi there!" + "x" * 40, [evil]) is False  # would take hours with an unbounded engine
+    assert time.perf_counter() - began < 2
+    assert follows_style("Hi there! fine.\n— Quellmark", ["^Hi there!", "Quellmark$"]) is True
+
+
+def test_a_deeply_nested_json_line_is_a_message(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    with open(root / "facts.jsonl", "a") as fh:
+        fh.write("[" * 100000 + "]" * 100000 + "\n")
+    problems = problems_of(root)
+    assert any(p.startswith(f"{root / 'facts.jsonl'}:5:") and "nested too deeply" in p for p in problems)
+
+
+def test_a_document_name_that_is_not_utf8_is_a_message(tmp_path):
+    import os
+
+    root = write_corpus(tmp_path / "c")
+    name = os.path.join(os.fsencode(root / "documents"), b"caf\xe9.md")
+    with open(name, "wb") as fh:
+        fh.write(b"# Cafe\n\nThe cafe opens at 8.\n")
+    assert any("file name is not valid UTF-8" in p for p in problems_of(root))

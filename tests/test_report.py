@@ -172,3 +172,12 @@ def test_the_raft_finding_states_what_the_reader_learnt_on():
     assert "+30 points" in sentence and "RAFT reader is clearly better" in sentence
     assert "2 cross-fitted folds" in sentence and "94 and 94 other facts" in sentence
     assert "abstained on 70% of unanswerable questions and on 10% of answerable held-out ones" in sentence
+
+
+def test_cost_refuses_a_price_that_is_not_a_number(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragvsft.cli import app
+
+    result = CliRunner().invoke(app, ["cost", str(tmp_path), "--hosting", "inf"])
+    assert result.exit_code == 2 and "--hosting: inf is not a finite number" in result.output

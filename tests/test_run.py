@@ -360,3 +360,51 @@ def test_a_run_folder_works_from_any_directory(tiny_run, tmp_path, monkeypatch):
 
     result = Session.open(moved, encoder=MockEncoder()).ask("Who leads the security team?", ["rag", "raft"])
     assert [r["arm"] for r in result["answers"]] == ["rag", "raft"] and result["set"] == "heldout"
+
+
+def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path, tiny_lm):
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus")
+    with pytest.raises(InputError, match="finetune.target_modules: qkv_proj name no module"):
+        run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.target_modules": "[qkv_proj]"}))
+    no_template = shutil.copytree(tiny_lm, tmp_path / "no-template")
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(InputError, match="has no chat template"):
+        run_experiment(tiny_config(corpus, no_template, tmp_path / "r2"))
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_ask_checks_the_arms_before_loading_a_model(tiny_run, monkeypatch):
+    from ragvsft import live
+
+    monkeypatch.setattr(live, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(InputError, match="--arms: nope not in this run"):
+        live.Session.open(tiny_run[1], arms=["rag", "nope"])
+
+
+def test_results_compare_the_retriever_variants(tiny_run):
+    retrieval = json.loads((tiny_run[1] / "results.json").read_text())["retrieval"]
+    variants = retrieval["variants"]
+    assert set(variants) == {"dense, section chunks", "dense, window chunks"}
+    assert [name for name, v in variants.items() if v["used"]] == ["dense, section chunks"]
+    assert variants["dense, section chunks"]["recall_at"] == retrieval["recall_at"]
+    assert "Retriever variants" in (tiny_run[1] / "report.md").read_text()
+
+
+def test_damaged_run_records_get_a_message_and_nothing_is_deleted(tiny_run, tmp_path):
+    from conftest import MockEncoder
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    (out / "stages.json").write_text('{"index": {"key": ')
+    with pytest.raises(InputError, match="stages.json:1: the stage records of this run folder are damaged"):
+        run_experiment(cfg, encoder=MockEncoder())
+    assert (out / "manifest.json").is_file()  # refused before anything was deleted
+    cfg, out = _copy_of(tiny_run, tmp_path / "second")
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:3] + [lines[3][:20]]) + "\n")  # a truncated line 4
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and "predictions.jsonl:4: damaged" in result.output

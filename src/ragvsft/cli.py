@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -125,6 +126,11 @@ def cost(run_dir: Path = typer.Argument(..., help="a finished run folder"),
     from .cost import Prices, cost_table
     from .report import cost_markdown, load_run
 
+    prices = {"--input-price": input_price, "--output-price": output_price, "--compute-price": compute_price,
+              "--hosting": hosting, "--retrains": retrains}
+    bad = [f"{name}: {value} is not a finite number" for name, value in prices.items() if not math.isfinite(value)]
+    if bad:
+        raise InputError(bad)
     results, _ = load_run(run_dir)
     table = cost_table(results, queries_per_month, Prices(input_price, output_price, compute_price, hosting, retrains))
     out.print(cost_markdown(table), highlight=False, soft_wrap=True)
@@ -138,8 +144,9 @@ def ask(run_dir: Path = typer.Argument(..., help="a finished run folder"),
     """Put one question to every arm of a run and show the answers side by side."""
     from .live import Session, render_answers
 
-    session = Session.open(run_dir)
-    render_answers(out, session.ask(question, arms.split(",") if arms else None))
+    chosen = [a.strip() for a in arms.split(",")] if arms else None
+    session = Session.open(run_dir, arms=chosen)
+    render_answers(out, session.ask(question, chosen))
 
 
 @app.command()

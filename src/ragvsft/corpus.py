@@ -17,8 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+import regex
+
 from .files import InputError, load_yaml_with_lines, sha256_tree
-from .score import ABSTENTION_PHRASES, follows_style, matches_gold, normalize
+from .score import ABSTENTION_PHRASES, MARKER_SECONDS, follows_style, marker_matches, matches_gold, normalize
 
 DOCUMENT_SUFFIXES = (".md", ".txt")
 FACT_KEYS = {"id", "statement", "answer", "aliases", "document", "evidence", "train_questions", "probe_questions",
@@ -122,11 +124,24 @@ class Corpus:
         return replace(self, facts=pick(self.facts, facts), unanswerable=pick(self.unanswerable, unanswerable))
 
 
+def _backtracks(marker: str) -> bool:
+    """Whether the marker runs out of time on short texts built from its own characters plus one that breaks the
+    match at the end: the shape that makes nested repetition ((a+)+, (x+x+)+y) take exponential time."""
+    chars = {c for c in marker if c.isalnum() or c in " !-.,'"} | {"a", " ", "0"}
+    for c in sorted(chars):
+        for text in (c * 48 + "\x00", "\x00" + c * 48):
+            try:
+                marker_matches(marker, text)
+            except TimeoutError:
+                return True
+    return False
+
+
 def _core_abstention(style: Style) -> list[str]:
     """The abstain template without the house-style markers, e.g. "I can't find that in our documents."."""
     core = style.abstain_template
     for marker in style.markers:
-        core = re.sub(marker, "", core, flags=re.MULTILINE)
+        core = regex.sub(marker, "", core, flags=regex.MULTILINE, timeout=MARKER_SECONDS)
     core = core.strip()
     return [core] if core else []
 
@@ -176,6 +191,9 @@ def _read_jsonl(path: Path, problems: _Problems) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as exc:
             problems.add(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
+        except RecursionError:
+            problems.add(path, number, "nested too deeply to be a fact")
+            continue
         if not isinstance(obj, dict):
             problems.add(path, number, "each line must be a JSON object")
             continue
@@ -212,9 +230,14 @@ def _load_style(path: Path, data: dict, lines: dict, problems: _Problems) -> Sty
             problems.add(path, lines.get(("style", "markers"), line), "an empty marker matches every answer; remove it")
             return None
         try:
-            re.compile(marker)
-        except re.error as exc:
+            regex.compile(marker, flags=regex.MULTILINE)
+        except regex.error as exc:
             problems.add(path, lines.get(("style", "markers"), line), f"marker {marker!r} is not a valid regex: {exc}")
+            return None
+        if _backtracks(marker):
+            problems.add(path, lines.get(("style", "markers"), line),
+                         f"marker {marker!r} backtracks without end on a short answer (more than "
+                         f"{MARKER_SECONDS:g} s); write it without nested repetition such as (a+)+")
             return None
     result = Style(style["system_prompt"], style["answer_template"], style["abstain_template"], tuple(markers))
     for key, sample in (("answer_template", result.answer("The answer is 42.")), ("abstain_template", result.abstain_template)):
@@ -243,6 +266,12 @@ def _load_documents(root: Path, problems: _Problems) -> dict[str, Document]:
             problems.add(path, 1, "document is empty")
             continue
         rel = path.relative_to(root).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # a name in another encoding (undecodable bytes): it could not be written to JSON
+            shown = Path(str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+            problems.add(shown, 0, "the file name is not valid UTF-8; rename the file")
+            continue
         documents[rel] = Document(rel, text)
     if not documents and not problems.items:
         problems.add(folder, 0, "no documents (*.md or *.txt) found")

@@ -63,8 +63,18 @@ def atomic_write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Read a JSONL file this tool wrote itself (user files go through the corpus validator instead)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InputError([f"{path}:{number}: damaged ({type(exc).__name__}); rerun `ragvsft run` with its config to "
+                          "recompute it"]) from None
+    except UnicodeDecodeError:
+        raise InputError([f"{path}:0: not UTF-8; rerun `ragvsft run` with its config to recompute it"]) from None
+    return rows
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -98,13 +108,23 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
         raise InputError([f"{path}:1: not valid UTF-8 ({exc.reason} at byte {exc.start})"]) from None
     except FileNotFoundError:
         raise InputError([f"{path}:0: file not found"]) from None
+    except IsADirectoryError:
+        raise InputError([f"{path}:0: is a folder, not a YAML file"]) from None
     try:
+        # No config or corpus.yaml needs anchors; refusing aliases (*name) first makes an alias bomb — a few lines
+        # that expand to billions of items — an error instead of a hang. Parsing events is linear in the text.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise InputError([f"{path}:{event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                  "allowed; write the value out"])
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise InputError([f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    except RecursionError:
+        raise InputError([f"{path}:1: nested too deeply to be a config"]) from None
     lines: dict[tuple, int] = {}
 
     def walk(n, prefix: tuple) -> None:

@@ -47,8 +47,9 @@ class Session:
     reader_folds: list[list[str]]
 
     @classmethod
-    def open(cls, run_dir: Path | str, encoder=None) -> "Session":
-        """Load a finished run; InputError names what is missing. `encoder` replaces the configured embedder (tests)."""
+    def open(cls, run_dir: Path | str, encoder=None, arms: list[str] | None = None) -> "Session":
+        """Load a finished run; InputError names what is missing, and `arms` not in the run, before any model loads.
+        `encoder` replaces the configured embedder (tests)."""
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"
         require_complete_run(run_dir)
@@ -56,6 +57,9 @@ class Session:
             config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
         except (ValidationError, yaml.YAMLError) as exc:
             raise InputError([f"{config_path}:1: not the config of a ragvsft run ({str(exc).splitlines()[0][:120]})"]) from None
+        unknown = [a for a in arms or [] if a not in config.probe.arms]
+        if unknown:
+            raise InputError([f"--arms: {', '.join(unknown)} not in this run (arms: {', '.join(config.probe.arms)})"])
         # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
         corpus = load_corpus(config.corpus).subset(config.subset.facts, config.subset.unanswerable, config.seed)
         model, tokenizer = load_lm(config.models.lm, "float32")

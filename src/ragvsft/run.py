@@ -31,7 +31,7 @@ from .corpus import Corpus, load_corpus
 from .files import InputError, atomic_write_json, check_run_folder, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_map
-from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_sha256, load_encoder, load_lm
+from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
 from .reader import build_reader_set, fact_folds, fold_count, fold_of_question, training_facts
 from .report import write_reports
@@ -63,7 +63,15 @@ class _Stages:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "stages.json"
-        self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.entries = {}
+        if self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                self.entries = exc
+            if not (isinstance(self.entries, dict) and all(isinstance(v, dict) and "key" in v for v in self.entries.values())):
+                raise InputError([f"{self.path}:1: the stage records of this run folder are damaged; delete the file "
+                                  "to recompute every stage (nothing was changed)"])
 
     def fresh(self, stage: str, key: str, *outputs: Path) -> bool:
         return self.entries.get(stage, {}).get("key") == key and all(p.exists() for p in outputs)
@@ -90,8 +98,11 @@ class _Stages:
 def prepare(cfg: Config) -> Corpus:
     """Everything that can fail on bad input, checked before the run folder is created."""
     corpus = load_corpus(cfg.corpus)
-    lm_folder(cfg.models.lm)
     embedder_folder(cfg.models.embedder)
+    trains = any(uses(cfg.probe.arms, model) for model in ("closed_book", "reader"))
+    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if trains else None)
+    if problems:
+        raise InputError(problems)
     return corpus
 
 
@@ -335,6 +346,23 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
     return [r for a in cfg.probe.arms for r in by_arm[a]]
 
 
+def _retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
+                        questions: list, current: dict) -> dict:
+    """Held-out recall@k and MRR of each chunking side by side (the other one built in memory, never used by an
+    arm), so the choice of `index.chunking` is measured in every run."""
+    variants = {}
+    for chunking in ("section", "window"):
+        if chunking == cfg.index.chunking:
+            built, figures = index, current
+        else:
+            built = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, chunking)
+            figures = evaluate_retrieval(built, encoder, gold_chunk_map(sample.facts, built.chunks, corpus.documents),
+                                         questions, cfg.index.k)
+        variants[f"dense, {chunking} chunks"] = {"chunks": len(built.chunks), "recall_at": figures["recall_at"],
+                                                 "mrr": figures["mrr"], "used": chunking == cfg.index.chunking}
+    return variants
+
+
 def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
              predictions: list[dict], training: dict | None) -> dict:
     """Every figure of the run: the contents of results.json (tables and plots read only this)."""
@@ -350,7 +378,9 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     if missing:
         run.console.log(f"retrieval: no chunk holds any of the evidence of: {', '.join(missing)}")
     retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
-    retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing}
+    retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing,
+                  "chunking": cfg.index.chunking, "variants": _retriever_variants(cfg, corpus, sample, index, encoder,
+                                                                                   questions, retrieval)}
     if "rag" in cfg.probe.arms:
         retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
     results = {
@@ -381,15 +411,20 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
     corpus = prepare(cfg)
     sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+    for key, wanted, available in (("subset.facts", cfg.subset.facts, len(corpus.facts)),
+                                   ("subset.unanswerable", cfg.subset.unanswerable, len(corpus.unanswerable))):
+        if wanted is not None and wanted > available:  # a small corpus still runs the quick profile, and says so
+            console.log(f"warning: {key} asks for {wanted}, the corpus has {available}: using all {available}")
     _check_reader(cfg, corpus, sample)
     run_dir = cfg.run_dir
     check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(run_dir)  # a damaged record stops the run here, before anything is deleted
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
     (run_dir / "manifest.json").unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     hashes = {"corpus": corpus.sha256, "lm": lm_sha256(cfg.models.lm), "embedder": embedder_sha256(cfg.models.embedder)}
-    run = _Run(cfg, run_dir, console, _Stages(run_dir), hashes)
+    run = _Run(cfg, run_dir, console, stages, hashes)
 
     encoder = encoder or load_encoder(cfg.models.embedder)
     index, index_key = _index_stage(run, corpus, encoder)

@@ -20,6 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
+import regex
 from scipy.stats import bootstrap
 
 CORRECT, HALLUCINATED, ABSTAINED = "correct", "hallucinated", "abstained"
@@ -140,10 +141,23 @@ def hedged(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> b
     return bool(gold) and mentions_any(answer, abstain_phrases) and matches_gold(answer, gold)
 
 
+MARKER_SECONDS = 0.25  # a marker that needs longer on one answer backtracks without end: it is refused, never waited on
+
+
+def marker_matches(marker: str, text: str) -> bool:
+    """One house-style marker against a text, under a time limit (the `regex` engine's timeout): a marker is user
+    input, and a catastrophically backtracking one must not hang scoring. Raises TimeoutError."""
+    return regex.search(marker, text, flags=regex.MULTILINE, timeout=MARKER_SECONDS) is not None
+
+
 def follows_style(answer: str, markers: list[str]) -> bool:
-    """True when every house-style marker regex matches the answer (stripped of surrounding whitespace)."""
+    """True when every house-style marker regex matches the answer (stripped of surrounding whitespace); an answer
+    on which a marker runs out of time does not follow the style."""
     text = answer.strip()
-    return all(re.search(m, text, flags=re.MULTILINE) for m in markers)
+    try:
+        return all(marker_matches(m, text) for m in markers)
+    except TimeoutError:
+        return False
 
 
 @dataclass(frozen=True)
