@@ -205,7 +205,7 @@ def test_a_backtracking_style_marker_is_refused_and_cannot_hang_scoring(tmp_path
     from conftest import STYLE
     from ragvsft.score import follows_style
 
-    evil = "^Hi there!(x+x+)+y"
+    evil = "^Hi there!(a|aa)+$"
     meta = {"name": "acme", "organisation": "Acme Ltd", "description": "A toy corpus.",
             "style": dict(STYLE, markers=["^Hi there!", evil])}
     root = write_corpus(tmp_path / "c", meta=meta)
@@ -213,7 +213,7 @@ def test_a_backtracking_style_marker_is_refused_and_cannot_hang_scoring(tmp_path
     assert any("backtracks without end" in p and p.startswith(f"{root / 'corpus.yaml'}:") for p in problems_of(root))
     assert time.perf_counter() - began < 5
     began = time.perf_counter()
-    assert follows_style("Hi there!" + "x" * 40, [evil]) is False  # would take hours with an unbounded engine
+    assert follows_style("Hi there!" + "a" * 60 + "!", [evil]) is False  # would take hours with an unbounded engine
     assert time.perf_counter() - began < 2
     assert follows_style("Hi there! fine.\n— Quellmark", ["^Hi there!", "Quellmark$"]) is True
 
