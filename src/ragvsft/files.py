@@ -176,7 +176,9 @@ def require_complete_run(run_dir: Path) -> dict:
         raise InputError([f"{manifest}:1: not valid JSON ({type(exc).__name__})"]) from None
     if not isinstance(data, dict) or data.get("status") != "complete":
         raise InputError([f"{manifest}:1: not the manifest of a complete run"])
-    missing = [name for name in data.get("files", []) if not (run_dir / name).is_file()]
+    # The reports are derived from results.json (`ragvsft report` writes them again); every other listed file is input.
+    derived = lambda name: name in ("report.md", "report.html", "results.csv") or name.startswith("plots/")  # noqa: E731
+    missing = [name for name in data.get("files", []) if not derived(name) and not (run_dir / name).is_file()]
     if missing:
         raise InputError([f"{run_dir / missing[0]}:0: listed in manifest.json but missing "
                           f"({len(missing)} file(s) missing); run `ragvsft run` again"])
