@@ -7,7 +7,8 @@ import pytest
 from ragvsft.cost import Prices, cost_table
 from ragvsft.html import render_html
 from ragvsft.plots import write_plots
-from ragvsft.report import findings, render_markdown, results_csv, write_reports
+from ragvsft.publish import write_reports
+from ragvsft.report import findings, render_markdown, results_csv
 
 
 def set_figs(acc, n=40, width=0.1, unanswerable=False):

@@ -106,7 +106,8 @@ def corpus_stats_command(folder: Path = typer.Argument(..., help="corpus folder"
 @input_errors
 def report(run_dir: Path = typer.Argument(..., help="a finished run folder")):
     """Regenerate results.csv, report.md, report.html and plots from the run's results.json."""
-    from .report import load_run, write_reports
+    from .publish import write_reports
+    from .report import load_run
 
     results, predictions = load_run(run_dir)
     write_reports(run_dir, results, predictions)

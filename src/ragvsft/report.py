@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .catalogue import LABELS, label
-from .files import InputError, atomic_write_text, read_jsonl, require_complete_run
+from .files import InputError, read_jsonl, require_complete_run
 
 ARM_LABELS = LABELS  # from the catalogue
 SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
@@ -238,18 +238,6 @@ def render_markdown(results: dict, queries_per_month: int = 100_000) -> str:
     return _environment(False).get_template("report.md.j2").render(
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
         arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs))
-
-
-def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None:
-    """results.csv, report.md, plots/*.png and report.html, all from `results` (plus the predictions for the explorer)."""
-    from .html import render_html
-    from .plots import write_plots
-
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "results.csv", results_csv(results))
-    atomic_write_text(run_dir / "report.md", render_markdown(results))
-    plots = write_plots(run_dir / "plots", results)
-    atomic_write_text(run_dir / "report.html", render_html(results, predictions, plots, run_dir))
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:

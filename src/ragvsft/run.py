@@ -34,7 +34,7 @@ from .index import Encoder, Index, gold_chunk_map
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
 from .reader import build_reader_set, fact_folds, fold_count, fold_of_question, training_facts
-from .report import write_reports
+from .publish import write_reports
 from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",

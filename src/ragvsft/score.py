@@ -162,18 +162,16 @@ def follows_style(answer: str, markers: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class Metric:
-    """A named figure with its direction, used by tables and plots."""
+    """A rate per (arm, question set): the share of answers with `verdict`."""
 
     name: str
-    label: str
-    higher_is_better: bool
-    verdict: str | None = None
+    verdict: str
 
 
 SET_METRICS = (
-    Metric("accuracy", "accuracy", True, CORRECT),
-    Metric("hallucination_rate", "hallucination", False, HALLUCINATED),
-    Metric("abstention_rate", "abstention", True, ABSTAINED),
+    Metric("accuracy", CORRECT),
+    Metric("hallucination_rate", HALLUCINATED),
+    Metric("abstention_rate", ABSTAINED),
 )
 
 

@@ -1,0 +1,25 @@
+"""Write every report of a run folder from its results: results.csv, report.md, plots/*.png and report.html.
+
+    ragvsft report runs/quick      # the same from a finished run's results.json
+
+It sits above the modules it calls (report: tables and findings; plots; html), so none of them imports another's
+writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .files import atomic_write_text
+from .html import render_html
+from .plots import write_plots
+from .report import render_markdown, results_csv
+
+
+def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None:
+    """results.csv, report.md, plots/*.png and report.html, all from `results` (plus the predictions for the explorer)."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "results.csv", results_csv(results))
+    atomic_write_text(run_dir / "report.md", render_markdown(results))
+    plots = write_plots(run_dir / "plots", results)
+    atomic_write_text(run_dir / "report.html", render_html(results, predictions, plots, run_dir))
