@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from ragvsft.config import load_config
@@ -113,3 +114,23 @@ def test_learning_curve_bookkeeping(tmp_path, toy_corpus, tiny_lm):
     final = merged_model(model, tmp_path / "adapter", torch.float32).model.layers[0].self_attn.q_proj.weight
     assert torch.allclose(calls[0], model.model.layers[0].self_attn.q_proj.weight.float(), atol=1e-2)
     assert torch.allclose(calls[-1], final, atol=1e-2) and not torch.allclose(calls[1], calls[-1], atol=1e-4)
+
+
+def test_lora_from_a_first_layer_leaves_the_lower_layers_alone(tmp_path, toy_corpus, tiny_lm):
+    from safetensors.torch import load_file
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    rows = build_finetune_set(load_corpus(toy_corpus))
+    cfg = load_config(None, ["finetune.epochs=1", "finetune.batch_size=2", "finetune.first_lora_layer=1"]).finetune
+    upper = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / "upper", work_dir=tmp_path / "w")
+    every = train_lora(model, tokenizer, rows, cfg.model_copy(update={"first_lora_layer": 0}), seed=0,
+                       adapter_dir=tmp_path / "every", work_dir=tmp_path / "w")
+    names = list(load_file(tmp_path / "upper" / "adapter_model.safetensors"))
+    assert names and all(".layers.1." in n for n in names)  # the tiny model's two layers: only the upper one
+    assert 2 * upper["trainable_params"] == every["trainable_params"]
+    merged = merged_model(model, tmp_path / "upper", torch.float32)
+    lower = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(merged.state_dict()[lower], model.state_dict()[lower])
+    with pytest.raises(ValueError, match="first_lora_layer: 2, but the model has 2 layers"):
+        train_lora(model, tokenizer, rows, cfg.model_copy(update={"first_lora_layer": 2}), seed=0,
+                   adapter_dir=tmp_path / "none", work_dir=tmp_path / "w")

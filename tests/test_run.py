@@ -368,6 +368,8 @@ def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path,
     corpus = write_corpus(tmp_path / "corpus")
     with pytest.raises(InputError, match="finetune.target_modules: qkv_proj name no module"):
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.target_modules": "[qkv_proj]"}))
+    with pytest.raises(InputError, match="finetune.first_lora_layer: 5, but .* has 2 layers"):
+        run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.first_lora_layer": 5}))
     no_template = shutil.copytree(tiny_lm, tmp_path / "no-template")
     config = json.loads((no_template / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)

@@ -61,6 +61,7 @@ class FinetuneConfig(_Section):
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(ge=0, lt=1)
     target_modules: list[str]
+    first_lora_layer: int = Field(default=0, ge=0)
     include_passages: bool = False
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     precision: Literal["bfloat16", "float32"] = "bfloat16"

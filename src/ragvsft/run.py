@@ -100,7 +100,8 @@ def prepare(cfg: Config) -> Corpus:
     corpus = load_corpus(cfg.corpus)
     embedder_folder(cfg.models.embedder)
     trains = any(uses(cfg.probe.arms, model) for model in ("closed_book", "reader"))
-    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if trains else None)
+    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if trains else None,
+                           cfg.finetune.first_lora_layer)
     if problems:
         raise InputError(problems)
     return corpus
