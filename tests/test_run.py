@@ -410,3 +410,11 @@ def test_damaged_run_records_get_a_message_and_nothing_is_deleted(tiny_run, tmp_
     (out / "predictions.jsonl").write_text("\n".join(lines[:3] + [lines[3][:20]]) + "\n")  # a truncated line 4
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code == 2 and "predictions.jsonl:4: damaged" in result.output
+
+
+def test_an_unknown_key_in_a_run_folders_config_is_a_message(tiny_run, tmp_path):
+    _, out = _copy_of(tiny_run, tmp_path)
+    with open(out / "config.yaml", "a") as fh:
+        fh.write("bogus: 1\n")
+    result = CliRunner().invoke(app, ["ask", str(out), "Who leads the security team?"])
+    assert result.exit_code == 2 and f"{out / 'config.yaml'}:1: not the config of a ragvsft run" in result.output
