@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ragvsft.cost import Prices, cost_table
+from ragvsft.cost import cost_table, run_costs
 from ragvsft.html import render_html
 from ragvsft.plots import write_plots
 from ragvsft.publish import write_reports
@@ -81,13 +81,14 @@ def test_markdown_and_csv_come_from_the_results(tmp_path):
 def test_cost_break_even_against_hand_computed_numbers():
     # RAG: 400 prompt + 20 generated tokens; LoRA: 40 + 20; training took one hour. Default prices: 0.20 and 0.60 USD
     # per million tokens, 2 USD per training hour, 50 USD hosting, one retrain a month.
-    table = cost_table(make_results(), queries_per_month=1000)
+    table = cost_table(make_results(), run_costs(make_results(), queries_per_month=1000))
     rag, lora = table["arms"]["rag"], table["arms"]["lora"]
     assert rag["cost_per_query"] == pytest.approx(92e-6) and lora["cost_per_query"] == pytest.approx(20e-6)
     assert rag["fixed_per_month"] == 0 and lora["fixed_per_month"] == 52.0
     assert rag["monthly"] == pytest.approx(0.092) and lora["monthly"] == pytest.approx(52.02)
     assert table["break_even_vs_rag"]["lora"] == 722_222  # 52 / 72e-6
-    cheap = cost_table(make_results(), 1000, Prices(finetuned_hosting_per_month=10.0, retrains_per_month=2.0))
+    cheap = cost_table(make_results(), run_costs(make_results(), queries_per_month=1000, finetuned_hosting_per_month=10.0,
+                                                 retrains_per_month=2.0))
     assert cheap["arms"]["lora"]["fixed_per_month"] == 14.0 and cheap["break_even_vs_rag"]["lora"] == 194_444
 
 
@@ -173,6 +174,15 @@ def test_the_raft_finding_states_what_the_reader_learnt_on():
     assert "+30 points" in sentence and "RAFT reader is clearly better" in sentence
     assert "2 cross-fitted folds" in sentence and "94 and 94 other facts" in sentence
     assert "abstained on 70% of unanswerable questions and on 10% of answerable held-out ones" in sentence
+
+
+def test_the_run_config_cost_section_sets_the_table_and_flags_override_it():
+    results = make_results()
+    results["config"] = {"cost": dict(run_costs({}).model_dump(), queries_per_month=1000, finetuned_hosting_per_month=10.0)}
+    assert cost_table(results)["arms"]["lora"]["fixed_per_month"] == 12.0  # 10 hosting + one 2-USD training hour
+    assert "1,000 queries per month" in render_markdown(results)
+    assert run_costs(results, finetuned_hosting_per_month=30.0).finetuned_hosting_per_month == 30.0
+    assert run_costs(results, finetuned_hosting_per_month=None).finetuned_hosting_per_month == 10.0
 
 
 def test_cost_refuses_a_price_that_is_not_a_number(tmp_path):

@@ -117,24 +117,28 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run folder")):
 @app.command()
 @input_errors
 def cost(run_dir: Path = typer.Argument(..., help="a finished run folder"),
-         queries_per_month: int = typer.Option(100_000, min=1, help="expected queries per month"),
-         input_price: float = typer.Option(0.20, min=0, help="USD per million prompt tokens"),
-         output_price: float = typer.Option(0.60, min=0, help="USD per million generated tokens"),
-         compute_price: float = typer.Option(2.00, min=0, help="USD per hour of the machine that trains the adapter"),
-         hosting: float = typer.Option(50.0, min=0, help="USD per month to host a dedicated fine-tuned model"),
-         retrains: float = typer.Option(1.0, min=0, help="adapter retrains per month (documents change)")):
-    """Monthly cost of each arm from the run's measured tokens, and fine-tuning's break-even volume against RAG."""
-    from .cost import Prices, cost_table
+         queries_per_month: int = typer.Option(None, min=1, help="expected queries per month [run's cost section]"),
+         input_price: float = typer.Option(None, min=0, help="USD per million prompt tokens"),
+         output_price: float = typer.Option(None, min=0, help="USD per million generated tokens"),
+         compute_price: float = typer.Option(None, min=0, help="USD per hour of the machine that trains the adapter"),
+         hosting: float = typer.Option(None, min=0, help="USD per month to host a dedicated fine-tuned model"),
+         retrains: float = typer.Option(None, min=0, help="adapter retrains per month (documents change)")):
+    """Monthly cost of each arm from the run's measured tokens, and fine-tuning's break-even volume against RAG.
+    Unset flags keep the run's `cost:` section (defaults.yaml)."""
+    from .cost import cost_table, run_costs
     from .report import cost_markdown, load_run
 
-    prices = {"--input-price": input_price, "--output-price": output_price, "--compute-price": compute_price,
-              "--hosting": hosting, "--retrains": retrains}
-    bad = [f"{name}: {value} is not a finite number" for name, value in prices.items() if not math.isfinite(value)]
+    flags = {"--input-price": input_price, "--output-price": output_price, "--compute-price": compute_price,
+             "--hosting": hosting, "--retrains": retrains}
+    bad = [f"{name}: {value} is not a finite number" for name, value in flags.items()
+           if value is not None and not math.isfinite(value)]
     if bad:
         raise InputError(bad)
     results, _ = load_run(run_dir)
-    table = cost_table(results, queries_per_month, Prices(input_price, output_price, compute_price, hosting, retrains))
-    out.print(cost_markdown(table), highlight=False, soft_wrap=True)
+    prices = run_costs(results, queries_per_month=queries_per_month, input_per_million=input_price,
+                       output_per_million=output_price, compute_per_hour=compute_price,
+                       finetuned_hosting_per_month=hosting, retrains_per_month=retrains)
+    out.print(cost_markdown(cost_table(results, prices)), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -94,6 +94,22 @@ class ProbeConfig(_Section):
     bootstrap_resamples: int = Field(ge=100)
 
 
+class CostConfig(_Section):
+    """Assumptions of the cost table (see cost.py); `ragvsft cost` flags override them for one table."""
+    queries_per_month: int = Field(ge=1)
+    input_per_million: float = Field(ge=0, allow_inf_nan=False)
+    output_per_million: float = Field(ge=0, allow_inf_nan=False)
+    compute_per_hour: float = Field(ge=0, allow_inf_nan=False)
+    finetuned_hosting_per_month: float = Field(ge=0, allow_inf_nan=False)
+    retrains_per_month: float = Field(ge=0, allow_inf_nan=False)
+
+
+def default_cost() -> CostConfig:
+    """The cost section of defaults.yaml (the one place the prices are written); also fills older run folders."""
+    defaults, _ = load_yaml_with_lines(DEFAULTS_PATH)
+    return CostConfig.model_validate(defaults["cost"])
+
+
 class Config(_Section):
     name: str
     seed: int
@@ -105,6 +121,7 @@ class Config(_Section):
     finetune: FinetuneConfig
     reader: ReaderConfig
     probe: ProbeConfig
+    cost: CostConfig = Field(default_factory=default_cost)
 
     @property
     def run_dir(self) -> Path:

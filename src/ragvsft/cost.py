@@ -3,6 +3,9 @@ where fine-tuning's shorter prompts pay for its training and hosting.
 
     ragvsft cost runs/quick --queries-per-month 100000 --input-price 0.2 --output-price 0.6
 
+The assumptions (volume and prices) are the `cost:` section of the run's config (defaults.yaml holds the defaults);
+the command's flags override them for one table.
+
 Model: per query, prompt tokens x input price + generated tokens x output price (prices per million tokens). Arms with
 a fine-tuned model add a monthly hosting fee for the dedicated model; the closed-book adapter (which holds the facts)
 also adds its training run, repeated `retrains` times a month (documents change), priced at the measured training
@@ -12,24 +15,22 @@ not a new reader, so it adds hosting only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from .catalogue import TRAINED, label, model_of
+from .config import CostConfig, default_cost
 
 
-@dataclass(frozen=True)
-class Prices:
-    """Defaults are illustrative list prices for a small hosted model; pass your own."""
-
-    input_per_million: float = 0.20  # USD per million prompt tokens
-    output_per_million: float = 0.60  # USD per million generated tokens
-    compute_per_hour: float = 2.00  # USD per hour of the machine that trains the adapter
-    finetuned_hosting_per_month: float = 50.0  # USD per month for serving a dedicated fine-tuned model
-    retrains_per_month: float = 1.0  # how often the adapter is retrained as documents change
+def run_costs(results: dict, **overrides) -> CostConfig:
+    """The run's `cost:` section (defaults.yaml's for runs older than it), with the given keys replaced."""
+    section = (results.get("config") or {}).get("cost")
+    base = CostConfig.model_validate(section) if isinstance(section, dict) else default_cost()
+    return CostConfig.model_validate(base.model_dump() | {k: v for k, v in overrides.items() if v is not None})
 
 
-def cost_table(results: dict, queries_per_month: int, prices: Prices = Prices()) -> dict:
-    """Per arm: cost per query, fixed monthly cost, total monthly cost; and break-even volumes against RAG."""
+def cost_table(results: dict, prices: CostConfig | None = None) -> dict:
+    """Per arm: cost per query, fixed monthly cost, total monthly cost; and break-even volumes against RAG.
+    `prices` defaults to the run's own cost section."""
+    prices = prices or run_costs(results)
+    queries_per_month = prices.queries_per_month
     training = results.get("training") or {}
     training_cost = training.get("seconds", 0.0) / 3600 * prices.compute_per_hour
     arms = {}
@@ -48,7 +49,7 @@ def cost_table(results: dict, queries_per_month: int, prices: Prices = Prices())
             if arm in arms:
                 saving = arms["rag"]["cost_per_query"] - arms[arm]["cost_per_query"]
                 break_even[arm] = round(arms[arm]["fixed_per_month"] / saving) if saving > 0 else None
-    return {"queries_per_month": queries_per_month, "prices": asdict(prices),
+    return {"queries_per_month": queries_per_month, "prices": prices.model_dump(),
             "training_seconds": training.get("seconds"), "training_cost": round(training_cost, 4),
             "arms": arms, "break_even_vs_rag": break_even}
 

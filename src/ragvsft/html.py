@@ -15,8 +15,6 @@ from .files import read_jsonl
 from .catalogue import label
 from .report import ARM_LABELS, LITERATURE, SET_LABELS, _environment, comparison_rows, findings, pct
 
-DEFAULT_COST_VOLUME = 100_000
-
 
 def explorer_items(predictions: list[dict], chunk_texts: dict[str, str]) -> list[dict]:
     """One entry per question: its set, gold answer and every arm's answer with verdict and retrieved chunks."""
@@ -36,7 +34,7 @@ def render_html(results: dict, predictions: list[dict], plots: dict[str, Path], 
     chunk_texts = {c["id"]: c["text"] for c in read_jsonl(chunks_path)} if chunks_path and chunks_path.is_file() else {}
     images = {name: base64.b64encode(Path(path).read_bytes()).decode("ascii") for name, path in plots.items()}
     rows = comparison_rows(results)
-    costs = cost_table(results, DEFAULT_COST_VOLUME)
+    costs = cost_table(results)
     return _environment(True).get_template("report.html.j2").render(
         r=results, rows=rows, headers=list(rows[0].keys()) if rows else [], findings=findings(results),
         images=images, literature=LITERATURE, costs=costs, break_even=break_even_sentence(costs),

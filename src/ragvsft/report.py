@@ -231,10 +231,10 @@ def cost_markdown(table: dict) -> str:
     return text + "\n\n" + break_even_sentence(table)
 
 
-def render_markdown(results: dict, queries_per_month: int = 100_000) -> str:
+def render_markdown(results: dict) -> str:
     from .cost import cost_table
 
-    costs = cost_table(results, queries_per_month)
+    costs = cost_table(results)
     return _environment(False).get_template("report.md.j2").render(
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
         arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs))
