@@ -1,5 +1,7 @@
 """Arms: what each arm shows the model, and batched generation that matches one-at-a-time generation."""
 
+import pytest
+
 from ragvsft.arms import build_messages, fewshot_pairs, generate
 from ragvsft.corpus import load_corpus
 from ragvsft.models import load_lm
@@ -70,3 +72,13 @@ def test_fewshot_skips_other_facts_that_give_the_answer_away(toy_corpus):
     for key in "abcdefgh":
         pairs = fewshot_pairs(corpus, "meal", 3, seed=0, key=key, gold=("Roamly",))
         assert len(pairs) == 2 and all("Roamly" not in answer for _, answer in pairs)
+
+
+def test_a_prompt_longer_than_the_context_is_cut_with_a_warning(tiny_lm):
+    model, tokenizer = load_lm(str(tiny_lm), "float32")
+    model.config.max_position_embeddings = 64
+    long = [{"role": "user", "content": "word " * 500 + "Who leads security?"}]
+    with pytest.warns(UserWarning, match="1 prompt\\(s\\) longer than the model's context \\(59 tokens"):
+        [cut, short] = generate(model, tokenizer, [long, [{"role": "user", "content": "Hi?"}]], max_new_tokens=5,
+                                batch_size=2)
+    assert cut.prompt_tokens == 59 and short.prompt_tokens < 59 and cut.generated_tokens <= 5

@@ -340,6 +340,9 @@ def test_commands_refuse_an_unfinished_or_foreign_run_folder(tiny_run, tmp_path)
     (out / "results.json").write_text("[" * 100000)
     result = runner.invoke(app, ["cost", str(out)])
     assert result.exit_code == 2 and "not valid JSON" in result.output
+    (out / "results.json").write_text('{\n "arms": {\n  "rag": ')  # truncated: the message names the real line
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and "results.json:3: not valid JSON" in result.output
     (out / "index" / "faiss.index").unlink()
     result = runner.invoke(app, ["ask", str(out), "Who is the head of security?"])
     assert result.exit_code == 2 and "listed in manifest.json but missing" in result.output
@@ -401,7 +404,10 @@ def test_damaged_run_records_get_a_message_and_nothing_is_deleted(tiny_run, tmp_
     from conftest import MockEncoder
 
     cfg, out = _copy_of(tiny_run, tmp_path)
-    (out / "stages.json").write_text('{"index": {"key": ')
+    (out / "stages.json").write_text('{\n  "index": {\n    "key": ')  # truncated on line 3
+    with pytest.raises(InputError, match="stages.json:3: not valid JSON .*delete the file to recompute"):
+        run_experiment(cfg, encoder=MockEncoder())
+    (out / "stages.json").write_text('{"index": 1}')
     with pytest.raises(InputError, match="stages.json:1: the stage records of this run folder are damaged"):
         run_experiment(cfg, encoder=MockEncoder())
     assert (out / "manifest.json").is_file()  # refused before anything was deleted

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -87,9 +88,19 @@ class Generation:
 
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
-    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries."""
+    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries.
+    A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    budget = getattr(model.config, "max_position_embeddings", None)
+    budget = budget - max_new_tokens if budget else None
+    if budget is not None and any(len(x) > budget for x in ids):
+        # The end holds the question and the assistant's turn; a cut passage beats an error or a silent overflow.
+        cut = sum(len(x) > budget for x in ids)
+        warnings.warn(f"{cut} prompt(s) longer than the model's context ({budget} tokens + {max_new_tokens} for the "
+                      f"answer) were cut to their last {budget} tokens", stacklevel=2)
+        ids = [x[-max(1, budget):] for x in ids]
+    lengths = [len(x) for x in ids]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[Generation | None] = [None] * len(prompts)
     stop_ids = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
@@ -97,7 +108,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
     for start in range(0, len(order), size):
         batch = order[start:start + size]
-        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
         began = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

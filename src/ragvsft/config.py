@@ -45,6 +45,11 @@ class IndexConfig(_Section):
     k: int = Field(ge=1, le=20)
     context_units: int | None = Field(default=None, ge=1, le=50)
 
+    @property
+    def headed(self) -> bool:
+        """Section chunks start with their heading path, which context selection keeps on every unit."""
+        return self.chunking == "section"
+
     @model_validator(mode="after")
     def _overlap_below_size(self):
         if self.chunk_overlap >= self.chunk_tokens:

@@ -154,6 +154,15 @@ class _Problems:
     def add(self, path: Path | str, line: int, message: str) -> None:
         self.items.append(f"{path}:{line}: {message}")
 
+    def keys(self, path: Path | str, line: int, mapping: dict, allowed: set, required: set, prefix: str = "",
+             key_lines: dict | None = None) -> bool:
+        """Report unknown and missing keys of `mapping`; True when every required key is there."""
+        for key in sorted(set(mapping) - allowed, key=str):
+            self.add(path, (key_lines or {}).get(key, line), f"unknown key '{prefix}{key}'")
+        for key in sorted(required - set(mapping)):
+            self.add(path, line, f"missing key '{prefix}{key}'")
+        return required <= set(mapping)
+
 
 def _read_text(path: Path, problems: _Problems) -> str | None:
     try:
@@ -210,11 +219,8 @@ def _load_style(path: Path, data: dict, lines: dict, problems: _Problems) -> Sty
     if not isinstance(style, dict):
         problems.add(path, line, "'style' must be a mapping with keys " + ", ".join(sorted(STYLE_KEYS)))
         return None
-    for key in sorted(set(style) - STYLE_KEYS):
-        problems.add(path, lines.get(("style", key), line), f"unknown key 'style.{key}'")
-    for key in sorted(STYLE_KEYS - set(style)):
-        problems.add(path, line, f"missing key 'style.{key}'")
-    if STYLE_KEYS - set(style):
+    key_lines = {key: lines[("style", key)] for key in style if ("style", key) in lines}
+    if not problems.keys(path, line, style, STYLE_KEYS, STYLE_KEYS, "style.", key_lines):
         return None
     for key in ("system_prompt", "answer_template", "abstain_template"):
         if not isinstance(style[key], str) or not style[key].strip():
@@ -295,11 +301,7 @@ def _load_facts(root: Path, documents: dict[str, Document], problems: _Problems)
     path = root / "facts.jsonl"
     facts = []
     for number, obj in _read_jsonl(path, problems):
-        for key in sorted(set(obj) - FACT_KEYS):
-            problems.add(path, number, f"unknown key '{key}'")
-        for key in sorted(FACT_REQUIRED - set(obj)):
-            problems.add(path, number, f"missing key '{key}'")
-        if FACT_REQUIRED - set(obj):
+        if not problems.keys(path, number, obj, FACT_KEYS, FACT_REQUIRED):
             continue
         before = len(problems.items)
         for key in ("id", "statement", "answer", "document", "evidence"):
@@ -317,8 +319,7 @@ def _load_facts(root: Path, documents: dict[str, Document], problems: _Problems)
             if not isinstance(rev, dict):
                 problems.add(path, number, "'reverse' must be an object with 'questions', 'answer' and optional 'aliases'")
             else:
-                for key in sorted(set(rev) - REVERSE_KEYS):
-                    problems.add(path, number, f"unknown key 'reverse.{key}'")
+                problems.keys(path, number, rev, REVERSE_KEYS, set(), "reverse.")
                 if not isinstance(rev.get("answer"), str) or not rev.get("answer", "").strip():
                     problems.add(path, number, "'reverse.answer' must be a non-empty string")
                 else:
@@ -355,11 +356,7 @@ def _load_unanswerable(root: Path, problems: _Problems) -> list[Unanswerable]:
     path = root / "unanswerable.jsonl"
     items = []
     for number, obj in _read_jsonl(path, problems):
-        for key in sorted(set(obj) - UNANSWERABLE_KEYS):
-            problems.add(path, number, f"unknown key '{key}'")
-        for key in sorted(UNANSWERABLE_KEYS - set(obj)):
-            problems.add(path, number, f"missing key '{key}'")
-        if UNANSWERABLE_KEYS - set(obj):
+        if not problems.keys(path, number, obj, UNANSWERABLE_KEYS, UNANSWERABLE_KEYS):
             continue
         if not all(isinstance(obj[k], str) and obj[k].strip() for k in UNANSWERABLE_KEYS):
             problems.add(path, number, "'id' and 'question' must be non-empty strings")
@@ -416,10 +413,7 @@ def load_corpus(root: Path | str) -> Corpus:
         problems.add(meta_path, 1, "must be a mapping with keys " + ", ".join(sorted(CORPUS_KEYS)))
         meta = {}
     else:
-        for key in sorted(set(meta) - CORPUS_KEYS):
-            problems.add(meta_path, lines.get((key,), 1), f"unknown key '{key}'")
-        for key in sorted(CORPUS_KEYS - set(meta)):
-            problems.add(meta_path, 1, f"missing key '{key}'")
+        problems.keys(meta_path, 1, meta, CORPUS_KEYS, CORPUS_KEYS, key_lines={k: lines[(k,)] for k in meta if (k,) in lines})
         for key in sorted(CORPUS_KEYS - {"style"}):
             if key in meta and (not isinstance(meta[key], str) or not meta[key].strip()):
                 problems.add(meta_path, lines.get((key,), 1), f"'{key}' must be a non-empty string")

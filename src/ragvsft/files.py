@@ -77,6 +77,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file written by a run; a damaged one is an InputError at its real line, ending with `remedy`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError([f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); {remedy}"]) from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise InputError([f"{path}:1: not valid JSON ({type(exc).__name__}); {remedy}"]) from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -170,10 +180,7 @@ def require_complete_run(run_dir: Path) -> dict:
     if not manifest.is_file():
         raise InputError([f"{manifest}:0: the last run in this folder did not finish (no manifest.json), so its files "
                           "may mix two runs; run `ragvsft run` with its config again to complete it"])
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError([f"{manifest}:1: not valid JSON ({type(exc).__name__})"]) from None
+    data = read_json(manifest, "run `ragvsft run` with its config again to rewrite it")
     if not isinstance(data, dict) or data.get("status") != "complete":
         raise InputError([f"{manifest}:1: not the manifest of a complete run"])
     # The reports are derived from results.json (`ragvsft report` writes them again); every other listed file is input.

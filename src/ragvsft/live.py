@@ -95,7 +95,7 @@ class Session:
         probe_question = self.known.get(normalize(question))
         asked = probe_question or Question("live", "live/0", question, None, ())
         index = self.config.index
-        retrieved = retrieve(self.index, self.encoder, [asked], index.k, index.context_units, index.chunking == "section")
+        retrieved = retrieve(self.index, self.encoder, [asked], index.k, index.context_units, index.headed)
         cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
         folds = self.reader_folds if "reader" in self.models else None
         route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None

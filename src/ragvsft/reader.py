@@ -40,6 +40,17 @@ def fact_folds(sample: Corpus, folds: int, seed: int) -> list[list[str]]:
     return [sorted(ids[i::folds]) for i in range(folds)]
 
 
+def reader_plan(corpus: Corpus, sample: Corpus, cfg: ReaderConfig, seed: int) -> list[tuple[list[str], list[Fact]]]:
+    """Per fold: the probed facts it answers and the facts its reader trains on (never one of those it answers)."""
+    plan = []
+    for fold in fact_folds(sample, fold_count(corpus, sample, cfg), seed):
+        facts = training_facts(corpus, fold, cfg, seed)
+        # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers.
+        assert not {f.id for f in facts} & set(fold), "a reader's training facts overlap the facts it answers"
+        plan.append((fold, facts))
+    return plan
+
+
 def fold_of_question(qid: str, fact_id: str | None, folds: list[list[str]]) -> int:
     """The reader that answers a question: its fact's fold; an unanswerable question by a stable hash of its id."""
     for i, ids in enumerate(folds):

@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .catalogue import LABELS, label
-from .files import InputError, read_jsonl, require_complete_run
+from .files import InputError, read_json, read_jsonl, require_complete_run
 
 ARM_LABELS = LABELS  # from the catalogue
 SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
@@ -128,67 +128,125 @@ def _reader_sentence(results: dict) -> str:
     return sentence.strip()
 
 
-def findings(results: dict) -> list[str]:
-    """Sentences computed from the figures; each is included only when the arms it needs were run."""
-    arms = results["arms"]
-    out: list[str] = []
-    held = lambda arm: arms.get(arm, {}).get("heldout")  # noqa: E731
-    rag_vs_lora = _separation(results, "rag", "lora") if held("rag") and held("lora") else None
-    if rag_vs_lora is not None:
-        out.append(_compare(results, "rag", "lora"))
-        if rag_vs_lora < 0:
-            out.append("Fine-tuning recalled held-out facts better than retrieval in this run, contrary to the claim that "
-                       "retrieval supplies the facts.")
-    if held("lora_rag") and held("lora"):
-        out.append(_compare(results, "lora_rag", "lora"))
-    if held("raft") and held("rag"):
-        out.append(_compare(results, "raft", "rag") + " " + _reader_sentence(results))
-    if "lora" in arms and "base" in arms:
-        out.append(f"Fine-tuning taught the house style: {pct(arms['lora']['style_adherence'])} of the LoRA model's answers "
-                   f"follow it, against {pct(arms['base']['style_adherence'])} for the base model"
-                   + (f" and {pct(arms['prompt']['style_adherence'])} when the style is asked for in the prompt." if "prompt" in arms else "."))
-    lora = arms.get("lora", {})
-    if lora.get("seen") and lora.get("heldout"):
-        gap = lora["seen"]["accuracy"] - lora["heldout"]["accuracy"]
-        out.append(f"The LoRA model answered {pct(lora['seen']['accuracy'])} of the questions it was trained on but "
-                   f"{pct(lora['heldout']['accuracy'])} of the same facts asked in new words"
-                   + (" — it memorised phrasings more than it learned facts." if gap > 0.1 else "."))
-    curve = results.get("curves") or []
-    if len(curve) >= 2:
-        out.append(_learning_curve_sentence(curve))
-    if lora.get("reverse"):
-        out.append(f"Asked in the reverse direction, the LoRA model was right {pct(lora['reverse']['accuracy'])} of the time"
-                   + (f", RAG {pct(arms['rag']['reverse']['accuracy'])}." if arms.get("rag", {}).get("reverse") else "."))
-    if held("base"):
-        out.append(f"Without the documents the base model answered {pct(held('base')['accuracy'])} of held-out questions "
-                   f"correctly and hallucinated {pct(held('base')['hallucination_rate'])}: the facts are not in its weights.")
-    unans = {arm: f["unanswerable"]["accuracy"] for arm, f in arms.items() if f.get("unanswerable")}
-    if unans and max(unans.values()) == min(unans.values()):
-        out.append(f"On questions the documents cannot answer, every arm abstained {pct(min(unans.values()))} of the time.")
-    elif unans:
-        best, worst = max(unans, key=unans.get), min(unans, key=unans.get)
-        out.append(f"On questions the documents cannot answer, {label(best)} abstained most often "
-                   f"({pct(unans[best])}) and {label(worst)} least ({pct(unans[worst])}).")
-    if "rag" in arms and "lora" in arms:
-        out.append(f"A RAG query cost {arms['rag']['prompt_tokens_per_query']:.0f} prompt tokens against "
-                   f"{arms['lora']['prompt_tokens_per_query']:.0f} for the fine-tuned model.")
-    errors = results.get("retrieval", {}).get("rag_errors")
-    if errors and sum(errors.values()):
-        out.append(f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were retrieval misses (no chunk with the "
-                   f"evidence in the top {results['retrieval']['k']}) and {errors['reader_error']} reader errors.")
-    if rag_vs_lora is not None and "base" in arms:
-        style_gain = arms["lora"]["style_adherence"] > arms["base"]["style_adherence"]
-        if style_gain and rag_vs_lora > 0:
-            out.append("Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
-                       "supplies the facts.")
-        elif style_gain and rag_vs_lora == 0:
-            out.append("Verdict: fine-tuning taught the style, but this run cannot separate retrieval from fine-tuning on "
-                       "facts; a larger probe (experiments/full.yaml) narrows the intervals.")
-        else:
-            parts = [] if style_gain else ["fine-tuning did not raise style adherence"]
-            parts += [] if rag_vs_lora > 0 else ["retrieval did not beat fine-tuning on held-out facts"]
-            out.append("Verdict: this run does not support the claim: " + " and ".join(parts) + ".")
+def _held(results: dict, arm: str) -> dict | None:
+    return results["arms"].get(arm, {}).get("heldout")
+
+
+def _finding_rag_vs_lora(results: dict) -> list[str]:
+    if not (_held(results, "rag") and _held(results, "lora")):
+        return []
+    out = [_compare(results, "rag", "lora")]
+    if _separation(results, "rag", "lora") < 0:
+        out.append("Fine-tuning recalled held-out facts better than retrieval in this run, contrary to the claim that "
+                   "retrieval supplies the facts.")
     return out
+
+
+def _finding_lora_rag(results: dict) -> list[str]:
+    return [_compare(results, "lora_rag", "lora")] if _held(results, "lora_rag") and _held(results, "lora") else []
+
+
+def _finding_raft(results: dict) -> list[str]:
+    if not (_held(results, "raft") and _held(results, "rag")):
+        return []
+    return [_compare(results, "raft", "rag") + " " + _reader_sentence(results)]
+
+
+def _finding_style(results: dict) -> list[str]:
+    arms = results["arms"]
+    if "lora" not in arms or "base" not in arms:
+        return []
+    prompt = f" and {pct(arms['prompt']['style_adherence'])} when the style is asked for in the prompt." if "prompt" in arms else "."
+    return [f"Fine-tuning taught the house style: {pct(arms['lora']['style_adherence'])} of the LoRA model's answers "
+            f"follow it, against {pct(arms['base']['style_adherence'])} for the base model" + prompt]
+
+
+def _finding_memorised(results: dict) -> list[str]:
+    lora = results["arms"].get("lora", {})
+    if not (lora.get("seen") and lora.get("heldout")):
+        return []
+    gap = lora["seen"]["accuracy"] - lora["heldout"]["accuracy"]
+    return [f"The LoRA model answered {pct(lora['seen']['accuracy'])} of the questions it was trained on but "
+            f"{pct(lora['heldout']['accuracy'])} of the same facts asked in new words"
+            + (" — it memorised phrasings more than it learned facts." if gap > 0.1 else ".")]
+
+
+def _finding_curve(results: dict) -> list[str]:
+    curve = results.get("curves") or []
+    return [_learning_curve_sentence(curve)] if len(curve) >= 2 else []
+
+
+def _finding_reverse(results: dict) -> list[str]:
+    arms = results["arms"]
+    reverse = arms.get("lora", {}).get("reverse")
+    if not reverse:
+        return []
+    rag = arms.get("rag", {}).get("reverse")
+    return [f"Asked in the reverse direction, the LoRA model was right {pct(reverse['accuracy'])} of the time"
+            + (f", RAG {pct(rag['accuracy'])}." if rag else ".")]
+
+
+def _finding_base(results: dict) -> list[str]:
+    base = _held(results, "base")
+    if not base:
+        return []
+    return [f"Without the documents the base model answered {pct(base['accuracy'])} of held-out questions "
+            f"correctly and hallucinated {pct(base['hallucination_rate'])}: the facts are not in its weights."]
+
+
+def _finding_abstention(results: dict) -> list[str]:
+    unans = {arm: f["unanswerable"]["accuracy"] for arm, f in results["arms"].items() if f.get("unanswerable")}
+    if not unans:
+        return []
+    if max(unans.values()) == min(unans.values()):
+        return [f"On questions the documents cannot answer, every arm abstained {pct(min(unans.values()))} of the time."]
+    best, worst = max(unans, key=unans.get), min(unans, key=unans.get)
+    return [f"On questions the documents cannot answer, {label(best)} abstained most often "
+            f"({pct(unans[best])}) and {label(worst)} least ({pct(unans[worst])})."]
+
+
+def _finding_prompt_tokens(results: dict) -> list[str]:
+    arms = results["arms"]
+    if "rag" not in arms or "lora" not in arms:
+        return []
+    return [f"A RAG query cost {arms['rag']['prompt_tokens_per_query']:.0f} prompt tokens against "
+            f"{arms['lora']['prompt_tokens_per_query']:.0f} for the fine-tuned model."]
+
+
+def _finding_rag_errors(results: dict) -> list[str]:
+    errors = results.get("retrieval", {}).get("rag_errors")
+    if not (errors and sum(errors.values())):
+        return []
+    return [f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were retrieval misses (no chunk with the "
+            f"evidence in the top {results['retrieval']['k']}) and {errors['reader_error']} reader errors."]
+
+
+def _finding_verdict(results: dict) -> list[str]:
+    arms = results["arms"]
+    if not (_held(results, "rag") and _held(results, "lora") and "base" in arms):
+        return []
+    rag_vs_lora = _separation(results, "rag", "lora")
+    style_gain = arms["lora"]["style_adherence"] > arms["base"]["style_adherence"]
+    if style_gain and rag_vs_lora > 0:
+        return ["Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
+                "supplies the facts."]
+    if style_gain and rag_vs_lora == 0:
+        return ["Verdict: fine-tuning taught the style, but this run cannot separate retrieval from fine-tuning on "
+                "facts; a larger probe (experiments/full.yaml) narrows the intervals."]
+    parts = [] if style_gain else ["fine-tuning did not raise style adherence"]
+    parts += [] if rag_vs_lora > 0 else ["retrieval did not beat fine-tuning on held-out facts"]
+    return ["Verdict: this run does not support the claim: " + " and ".join(parts) + "."]
+
+
+# Each rule reads results.json and returns its sentences, or none when the arms it needs were not run.
+FINDINGS = [_finding_rag_vs_lora, _finding_lora_rag, _finding_raft, _finding_style, _finding_memorised, _finding_curve,
+            _finding_reverse, _finding_base, _finding_abstention, _finding_prompt_tokens, _finding_rag_errors,
+            _finding_verdict]
+
+
+def findings(results: dict) -> list[str]:
+    """Sentences computed from the figures, rule by rule (FINDINGS)."""
+    return [sentence for rule in FINDINGS for sentence in rule(results)]
 
 
 def results_csv(results: dict) -> str:
@@ -245,10 +303,7 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     run_dir = Path(run_dir)
     require_complete_run(run_dir)
     results_path = run_dir / "results.json"
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError([f"{results_path}:1: not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"]) from None
+    results = read_json(results_path, "run `ragvsft run` with its config again to recompute it")
     if not isinstance(results, dict) or not isinstance(results.get("arms"), dict):
         raise InputError([f"{results_path}:1: not the results of a ragvsft run (no \"arms\" mapping)"])
     predictions_path = run_dir / "predictions.jsonl"

@@ -28,12 +28,13 @@ from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
 from .catalogue import model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
-from .files import InputError, atomic_write_json, check_run_folder, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json
+from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
+                    read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_map
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
-from .reader import build_reader_set, fact_folds, fold_count, fold_of_question, training_facts
+from .reader import build_reader_set, fold_of_question, reader_plan
 from .publish import write_reports
 from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
 
@@ -63,15 +64,10 @@ class _Stages:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "stages.json"
-        self.entries = {}
-        if self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-                self.entries = exc
-            if not (isinstance(self.entries, dict) and all(isinstance(v, dict) and "key" in v for v in self.entries.values())):
-                raise InputError([f"{self.path}:1: the stage records of this run folder are damaged; delete the file "
-                                  "to recompute every stage (nothing was changed)"])
+        remedy = "delete the file to recompute every stage (nothing was changed)"
+        self.entries = read_json(self.path, remedy) if self.path.is_file() else {}
+        if not (isinstance(self.entries, dict) and all(isinstance(v, dict) and "key" in v for v in self.entries.values())):
+            raise InputError([f"{self.path}:1: the stage records of this run folder are damaged; {remedy}"])
 
     def fresh(self, stage: str, key: str, *outputs: Path) -> bool:
         return self.entries.get(stage, {}).get("key") == key and all(p.exists() for p in outputs)
@@ -212,8 +208,8 @@ def _check_reader(cfg: Config, corpus: Corpus, sample: Corpus) -> None:
     """Before anything is loaded: every cross-fitted reader must have facts of its own to train on."""
     if not uses(cfg.probe.arms, "reader"):
         return
-    for fold in fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed):
-        if not training_facts(corpus, fold, cfg.reader, cfg.seed):
+    for _, facts in reader_plan(corpus, sample, cfg.reader, cfg.seed):
+        if not facts:
             raise InputError([f"reader.folds: {cfg.reader.folds or 1} fold(s) leave no fact outside the probed ones "
                               "to train the RAFT reader on; use 2 or more folds, or a subset of the corpus"])
 
@@ -232,15 +228,11 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
     cfg, run_dir = run.cfg, run.run_dir
     if not uses(cfg.probe.arms, "reader"):
         return None
-    folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
+    plan = reader_plan(corpus, sample, cfg.reader, cfg.seed)
+    folds = [fold for fold, _ in plan]
     gold = gold_chunk_map(corpus.facts, index.chunks, corpus.documents)
-    sets = []
-    for i, fold in enumerate(folds):
-        facts = training_facts(corpus, fold, cfg.reader, cfg.seed)
-        # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers.
-        assert not {f.id for f in facts} & set(fold), "a reader's training facts overlap the facts it answers"
-        sets.append(build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed,
-                                     cfg.index.context_units, cfg.index.chunking == "section"))
+    sets = [build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed,
+                             cfg.index.context_units, cfg.index.headed) for _, facts in plan]
     training = cfg.finetune.model_copy(update={
         "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
         "lora_r": cfg.reader.lora_r, "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False})
@@ -326,7 +318,7 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
                                 for i in range(len(reader.folds))]
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
-                              cfg.index.chunking == "section") if needs_k else {})
+                              cfg.index.headed) if needs_k else {})
         run.console.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
     seconds = 0.0
     for arm in cfg.probe.arms:
@@ -391,6 +383,7 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
         "run": {"name": cfg.name, "seed": cfg.seed, "lm": cfg.models.lm, "embedder": cfg.models.embedder,
                 "dtype": cfg.models.dtype, "questions": len(questions),
                 "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
+        "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file
         "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "retrieval": retrieval,
