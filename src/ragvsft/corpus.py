@@ -28,6 +28,8 @@ FACT_KEYS = {"id", "statement", "answer", "aliases", "document", "evidence", "tr
 FACT_REQUIRED = FACT_KEYS - {"reverse", "tags", "aliases"}
 REVERSE_KEYS = {"questions", "answer", "aliases"}
 UNANSWERABLE_KEYS = {"id", "question"}
+UPDATE_KEYS = {"id", "answer", "aliases", "statement", "evidence"}
+UPDATE_REQUIRED = UPDATE_KEYS - {"aliases"}
 CORPUS_KEYS = {"name", "organisation", "description", "style"}
 STYLE_KEYS = {"system_prompt", "answer_template", "abstain_template", "markers"}
 
@@ -95,6 +97,22 @@ class Unanswerable:
 
 
 @dataclass(frozen=True)
+class Update:
+    """A changed fact (updates/facts.jsonl): its new answer, aliases, statement and evidence; questions stay."""
+
+    id: str
+    answer: str
+    aliases: tuple[str, ...]
+    statement: str
+    evidence: str
+    line: int = 0
+
+    @property
+    def gold(self) -> list[str]:
+        return [self.answer, *self.aliases]
+
+
+@dataclass(frozen=True)
 class Corpus:
     root: Path
     name: str
@@ -105,6 +123,22 @@ class Corpus:
     facts: tuple[Fact, ...]
     unanswerable: tuple[Unanswerable, ...]
     sha256: str = field(default="", compare=False)
+    updates: tuple[Update, ...] = ()  # the optional updates/ part: changed facts ...
+    updated_documents: tuple[Document, ...] = ()  # ... and the new versions of their documents
+    updates_sha256: str = field(default="", compare=False)  # apart, so an edit there leaves the main stages fresh
+
+    def updated(self) -> "Corpus":
+        """The corpus after its updates: new document versions replace the old, changed facts get their new answer,
+        aliases, statement and evidence (their questions stay). No updates: the corpus itself."""
+        if not self.updates:
+            return self
+        new_docs = {d.path: d for d in self.updated_documents}
+        changes = {u.id: u for u in self.updates}
+        facts = tuple(replace(f, answer=changes[f.id].answer, aliases=changes[f.id].aliases,
+                              statement=changes[f.id].statement, evidence=changes[f.id].evidence)
+                      if f.id in changes else f for f in self.facts)
+        return replace(self, documents=tuple(new_docs.get(d.path, d) for d in self.documents), facts=facts,
+                       updates=(), updated_documents=())
 
     @property
     def abstain_phrases(self) -> list[str]:
@@ -393,6 +427,65 @@ def _check_across(root: Path, facts: list[Fact], unanswerable: list[Unanswerable
                          f"question {item.question!r} equals a train question of fact {train[normalize(item.question)]!r}")
 
 
+def _load_updates(root: Path, documents: dict[str, Document], facts: list[Fact],
+                  problems: _Problems) -> tuple[list[Update], dict[str, Document]]:
+    """The optional updates/ part: updates/documents/ mirrors documents/ with new versions of changed documents, and
+    updates/facts.jsonl holds one changed fact per line (id of a fact, new answer, aliases, statement, evidence)."""
+    folder = root / "updates"
+    if not folder.exists():
+        return [], {}
+    if not folder.is_dir():
+        problems.add(folder, 0, "must be a folder holding documents/ and facts.jsonl")
+        return [], {}
+    new_docs = _load_documents(folder, problems) if (folder / "documents").is_dir() else {}
+    for rel in new_docs:
+        if rel not in documents:
+            problems.add(folder / rel, 0, f"a new version of {rel}, which is not in the corpus (updates replace documents)")
+    path = folder / "facts.jsonl"
+    old = {f.id: f for f in facts}
+    updates: list[Update] = []
+    first_line: dict[str, int] = {}
+    for number, obj in _read_jsonl(path, problems):
+        if not problems.keys(path, number, obj, UPDATE_KEYS, UPDATE_REQUIRED):
+            continue
+        bad = [k for k in sorted(UPDATE_REQUIRED) if not isinstance(obj[k], str) or not obj[k].strip()]
+        if bad:
+            problems.add(path, number, ", ".join(f"'{k}'" for k in bad) + " must be non-empty strings")
+            continue
+        update = Update(obj["id"], obj["answer"], _check_string_list(obj.get("aliases", []), "aliases", path, number,
+                                                                     problems), obj["statement"], obj["evidence"], number)
+        if update.id in first_line:
+            problems.add(path, number, f"duplicate id {update.id!r} (first changed at line {first_line[update.id]})")
+            continue
+        first_line[update.id] = number
+        fact = old.get(update.id)
+        if fact is None:
+            problems.add(path, number, f"id {update.id!r} is not a fact in facts.jsonl")
+            continue
+        if not matches_gold(update.statement, update.gold):
+            problems.add(path, number, "neither 'answer' nor any alias occurs in 'statement'")
+        if any(matches_gold(g, fact.gold) for g in update.gold) or any(matches_gold(g, update.gold) for g in fact.gold):
+            problems.add(path, number, f"the new answer {update.answer!r} cannot be told apart from the old "
+                                       f"{fact.answer!r} (one matches the other's answer or aliases)")
+        for question in (*fact.train_questions, *fact.probe_questions):
+            if matches_gold(question, update.gold):
+                problems.add(path, number, f"question {question!r} of fact {fact.id!r} already contains the new answer")
+        document = new_docs.get(fact.document)
+        if document is None:
+            problems.add(path, number, f"the fact's document {fact.document} has no new version: add "
+                                       f"updates/{fact.document} with the changed text")
+        elif " ".join(update.evidence.split()) not in " ".join(document.text.split()):
+            problems.add(path, number, f"'evidence' {update.evidence!r} does not occur in updates/{fact.document}")
+        updates.append(update)
+    for fact in facts:
+        document = new_docs.get(fact.document)
+        if fact.id not in first_line and document is not None and \
+                " ".join(fact.evidence.split()) not in " ".join(document.text.split()):
+            problems.add(path, 1, f"fact {fact.id!r} (facts.jsonl:{fact.line}) is not changed, but its evidence no longer "
+                                  f"occurs in updates/{fact.document}; add its new version here")
+    return updates, new_docs
+
+
 def load_corpus(root: Path | str) -> Corpus:
     """Load and validate a corpus folder; raise InputError with every problem found."""
     root = Path(root)
@@ -423,12 +516,15 @@ def load_corpus(root: Path | str) -> Corpus:
     facts = _load_facts(root, documents, problems)
     unanswerable = _load_unanswerable(root, problems)
     _check_across(root, facts, unanswerable, problems)
+    updates, new_docs = _load_updates(root, documents, facts, problems)
     if problems.items:
         raise InputError(problems.items)
     assert style is not None
     files = [meta_path, root / "facts.jsonl", root / "unanswerable.jsonl", *(root / d for d in documents)]
+    update_files = [root / "updates" / "facts.jsonl", *(root / "updates" / d for d in new_docs)] if updates else []
     return Corpus(root, meta["name"], meta["organisation"], meta["description"], style, tuple(documents.values()),
-                  tuple(facts), tuple(unanswerable), sha256_tree(root, files))
+                  tuple(facts), tuple(unanswerable), sha256_tree(root, files), tuple(updates), tuple(new_docs.values()),
+                  sha256_tree(root, update_files) if updates else "")
 
 
 def corpus_stats(corpus: Corpus) -> dict:
