@@ -99,6 +99,12 @@ class ProbeConfig(_Section):
     bootstrap_resamples: int = Field(ge=100)
 
 
+class UpdateConfig(_Section):
+    """The knowledge-update experiment (update.py): needs a corpus with an updates/ part."""
+    enabled: bool = False
+    retrain: bool = True
+
+
 class CostConfig(_Section):
     """Assumptions of the cost table (see cost.py); `ragvsft cost` flags override them for one table."""
     queries_per_month: int = Field(ge=1)
@@ -126,7 +132,13 @@ class Config(_Section):
     finetune: FinetuneConfig
     reader: ReaderConfig
     probe: ProbeConfig
+    update: UpdateConfig = UpdateConfig()
     cost: CostConfig = Field(default_factory=default_cost)
+
+    def sample_of(self, corpus):
+        """The run's sample of `corpus` (subset.*, seed); the update experiment always keeps the changed facts."""
+        keep = frozenset(u.id for u in corpus.updates) if self.update.enabled else frozenset()
+        return corpus.subset(self.subset.facts, self.subset.unanswerable, self.seed, keep)
 
     @property
     def run_dir(self) -> Path:

@@ -144,18 +144,20 @@ class Corpus:
     def abstain_phrases(self) -> list[str]:
         return [self.style.abstain_template.replace("{statement}", ""), *ABSTENTION_PHRASES] + _core_abstention(self.style)
 
-    def subset(self, facts: int | None, unanswerable: int | None, seed: int) -> "Corpus":
+    def subset(self, facts: int | None, unanswerable: int | None, seed: int, keep: frozenset[str] = frozenset()) -> "Corpus":
         """A reproducible sample of facts and unanswerable questions (documents stay complete, so retrieval still
-        searches the whole corpus). None keeps everything."""
+        searches the whole corpus). None keeps everything. Facts whose id is in `keep` are always in it (the
+        update experiment's changed facts), the rest drawn at random up to `facts`."""
         rng = random.Random(seed)
 
-        def pick(items: tuple, n: int | None) -> tuple:
+        def pick(items: tuple, n: int | None, kept: frozenset = frozenset()) -> tuple:
             if n is None or n >= len(items):
                 return items
-            keep = set(rng.sample(range(len(items)), n))
-            return tuple(x for i, x in enumerate(items) if i in keep)
+            pool = [i for i, x in enumerate(items) if getattr(x, "id", None) not in kept]
+            chosen = set(rng.sample(pool, max(0, n - (len(items) - len(pool))))) if kept else set(rng.sample(range(len(items)), n))
+            return tuple(x for i, x in enumerate(items) if i in chosen or getattr(x, "id", None) in kept)
 
-        return replace(self, facts=pick(self.facts, facts), unanswerable=pick(self.unanswerable, unanswerable))
+        return replace(self, facts=pick(self.facts, facts, keep), unanswerable=pick(self.unanswerable, unanswerable))
 
 
 def _backtracks(marker: str) -> bool:

@@ -61,7 +61,7 @@ class Session:
         if unknown:
             raise InputError([f"--arms: {', '.join(unknown)} not in this run (arms: {', '.join(config.probe.arms)})"])
         # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
-        corpus = load_corpus(config.corpus).subset(config.subset.facts, config.subset.unanswerable, config.seed)
+        corpus = config.sample_of(load_corpus(config.corpus))
         model, tokenizer = load_lm(config.models.lm, "float32")
         dtype = getattr(torch, config.models.dtype)
         models = {"closed_book": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}

