@@ -7,6 +7,7 @@
     .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
+    .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
 
 Each profile runs in a fresh folder `runs/bench-<profile>` (nothing reused), as `ragvsft run` would. The figures go to
 `runs/benchmark.json`; with --readme the "Measured" section of README.md between its benchmark markers is rewritten
@@ -29,10 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ragvsft.files import atomic_write_json, atomic_write_text  # noqa: E402
-from ragvsft.report import findings, markdown_table  # noqa: E402
+from ragvsft.claims import evaluate_claims  # noqa: E402
+from ragvsft.report import cell, findings, markdown_table, update_rows  # noqa: E402
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
-BARS = {"quick": 300, "full": 1800, "raft": 300}  # seconds: the bars on the 2-core development machine
+BARS = {"quick": 300, "full": 1800, "raft": 300}
+PROFILES = ("quick", "full", "raft", "update")  # seconds: the bars on the 2-core development machine
 
 
 def run_profile(profile: str) -> dict:
@@ -197,8 +200,9 @@ def readme_section(bench: dict) -> str:
         results = json.loads((REPO / p["run_dir"] / "results.json").read_text())
         training, seen = results.get("training") or {}, results["arms"].get("lora", {}).get("seen", {})
         reader = f"{s['reader']:.0f} s" if "reader" in s else "–"
+        bar = f"{p['bar_seconds'] / 60:.0f} min" if p["bar_seconds"] else "–"
         lines.append(f"| `{p['command']}` | {p['facts']} | {p['questions']} × {p['arms']} | {p['training_examples']} | "
-                     f"{p['wall_seconds'] / 60:.1f} min | {p['bar_seconds'] / 60:.0f} min | {s.get('index', 0):.0f} s | "
+                     f"{p['wall_seconds'] / 60:.1f} min | {bar} | {s.get('index', 0):.0f} s | "
                      f"{s.get('finetune', 0):.0f} s | {reader} | "
                      f"{s.get('probe', 0):.0f} s | "
                      f"{training.get('seconds_per_example', float('nan')):.3f} | {training.get('tokens_per_second', 0):.0f} | "
@@ -260,13 +264,22 @@ def readme_section(bench: dict) -> str:
         lines += ["", f"The {name} profile's comparison table, as measured (`{p['run_dir']}/report.md`):", "",
                   markdown_table(results), ""]
         lines += [f"- {sentence}" for sentence in findings(results)]
+        updates = update_rows(results)
+        if updates:
+            lines += ["", f"The knowledge update in `{p['run_dir']}` (`update` in its results.json; seconds on this machine):", "",
+                      "| " + " | ".join(updates[0]) + " |", "|" + "---|" * len(updates[0])]
+            lines += ["| " + " | ".join(row.values()) + " |" for row in updates]
+            lines += ["", f"The claims ledger as decided by `{p['run_dir']}` (every claim with the figures its rule "
+                          "read; `src/ragvsft/claims.yaml`):", "", "| claim | source | measured | verdict |", "|---|---|---|---|"]
+            lines += [f"| {cell(c['claim'])} | `{c['source']}` | {cell(c['figures'] or c['reason'])} | {c['verdict']} |"
+                      for c in evaluate_claims(results)]
     lines += ["", END]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", action="append", choices=["quick", "full", "raft"], help="profile(s) to time (default both)")
+    parser.add_argument("--profile", action="append", choices=PROFILES, help="profile(s) to time (default quick and full)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's benchmark section")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
@@ -294,7 +307,7 @@ def main() -> None:
     bench["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "platform": platform.platform(terse=True)}
     bench["date"] = time.strftime("%Y-%m-%d")
-    bench["profiles"] = {k: bench["profiles"][k] for k in ("quick", "full", "raft") if k in bench["profiles"]}
+    bench["profiles"] = {k: bench["profiles"][k] for k in PROFILES if k in bench["profiles"]}
     atomic_write_json(path, bench)
     if args.readme:
         readme = (REPO / "README.md").read_text()

@@ -234,3 +234,78 @@ def test_a_document_name_that_is_not_utf8_is_a_message(tmp_path):
     with open(name, "wb") as fh:
         fh.write(b"# Cafe\n\nThe cafe opens at 8.\n")
     assert any("file name is not valid UTF-8" in p for p in problems_of(root))
+
+
+MEAL_UPDATE = {"id": "meal", "answer": "64 euros", "aliases": ["64", "€64"],
+               "statement": "The daily meal allowance on trips is 64 euros.", "evidence": "meal allowance on trips is 64 euros"}
+
+
+def write_updates(root, rows, documents=None):
+    """An updates/ part: new versions of documents (default: travel.md with 64 euros) and changed facts."""
+    from conftest import DOCUMENTS
+
+    new = {"documents/policies/travel.md": DOCUMENTS["documents/policies/travel.md"].replace("58", "64")}
+    for rel, text in (new if documents is None else documents).items():
+        (root / "updates" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "updates" / rel).write_text(text, encoding="utf-8")
+    (root / "updates").mkdir(exist_ok=True)
+    (root / "updates" / "facts.jsonl").write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows),
+                                                  encoding="utf-8")
+    return root
+
+
+def test_the_shipped_corpus_has_at_least_20_updates():
+    corpus = load_corpus(REPO / "corpus")
+    assert len(corpus.updates) >= 20 and corpus.updates_sha256
+    new = corpus.updated()
+    changed = {u.id for u in corpus.updates}
+    for old, fact in zip(corpus.facts, new.facts):
+        assert (fact.answer != old.answer) == (fact.id in changed) and fact.train_questions == old.train_questions
+    texts = {d.path: d.text for d in new.documents}
+    assert all(" ".join(f.evidence.split()) in " ".join(texts[f.document].split()) for f in new.facts)
+
+
+def test_updated_replaces_documents_and_facts_and_keeps_questions(toy_corpus):
+    corpus = load_corpus(write_updates(toy_corpus, [MEAL_UPDATE]))
+    new = corpus.updated()
+    meal = next(f for f in new.facts if f.id == "meal")
+    assert meal.gold == ["64 euros", "64", "€64"] and meal.probe_questions == tuple(FACTS[0]["probe_questions"])
+    assert "64 euros" in next(d.text for d in new.documents if d.path.endswith("travel.md"))
+    assert new.updates == () and corpus.sha256 == load_corpus(toy_corpus).sha256  # updates hash apart
+    assert load_corpus(write_corpus(toy_corpus.parent / "plain")).updates == ()
+
+
+@pytest.mark.parametrize("rows, documents, expected", [
+    ([dict(MEAL_UPDATE, id="nope")], None, "facts.jsonl:1: id 'nope' is not a fact in facts.jsonl"),
+    ([{k: v for k, v in MEAL_UPDATE.items() if k != "evidence"}], None, "facts.jsonl:1: missing key 'evidence'"),
+    ([dict(MEAL_UPDATE, colour="red")], None, "facts.jsonl:1: unknown key 'colour'"),
+    ([MEAL_UPDATE, MEAL_UPDATE], None, "facts.jsonl:2: duplicate id 'meal' (first changed at line 1)"),
+    ([dict(MEAL_UPDATE, answer="", aliases=[])], None, "facts.jsonl:1: 'answer' must be non-empty strings"),
+    ([dict(MEAL_UPDATE, answer="58 euros", aliases=["58"], statement="It is 58 euros.")], None,
+     "cannot be told apart from the old '58 euros'"),
+    ([dict(MEAL_UPDATE, statement="The allowance went up.")], None,
+     "facts.jsonl:1: neither 'answer' nor any alias occurs in 'statement'"),
+    ([MEAL_UPDATE], {}, "facts.jsonl:1: the fact's document documents/policies/travel.md has no new version"),
+    ([dict(MEAL_UPDATE, evidence="allowance is 70 euros")], None, "'evidence' 'allowance is 70 euros' does not occur in updates/"),
+    ([MEAL_UPDATE], {"documents/policies/travel.md": "# Travel\n\nThe daily meal allowance on trips is 64 euros.\n"},
+     "fact 'portal' (facts.jsonl:2) is not changed, but its evidence no longer occurs in updates/"),
+    ([MEAL_UPDATE], {"documents/policies/travel.md": "# Travel\n\nThe daily meal allowance on trips is 64 euros. "
+                     "Hotels are booked in the Roamly portal.\n", "documents/new.md": "# New\n\nA new page.\n"},
+     "documents/new.md:0: a new version of documents/new.md, which is not in the corpus"),
+    (['{"id": "meal",\n'], None, "facts.jsonl:1: invalid JSON"),
+    ([MEAL_UPDATE, "[1, 2]\n"], None, "facts.jsonl:2: each line must be a JSON object"),
+])
+def test_a_broken_updates_part_names_file_and_line(toy_corpus, rows, documents, expected):
+    problems = problems_of(write_updates(toy_corpus, rows, documents))
+    assert any(expected in p and "/updates/" in p for p in problems), problems
+
+
+def test_an_update_whose_new_answer_is_already_in_a_question_is_refused(toy_corpus):
+    row = dict(MEAL_UPDATE, answer="day", aliases=[], statement="It is per day.", evidence="meal allowance on trips is 64 euros")
+    problems = problems_of(write_updates(toy_corpus, [row]))
+    assert any("already contains the new answer" in p for p in problems), problems
+
+
+def test_updates_that_is_a_file_is_refused(toy_corpus):
+    (toy_corpus / "updates").write_text("not a folder")
+    assert any("updates:0: must be a folder" in p for p in problems_of(toy_corpus))

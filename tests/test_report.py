@@ -192,3 +192,22 @@ def test_cost_refuses_a_price_that_is_not_a_number(tmp_path):
 
     result = CliRunner().invoke(app, ["cost", str(tmp_path), "--hosting", "inf"])
     assert result.exit_code == 2 and "--hosting: inf is not a finite number" in result.output
+
+
+def test_reports_show_the_claims_ledger_and_the_knowledge_update(tmp_path):
+    from test_claims import with_update
+
+    results = with_update(make_results())
+    results["arms"]["lora"]["style_adherence"] = 0.97
+    md = render_markdown(results)
+    assert "## Claims ledger" in md and "`001_186768655c1970b0.txt`" in md and "**not tested**" in md
+    ledger = md.split("## Claims ledger", 1)[1].split("##", 1)[0]
+    assert "| LoRA fine-tuned style adherence 97% vs prompting" not in ledger  # no prompt arm: not tested, with reason
+    assert "the arm prompting was not run" in ledger
+    assert "## Knowledge update" in md and "| LoRA fine-tuned | after retraining | retrain | 95 |" in md
+    assert "retraining the adapter on the new version took 95 s" in " ".join(findings(results)).lower()
+    write_reports(tmp_path, results, [])
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="claims"' in html and 'id="update"' in html and "verdict-supported" in html
+    assert (tmp_path / "plots" / "update.png").stat().st_size > 1000
+    assert "update" not in write_plots(tmp_path / "no-update", make_results())

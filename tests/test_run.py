@@ -24,6 +24,9 @@ def without_timings(results):
     results["training"] = {k: v for k, v in results["training"].items()
                           if k not in ("seconds", "seconds_per_example", "tokens_per_second", "curve_seconds")}
     results["reader"] = {k: v for k, v in results["reader"].items() if k not in ("seconds", "seconds_per_example")}
+    # claims that read timings, or costs (which include the training time), move with the machine
+    results["claims"] = [c for c in results["claims"] if not any(w in (c["test"] or "") for w in ("seconds", "cost."))]
+    results["config"] = {k: v for k, v in results["config"].items() if k != "out"}  # copies live elsewhere
     return results
 
 
@@ -424,3 +427,54 @@ def test_an_unknown_key_in_a_run_folders_config_is_a_message(tiny_run, tmp_path)
         fh.write("bogus: 1\n")
     result = CliRunner().invoke(app, ["ask", str(out), "Who leads the security team?"])
     assert result.exit_code == 2 and f"{out / 'config.yaml'}:1: not the config of a ragvsft run" in result.output
+
+
+def test_the_update_experiment_asks_the_changed_facts_again_and_reuses_what_did_not_change(tiny_lm, tmp_path):
+    from conftest import MockEncoder
+    from test_corpus import MEAL_UPDATE, write_updates
+    from ragvsft.update import update_verdict
+
+    corpus = write_updates(write_corpus(tmp_path / "corpus"), [MEAL_UPDATE])
+    cfg = tiny_config(corpus, tiny_lm, tmp_path / "run", **{"update.enabled": "true", "probe.arms": "[rag, lora, raft]"})
+    out = run_experiment(cfg, encoder=MockEncoder())
+    update = json.loads((out / "results.json").read_text())["update"]
+    assert update["facts_changed"] == 1 and update["questions"] == 2 and update["sets"] == ["heldout", "seen"]
+    assert set(update["arms"]) == {"rag", "lora", "raft"} and set(update["retrained"]) == {"lora"}
+    assert update["arms"]["rag"]["action"] == "re-index" and update["arms"]["rag"]["update_seconds"] == update["seconds"]["reindex"]
+    assert update["arms"]["lora"]["action"].startswith("none") and update["retrained"]["lora"]["action"] == "retrain"
+    assert update["seconds"]["retrain"] > 0 and (out / "update" / "adapter" / "adapter_model.safetensors").is_file()
+    rows = read_jsonl(out / "update" / "predictions.jsonl")
+    assert {r["phase"] for r in rows} == {"after", "retrained"} and all(r["fact_id"] == "meal" for r in rows)
+    assert all(r["gold"] == ["64 euros", "64", "€64"] for r in rows)  # the new answer is now the gold
+    for arm, figures in update["arms"].items():
+        verdicts = [update_verdict(r["answer"], r["gold"], ["58 euros", "58", "€58"]) for r in rows
+                    if r["arm"] == arm and r["phase"] == "after"]
+        assert figures["n"] == 2 and figures["current"] == verdicts.count("current") / 2
+    # Unchanged: every stage reused. A different new value: only the update stage runs again.
+    run_experiment(cfg, encoder=MockEncoder())
+    assert "update" in json.loads((out / "manifest.json").read_text())["reused_stages"]
+    write_updates(corpus, [dict(MEAL_UPDATE, answer="66 euros", aliases=["66"], statement="It is 66 euros.",
+                                evidence="meal allowance on trips is 66 euros")],
+                  {"documents/policies/travel.md": (corpus / "documents/policies/travel.md").read_text().replace("58", "66")})
+    run_experiment(cfg, encoder=MockEncoder())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reused_stages"] == ["index", "finetune", "reader", "probe"]
+    assert all(r["gold"][0] == "66 euros" for r in read_jsonl(out / "update" / "predictions.jsonl"))
+
+
+def test_the_update_experiment_needs_an_updates_part(tiny_lm, tmp_path):
+    cfg = tiny_config(write_corpus(tmp_path / "corpus"), tiny_lm, tmp_path / "run", **{"update.enabled": "true"})
+    with pytest.raises(InputError, match="updates:0: update.enabled needs the corpus's updates/ part"):
+        run_experiment(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_sample_keeps_every_changed_fact(tmp_path):
+    from test_corpus import MEAL_UPDATE, write_updates
+    from ragvsft.corpus import load_corpus
+
+    corpus = load_corpus(write_updates(write_corpus(tmp_path / "corpus"), [MEAL_UPDATE]))
+    for seed in range(8):
+        sample = corpus.subset(2, None, seed, keep=frozenset({"meal"}))
+        assert len(sample.facts) == 2 and "meal" in {f.id for f in sample.facts}
+    assert corpus.subset(2, None, 3) == corpus.subset(2, None, 3, keep=frozenset())  # unchanged without keep

@@ -141,3 +141,20 @@ def test_pairing_decides_when_one_arm_is_right_wherever_the_other_is():
     # pairing is by question id, not by row order
     shuffled = rows[:n] + list(reversed(rows[n:]))
     assert paired_difference(shuffled, "rag", "lora", "heldout", seed=0, resamples=2000) == paired
+
+
+def test_update_verdicts_tell_current_from_stale():
+    from ragvsft.update import update_figures, update_verdict
+
+    new, old = ["64 euros", "64"], ["58 euros", "58"]
+    assert update_verdict("It is 64 euros a day.", new, old) == "current"
+    assert update_verdict("It is 58 euros.", new, old) == "stale"
+    assert update_verdict("It went from 58 to 64 euros.", new, old) == "other"  # both: not counted as either
+    assert update_verdict("I can't find that in our documents.", new, old) == "other"
+    rows = [{"arm": "rag", "fact_id": "meal", "answer": a, "update_verdict": update_verdict(a, new, old)}
+            for a in ("64 euros", "64 euros", "58 euros", "no idea")]
+    before = [{"arm": "rag", "fact_id": "meal", "answer": a} for a in ("58 euros", "58 euros", "58", "64")]
+    figures = update_figures(before, rows, [], {"meal": old}, {"rag": ("re-index", 1.5)}, {}, seed=1, resamples=200)
+    rag = figures["arms"]["rag"]
+    assert (rag["current"], rag["stale"], rag["other"], rag["before_right"]) == (0.5, 0.25, 0.25, 0.75)
+    assert rag["action"] == "re-index" and rag["update_seconds"] == 1.5 and figures["retrained"] == {}

@@ -71,7 +71,9 @@ def corpus_check(folder: Path = typer.Argument(..., help="corpus folder")):
 
     c = load_corpus(folder)
     out.print(f"{folder}: ok — {len(c.documents)} documents, {len(c.facts)} facts, "
-              f"{sum(1 for f in c.facts if f.reverse)} with reverse questions, {len(c.unanswerable)} unanswerable questions",
+              f"{sum(1 for f in c.facts if f.reverse)} with reverse questions, {len(c.unanswerable)} unanswerable questions"
+              + (f"; updates/: {len(c.updates)} changed facts in {len(c.updated_documents)} revised documents"
+                 if c.updates else ""),
               highlight=False)
 
 

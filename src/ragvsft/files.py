@@ -143,6 +143,10 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
                 key = prefix + (key_node.value,)
                 lines[key] = key_node.start_mark.line + 1
                 walk(value_node, key)
+        elif isinstance(n, yaml.SequenceNode):  # list items by index, e.g. (3,) for the fourth claim of a ledger
+            for i, item in enumerate(n.value):
+                lines[prefix + (i,)] = item.start_mark.line + 1
+                walk(item, prefix + (i,))
 
     if node is not None:
         walk(node, ())

@@ -149,10 +149,36 @@ def plot_learning_curve(results: dict, path: Path) -> bool:
     return True
 
 
+def plot_update(results: dict, path: Path) -> bool:
+    """The knowledge-update experiment: current, stale and other answers per arm after the switch to the new version,
+    and for the adapter arms after retraining, as stacked bars labelled with what the update took."""
+    update = results.get("update")
+    if not update:
+        return False
+    bars = [(f"{LABELS.get(a, a)}\n{f['action'].split(':')[0]}", f) for a, f in update["arms"].items()]
+    bars += [(f"{LABELS.get(a, a)}\n{f['action']} ({f['update_seconds']:.0f} s)", f)
+             for a, f in (update.get("retrained") or {}).items()]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(bars)), 3.8))
+    bottom = [0.0] * len(bars)
+    for key, colour in (("current", "#2e7d32"), ("stale", "#c62828"), ("other", "#9e9e9e")):
+        values = [f[key] for _, f in bars]
+        ax.bar(range(len(bars)), values, 0.6, bottom=bottom, color=colour, label=key)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=7)
+    ax.set_ylim(0, 1.18)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("share of answers")
+    ax.set_title(f"After {update['facts_changed']} facts changed: current or stale answers")
+    ax.legend(ncols=3, fontsize=8, loc="upper center")
+    _save(fig, path)
+    return True
+
+
 PLOTS = {
     "rates_heldout": lambda r, p: plot_rates(r, "heldout", p),
     "rates_unanswerable": lambda r, p: plot_rates(r, "unanswerable", p),
     "style_vs_facts": plot_style_vs_facts,
+    "update": plot_update,
     "seen_vs_heldout": plot_seen_vs_heldout,
     "retrieval_recall": plot_recall,
     "training_loss": plot_loss,

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .catalogue import LABELS, label
+from .claims import evaluate_claims
 from .files import InputError, read_json, read_jsonl, require_complete_run
 
 ARM_LABELS = LABELS  # from the catalogue
@@ -238,10 +239,47 @@ def _finding_verdict(results: dict) -> list[str]:
     return ["Verdict: this run does not support the claim: " + " and ".join(parts) + "."]
 
 
+def _finding_update(results: dict) -> list[str]:
+    update = results.get("update")
+    if not update:
+        return []
+    arms, seconds = update["arms"], update["seconds"]
+    out = [f"After {update['facts_changed']} facts changed, "
+           + ", ".join(f"{label(a)} gave the current answer {pct(f['current'])} and the stale one {pct(f['stale'])} "
+                       f"of the time ({f['action']})" for a, f in arms.items() if a != "base") + "."]
+    again = update.get("retrained") or {}
+    if "lora" in again and "lora" in arms:
+        out.append(f"Retraining the adapter on the new version took {seconds['retrain']:.0f} s and moved the LoRA model "
+                   f"from {pct(arms['lora']['current'])} to {pct(again['lora']['current'])} current answers "
+                   f"(stale {pct(arms['lora']['stale'])} to {pct(again['lora']['stale'])}); re-indexing took "
+                   f"{seconds['reindex']:.1f} s.")
+    return out
+
+
 # Each rule reads results.json and returns its sentences, or none when the arms it needs were not run.
 FINDINGS = [_finding_rag_vs_lora, _finding_lora_rag, _finding_raft, _finding_style, _finding_memorised, _finding_curve,
             _finding_reverse, _finding_base, _finding_abstention, _finding_prompt_tokens, _finding_rag_errors,
-            _finding_verdict]
+            _finding_update, _finding_verdict]
+
+
+def update_rows(results: dict) -> list[dict]:
+    """The knowledge-update table: one row per arm after the switch, then the retrained adapter arms."""
+    update = results.get("update")
+    if not update:
+        return []
+    rows = []
+    for phase, arms in (("after the switch", update["arms"]), ("after retraining", update.get("retrained") or {})):
+        for arm, f in arms.items():
+            rows.append({"arm": label(arm), "when": phase, "update": f["action"],
+                         "seconds": f"{f['update_seconds']:.3g}",
+                         "right before": pct(f["before_right"]) if "before_right" in f else "",
+                         "current": pct_ci(f, "current"), "stale": pct_ci(f, "stale"), "other": pct(f["other"])})
+    return rows
+
+
+def cell(value) -> str:
+    """Document or ledger text in a markdown table cell: no line breaks, no column breaks."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def findings(results: dict) -> list[str]:
@@ -295,7 +333,8 @@ def render_markdown(results: dict) -> str:
     costs = cost_table(results)
     return _environment(False).get_template("report.md.j2").render(
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
-        arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs))
+        arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs),
+        claims=evaluate_claims(results), updates=update_rows(results), cell=cell)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:

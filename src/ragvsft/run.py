@@ -37,6 +37,7 @@ from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_pr
 from .reader import build_reader_set, fold_of_question, reader_plan
 from .publish import write_reports
 from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
+from .claims import evaluate_claims
 from .update import changed_questions, update_figures, update_verdict
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
@@ -303,7 +304,8 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
     new_corpus, new_sample = corpus.updated(), sample.updated()
     asked = changed_questions(questions, sample)
     old_gold = {f.id: f.gold for f in sample.facts}
-    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("name", "out", "cost")}
+    # The corpus's contents are in the hashes and questions; its path is not an input (a moved run folder reuses).
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("name", "out", "cost", "corpus")}
     key = sha256_json({"updates": corpus.updates_sha256, "stages": keys, "settings": settings, "lm": run.hashes["lm"],
                        "questions": [[q.qid, q.question, q.gold] for q in asked]})
     folder = run_dir / "update"
@@ -366,7 +368,8 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
                      seconds["retrain"] + (seconds["reindex"] if ARMS[a].retrieves else 0.0))
                  for a in cfg.probe.arms if model_of(a) == "closed_book" and seconds["retrain"] is not None}
     figures = update_figures(before, [r for r in rows if r["phase"] == "after"],
-                             [r for r in rows if r["phase"] == "retrained"], old_gold, actions, retrained)
+                             [r for r in rows if r["phase"] == "retrained"], old_gold, actions, retrained, cfg.seed,
+                             cfg.probe.bootstrap_resamples)
     figures |= {"facts_changed": len(sample.updates), "questions": len(asked),
                 "sets": sorted({q.set for q in asked}), "seconds": seconds}
     run.finish("update", began)
@@ -534,6 +537,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
                                       {"index": index_key, "finetune": ft_key, "reader": reader.key if reader else None},
                                       reader)
     results["timings"] = dict(run.timings)
+    results["claims"] = evaluate_claims(results)  # the ledger (claims.yaml) as decided by this run's figures
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     atomic_write_json(run_dir / "results.json", results)
     began = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .corpus import Corpus
 from .probe import Question
-from .score import matches_gold
+from .score import matches_gold, rate_with_ci
 
 CURRENT, STALE, OTHER = "current", "stale", "other"
 
@@ -36,15 +36,21 @@ def changed_questions(before: list[Question], updated: Corpus) -> list[Question]
             if q.fact_id in changes and q.set in ("heldout", "seen")]
 
 
-def rates(rows: list[dict]) -> dict:
-    """Shares of current, stale and other answers among `rows` (each with an `update_verdict`)."""
-    n = len(rows)
-    shares = {v: round(sum(r["update_verdict"] == v for r in rows) / n, 4) if n else None for v in (CURRENT, STALE, OTHER)}
-    return {"n": n, **shares}
+def rates(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
+    """Shares of current, stale and other answers among `rows` (each with an `update_verdict`), with 95% bootstrap
+    intervals for current and stale."""
+    figures: dict = {"n": len(rows)}
+    for name in (CURRENT, STALE, OTHER):
+        value, ci = rate_with_ci([r["update_verdict"] == name for r in rows], seed, resamples=resamples)
+        figures[name] = round(value, 4)
+        if name != OTHER:
+            figures[f"{name}_ci"] = ci
+    return figures
 
 
 def update_figures(before: list[dict], after: list[dict], retrained: list[dict], old_gold: dict[str, list[str]],
-                   costs: dict[str, tuple[str, float]], retrained_cost: dict[str, tuple[str, float]]) -> dict:
+                   costs: dict[str, tuple[str, float]], retrained_cost: dict[str, tuple[str, float]], seed: int,
+                   resamples: int = 2000) -> dict:
     """results.json `update`: per arm, the answers before the switch (right = the old answer), after it, and (adapter
     arms) after retraining, each with the update it took and its measured seconds."""
     def per_arm(rows: list[dict]) -> dict[str, list[dict]]:
@@ -58,10 +64,10 @@ def update_figures(before: list[dict], after: list[dict], retrained: list[dict],
     arms = {}
     for arm, rows in per_arm(after).items():
         action, seconds = costs[arm]
-        arms[arm] = {**rates(rows), "before_right": round(old_answer.get(arm, 0.0), 4), "action": action,
+        arms[arm] = {**rates(rows, seed, resamples), "before_right": round(old_answer.get(arm, 0.0), 4), "action": action,
                      "update_seconds": round(seconds, 3)}
     again = {}
     for arm, rows in per_arm(retrained).items():
         action, seconds = retrained_cost[arm]
-        again[arm] = {**rates(rows), "action": action, "update_seconds": round(seconds, 3)}
+        again[arm] = {**rates(rows, seed, resamples), "action": action, "update_seconds": round(seconds, 3)}
     return {"arms": arms, "retrained": again}
