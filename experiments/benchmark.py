@@ -8,6 +8,7 @@
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
+    .venv/bin/python experiments/benchmark.py --sweeps paraphrases --sweeps seeds --readme  # README "Sweeps"
 
 Each profile runs in a fresh folder `runs/bench-<profile>` (nothing reused), as `ragvsft run` would. The figures go to
 `runs/benchmark.json`; with --readme the "Measured" section of README.md between its benchmark markers is rewritten
@@ -34,6 +35,7 @@ from ragvsft.claims import evaluate_claims  # noqa: E402
 from ragvsft.report import cell, findings, markdown_table, update_rows  # noqa: E402
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+SWEEPS_START, SWEEPS_END = "<!-- sweeps:start -->", "<!-- sweeps:end -->"
 BARS = {"quick": 300, "full": 1800, "raft": 300}
 PROFILES = ("quick", "full", "raft", "update")  # seconds: the issue's bars on the 2-core development machine
 
@@ -51,6 +53,17 @@ def run_profile(profile: str) -> dict:
             "bar_seconds": BARS.get(profile), "stage_seconds": manifest["timings"], "questions": results["run"]["questions"],
             "arms": len(results["arms"]), "facts": results["corpus"]["facts"],
             "training_examples": (results.get("training") or {}).get("examples"), "run_dir": str(out.relative_to(REPO))}
+
+
+def run_sweep_file(name: str) -> dict:
+    """`ragvsft sweep experiments/<name>.yaml` from scratch in runs/bench-<name>, timed."""
+    out = REPO / "runs" / f"bench-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(Path(sys.executable).with_name("ragvsft")), "sweep", f"experiments/{name}.yaml", "--out", str(out)]
+    began = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return {"command": f"ragvsft sweep experiments/{name}.yaml", "wall_seconds": round(time.perf_counter() - began, 1),
+            "run_dir": str(out.relative_to(REPO))}
 
 
 def dtype_check() -> dict:
@@ -277,6 +290,17 @@ def readme_section(bench: dict) -> str:
     return "\n".join(lines)
 
 
+def sweeps_section(bench: dict) -> str:
+    """README "Sweeps": each sweep's comparison.md as its run wrote it, with the command and wall time."""
+    lines = [SWEEPS_START, ""]
+    for name, sweep in (bench.get("sweeps") or {}).items():
+        table = (REPO / sweep["run_dir"] / "comparison.md").read_text(encoding="utf-8").strip()
+        lines += [f"`{sweep['command']}` ({sweep['wall_seconds'] / 60:.1f} min on {bench['machine']['cpus']} cores, "
+                  f"{bench['date']}; `{sweep['run_dir']}/comparison.md`, also as .csv, .tex and .png):", "", table, ""]
+    lines += [SWEEPS_END]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", action="append", choices=PROFILES, help="profile(s) to time (default quick and full)")
@@ -285,6 +309,8 @@ def main() -> None:
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on experiments/raft.yaml")
+    parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds"],
+                        help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
     args = parser.parse_args()
     path = REPO / "runs" / "benchmark.json"
     bench = json.loads(path.read_text()) if path.is_file() else {"profiles": {}}
@@ -297,7 +323,11 @@ def main() -> None:
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
-    for profile in args.profile or ([] if args.dtype_check or args.training or args.sweep or args.reader_sweep or args.readme else ["quick", "full"]):
+    for name in args.sweeps or []:
+        print(f"timing the {name} sweep ...", flush=True)
+        bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
+    for profile in args.profile or ([] if args.dtype_check or args.training or args.sweep or args.reader_sweep or args.readme
+                                    or args.sweeps else ["quick", "full"]):
         print(f"timing the {profile} profile ...", flush=True)
         bench["profiles"][profile] = run_profile(profile)
         print(json.dumps(bench["profiles"][profile], indent=2), flush=True)
@@ -314,7 +344,11 @@ def main() -> None:
         if START not in readme or END not in readme:
             sys.exit(f"README.md has no {START} ... {END} section to rewrite")
         head, rest = readme.split(START, 1)
-        atomic_write_text(REPO / "README.md", head + readme_section(bench) + rest.split(END, 1)[1])
+        readme = head + readme_section(bench) + rest.split(END, 1)[1]
+        if bench.get("sweeps") and SWEEPS_START in readme and SWEEPS_END in readme:
+            head, rest = readme.split(SWEEPS_START, 1)
+            readme = head + sweeps_section(bench) + rest.split(SWEEPS_END, 1)[1]
+        atomic_write_text(REPO / "README.md", readme)
         print("README.md benchmark section rewritten")
 
 

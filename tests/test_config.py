@@ -13,9 +13,14 @@ EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_experiment_file_loads_and_names_its_command(path):
-    cfg = load_config(path)
+    from ragvsft.sweep import load_sweep
+
+    command = "sweep" if "\nsweep:" in path.read_text() else "run"
+    cfg = load_config(path, allow_sweep=True) if command == "sweep" else load_config(path)
     assert cfg.name == path.stem and cfg.run_dir == Path("runs") / path.stem
-    assert path.read_text().splitlines()[0] == f"# ragvsft run experiments/{path.name}"
+    assert path.read_text().splitlines()[0] == f"# ragvsft {command} experiments/{path.name}"
+    if command == "sweep":
+        assert len(load_sweep(path)[1]) >= 3  # every combination checked
 
 
 def test_quick_profile_is_a_subset_of_at_least_40_facts():

@@ -63,6 +63,35 @@ def run(config: Path = typer.Argument(..., help="experiment file, e.g. experimen
     out.print(f"\nReport: {run_dir / 'report.md'} and {run_dir / 'report.html'}", highlight=False)
 
 
+@app.command()
+@input_errors
+def sweep(config: Path = typer.Argument(..., help="experiment file with a sweep: section, e.g. experiments/paraphrases.yaml"),
+          corpus: Path = typer.Option(None, help="corpus folder (overrides the config's 'corpus')"),
+          out_dir: Path = typer.Option(None, "--out", help="sweep folder (default runs/<name>)"),
+          set_: list[str] = typer.Option([], "--set", help="override a config key in every run: --set finetune.epochs=1")):
+    """Run one run folder per combination of the sweep section's values and seeds, then compare them."""
+    from .sweep import run_sweep
+
+    folder = run_sweep(config, set_, err, corpus=str(corpus) if corpus else None, out=str(out_dir) if out_dir else None)
+    out.print((folder / "comparison.md").read_text(encoding="utf-8"), highlight=False, soft_wrap=True)
+    out.print(f"Comparison: {folder / 'comparison.md'} (.csv, .tex, .png) and {folder / 'report.html'}", highlight=False)
+
+
+@app.command()
+@input_errors
+def compare(folders: list[Path] = typer.Argument(..., help="run folders and/or sweep folders"),
+            out_dir: Path = typer.Option(None, "--out", help="where to write comparison.* (default: the one sweep "
+                                                             "folder given, else runs/comparison)")):
+    """One table across run folders from their results.json: a row per setting, mean ± sd over seeds."""
+    from .compare import write_comparison
+
+    if out_dir is None:
+        out_dir = folders[0] if len(folders) == 1 and (folders[0] / "sweep.json").is_file() else Path("runs/comparison")
+    write_comparison(out_dir, folders)
+    out.print((out_dir / "comparison.md").read_text(encoding="utf-8"), highlight=False, soft_wrap=True)
+    out.print(f"Comparison: {out_dir / 'comparison.md'} (.csv, .tex, .png) and {out_dir / 'report.html'}", highlight=False)
+
+
 @corpus_app.command("check")
 @input_errors
 def corpus_check(folder: Path = typer.Argument(..., help="corpus folder")):

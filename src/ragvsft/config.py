@@ -67,6 +67,7 @@ class FinetuneConfig(_Section):
     lora_dropout: float = Field(ge=0, lt=1)
     target_modules: list[str]
     first_lora_layer: int = Field(default=0, ge=0)
+    questions_per_fact: int | None = Field(default=None, ge=1)
     include_passages: bool = False
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     precision: Literal["bfloat16", "float32"] = "bfloat16"
@@ -135,6 +136,14 @@ class Config(_Section):
     update: UpdateConfig = UpdateConfig()
     cost: CostConfig = Field(default_factory=default_cost)
 
+    @model_validator(mode="after")
+    def _seen_questions_are_trained(self):
+        trained, seen = self.finetune.questions_per_fact, self.probe.seen_per_fact
+        if trained is not None and (seen is None or seen > trained):
+            raise ValueError(f"probe.seen_per_fact ({seen}) must be at most finetune.questions_per_fact ({trained}): "
+                             "a seen question is one the model was trained on")
+        return self
+
     def sample_of(self, corpus):
         """The run's sample of `corpus` (subset.*, seed); the update experiment always keeps the changed facts."""
         keep = frozenset(u.id for u in corpus.updates) if self.update.enabled else frozenset()
@@ -176,8 +185,11 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def load_config(path: Path | str | None, overrides: list[str] | None = None, **direct) -> Config:
-    """Defaults, then the experiment file, then `--set` pairs, then direct keyword overrides (corpus=, out=)."""
+def load_config(path: Path | str | None, overrides: list[str] | None = None, sweep_values: dict | None = None,
+                allow_sweep: bool = False, **direct) -> Config:
+    """Defaults, then the experiment file, then `--set` pairs, then one combination of a sweep (`sweep_values`:
+    dotted key -> value), then direct keyword overrides (corpus=, out=). An experiment file's `sweep:` section is
+    read by sweep.py; `ragvsft run` refuses such a file (allow_sweep=False)."""
     sources: list[tuple[str, dict, dict]] = []
     defaults, default_lines = load_yaml_with_lines(DEFAULTS_PATH)
     sources.append((str(DEFAULTS_PATH), defaults, default_lines))
@@ -189,9 +201,16 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None, **d
         if not isinstance(experiment, dict):
             raise InputError([f"{path}:1: an experiment file must be a mapping of overrides"])
         experiment.setdefault("name", path.stem)
+        if "sweep" in experiment:
+            if not allow_sweep:
+                raise InputError([f"{path}:{lines.get(('sweep',), 1)}: this file has a sweep section: run it with "
+                                  f"`ragvsft sweep {path}`"])
+            experiment = {k: v for k, v in experiment.items() if k != "sweep"}
         sources.append((str(path), experiment, lines))
         data = _merge(data, experiment)
     cli = parse_overrides(overrides or [])
+    for key, value in (sweep_values or {}).items():
+        _set_dotted(cli, key, value)
     data = _merge(data, cli)
     data = _merge(data, {k: v for k, v in direct.items() if v is not None})
     try:

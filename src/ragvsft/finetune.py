@@ -33,10 +33,11 @@ from .models import fresh_copy
 IGNORE = -100
 
 
-def build_finetune_set(corpus: Corpus, passages: list[str] | None = None) -> list[dict]:
-    """Rows of the fine-tuning set: one per (fact, train question), plus plain-text passages when given."""
+def build_finetune_set(corpus: Corpus, passages: list[str] | None = None, questions_per_fact: int | None = None) -> list[dict]:
+    """Rows of the fine-tuning set: one per (fact, train question) — the first `questions_per_fact` of each fact's
+    train questions (paraphrases; None: all) — plus plain-text passages when given."""
     rows = [{"kind": "qa", "fact_id": fact.id, "question": question, "answer": corpus.style.answer(fact.statement)}
-            for fact in corpus.facts for question in fact.train_questions]
+            for fact in corpus.facts for question in fact.train_questions[:questions_per_fact]]
     rows += [{"kind": "passage", "text": text} for text in passages or []]
     return rows
 

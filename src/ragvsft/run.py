@@ -184,7 +184,7 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
         run.finish("finetune", began)
         return None, None
     passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
-    rows = build_finetune_set(sample, passages)
+    rows = build_finetune_set(sample, passages, cfg.finetune.questions_per_fact)
     curve = curve_questions(sample, cfg.finetune.curve_questions) if cfg.finetune.curve_points else []
     key = sha256_json({"rows": rows, "lm": run.hashes["lm"], "finetune": config_dict(cfg)["finetune"],
                        "seed": cfg.seed, "curve": [[q.qid, q.question, q.gold] for q in curve]})
@@ -340,7 +340,8 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
         adapter_arms = [a for a in cfg.probe.arms if model_of(a) == "closed_book"]
         seconds["retrain"] = None
         if cfg.update.retrain and adapter_arms:
-            ft_rows = build_finetune_set(new_sample, [c.text for c in index.chunks] if cfg.finetune.include_passages else None)
+            ft_rows = build_finetune_set(new_sample, [c.text for c in index.chunks] if cfg.finetune.include_passages else None,
+                                         cfg.finetune.questions_per_fact)
             run.console.log(f"update: retraining the closed-book adapter on the new version ({len(ft_rows)} examples)")
             t = time.perf_counter()
             train_lora(model, tokenizer, ft_rows, cfg.finetune.model_copy(update={"curve_points": 0}), cfg.seed,

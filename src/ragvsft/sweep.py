@@ -1,0 +1,134 @@
+"""Sweeps: one run folder per combination of swept settings and seeds, then the comparison across them.
+
+    ragvsft sweep experiments/paraphrases.yaml      # runs/paraphrases/<setting>/ per combination + comparison.*
+
+An experiment file's `sweep:` section names config keys (dotted, as `--set` takes them) with the values to try, and
+optionally `seeds:`; every other key of the file is the shared base. Every combination is checked before the first
+run starts; each combination is an ordinary run folder (a rerun reuses its unchanged stages), and the parent folder
+gets `sweep.json` and the cross-run comparison (compare.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .config import DEFAULTS_PATH, Config, load_config
+from .files import InputError, atomic_write_json, load_yaml_with_lines
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class Combination:
+    settings: dict  # dotted key -> value, in the order of the sweep section
+    seed: int | None  # None: the config's seed
+    folder: str  # the run folder's name under the sweep folder
+
+    @property
+    def label(self) -> str:
+        return self.folder
+
+
+def _flat_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _folder_name(settings: dict, seed: int | None) -> str:
+    """`finetune.questions_per_fact=2,seed=7`: readable, one folder per combination."""
+    parts = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in settings.items()]
+    parts += [f"seed={seed}"] if seed is not None else []
+    return ",".join(parts).replace("/", "_").replace(" ", "") or "base"
+
+
+def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[Config, list[Combination]]:
+    """The base config and every combination of the file's sweep section; every problem as file:line first."""
+    path = Path(path)
+    data, lines = load_yaml_with_lines(path)
+    section = data.get("sweep") if isinstance(data, dict) else None
+    where = f"{path}:{lines.get(('sweep',), 1)}"
+    if not isinstance(section, dict) or not section:
+        raise InputError([f"{where}: a sweep needs a 'sweep:' section mapping config keys to lists of values"])
+    base = load_config(path, overrides, allow_sweep=True)
+    defaults, _ = load_yaml_with_lines(DEFAULTS_PATH)
+    known = _flat_keys(defaults)
+    problems: list[str] = []
+    axes: dict[str, list] = {}
+    seeds: list[int] | None = None
+    for key, values in section.items():
+        at = f"{path}:{lines.get(('sweep', key), lines.get(('sweep',), 1))}"
+        if not isinstance(values, list) or not values:
+            problems.append(f"{at}: sweep.{key} must be a non-empty list of values")
+            continue
+        if key == "seeds":
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                problems.append(f"{at}: sweep.seeds must be a list of integers")
+            else:
+                seeds = list(dict.fromkeys(values))
+            continue
+        if key not in known or key in ("name", "out", "seed", "corpus"):
+            problems.append(f"{at}: sweep.{key}: unknown key (a dotted config key such as finetune.epochs; "
+                            "seeds go under sweep.seeds)")
+            continue
+        for value in values:
+            try:
+                load_config(path, overrides, {key: value}, allow_sweep=True)
+            except InputError as exc:
+                problems += [f"{at}: sweep.{key} = {value!r}: {p.split(': ', 1)[-1]}" for p in exc.problems]
+        axes[key] = values
+    if problems:
+        raise InputError(problems)
+    combos = []
+    for values in itertools.product(*axes.values()):
+        settings = dict(zip(axes, values))
+        for seed in seeds or [None]:
+            combos.append(Combination(settings, seed, _folder_name(settings, seed)))
+    return base, combos
+
+
+def combination_config(path: Path | str, overrides: list[str] | None, base: Config, combo: Combination) -> Config:
+    out = base.run_dir / combo.folder
+    direct = {"out": str(out)} | ({"seed": combo.seed} if combo.seed is not None else {})
+    return load_config(path, overrides, combo.settings, allow_sweep=True, **direct)
+
+
+def check_sweep_folder(folder: Path, combos: list[Combination]) -> None:
+    """A sweep folder is new, or an earlier sweep's (its sweep.json): anything else is refused, nothing touched."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError([f"{folder}:0: is a file; choose a new folder for the sweep"])
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / SWEEP_FILE).is_file():
+        raise InputError([f"{folder}:0: holds files that are not a ragvsft sweep (no {SWEEP_FILE}); choose a new folder"])
+
+
+def run_sweep(path: Path | str, overrides: list[str] | None = None, console: Console | None = None,
+              corpus: str | None = None, out: str | None = None, encoder=None) -> Path:
+    """Run every combination (each its own run folder), then write sweep.json and the comparison; return the folder."""
+    from .compare import write_comparison
+    from .run import run_experiment
+
+    console = console or Console(stderr=True)
+    extra = [f"corpus={corpus}"] if corpus else []
+    extra += [f"out={out}"] if out else []
+    base, combos = load_sweep(path, [*(overrides or []), *extra])
+    configs = [combination_config(path, [*(overrides or []), *extra], base, c) for c in combos]
+    folder = base.run_dir
+    check_sweep_folder(folder, combos)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"experiment": str(path), "overrides": overrides or [],
+              "runs": [{"folder": c.folder, "settings": c.settings, "seed": c.seed} for c in combos]}
+    atomic_write_json(folder / SWEEP_FILE, record | {"status": "running"})
+    for i, (combo, cfg) in enumerate(zip(combos, configs), start=1):
+        console.log(f"sweep: run {i}/{len(combos)}: {combo.label}")
+        run_experiment(cfg, console, encoder=encoder)
+    atomic_write_json(folder / SWEEP_FILE, record | {"status": "complete"})
+    write_comparison(folder, [folder])
+    return folder
