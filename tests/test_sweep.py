@@ -149,3 +149,18 @@ def test_a_sweep_folder_that_holds_strangers_is_refused(tmp_path):
     with pytest.raises(InputError, match="not a ragvsft sweep"):
         run_sweep(path)
     assert (tmp_path / "sweep" / "notes.txt").read_text() == "mine"
+
+
+def test_compare_never_writes_over_a_run_folder_and_refuses_a_damaged_sweep_record(tmp_path):
+    run = fake_run(tmp_path / "run", 1, 1, 0.2, 0.3)
+    (run / "report.html").write_text("the run's own report")
+    result = CliRunner().invoke(app, ["compare", str(run), "--out", str(run)])
+    assert result.exit_code == 2 and "holds other files" in result.output
+    assert (run / "report.html").read_text() == "the run's own report"
+    (tmp_path / "sweep").mkdir()
+    for record, expected in (('{"runs": "abc"}', "not the record of a ragvsft sweep"),
+                             ('{"status": "running", "runs": []}', "the sweep did not finish"),
+                             ('{"runs": [', "sweep.json:1: not valid JSON")):
+        (tmp_path / "sweep" / "sweep.json").write_text(record)
+        result = CliRunner().invoke(app, ["compare", str(tmp_path / "sweep")])
+        assert result.exit_code == 2 and expected in result.output, result.output

@@ -44,7 +44,12 @@ def run_folders(paths: list[Path]) -> list[Path]:
         sweep = path / "sweep.json"
         if sweep.is_file():
             record = read_json(sweep, "run the sweep again to rewrite it")
-            folders += [path / run["folder"] for run in record.get("runs", [])]
+            runs = record.get("runs") if isinstance(record, dict) else None
+            if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("folder"), str) for r in runs):
+                raise InputError([f"{sweep}:1: not the record of a ragvsft sweep (no list of runs); run the sweep again"])
+            if record.get("status") != "complete":
+                raise InputError([f"{sweep}:1: the sweep did not finish; run `ragvsft sweep` with its file again"])
+            folders += [path / run["folder"] for run in runs]
         elif (path / "results.json").is_file() or (path / "manifest.json").exists():
             folders.append(path)
         else:
@@ -219,11 +224,21 @@ def comparison_plot(table: dict) -> bytes:
     return buffer.getvalue()
 
 
+def _check_out(out: Path) -> None:
+    """The comparison goes into a new folder, a sweep folder or an earlier comparison's: never over a run's report."""
+    if out.exists() and not out.is_dir():
+        raise InputError([f"{out}:0: --out names a file; choose a folder"])
+    if out.is_dir() and any(out.iterdir()) and not ((out / "sweep.json").is_file() or (out / "comparison.json").is_file()):
+        raise InputError([f"{out}:0: --out names a folder that holds other files (a run folder?); its report.html would "
+                          "be replaced: choose a new folder"])
+
+
 def write_comparison(out: Path, paths: list[Path]) -> dict:
     """comparison.md/.csv/.tex/.png/.json and report.html in `out`, from the runs under `paths`; returns the table."""
     from .report import _environment
 
     out = Path(out)
+    _check_out(out)
     runs = load_runs(run_folders(paths))
     table = comparison(runs)
     out.mkdir(parents=True, exist_ok=True)

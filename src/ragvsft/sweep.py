@@ -29,10 +29,6 @@ class Combination:
     seed: int | None  # None: the config's seed
     folder: str  # the run folder's name under the sweep folder
 
-    @property
-    def label(self) -> str:
-        return self.folder
-
 
 def _flat_keys(data: dict, prefix: str = "") -> set[str]:
     keys = set()
@@ -101,7 +97,7 @@ def combination_config(path: Path | str, overrides: list[str] | None, base: Conf
     return load_config(path, overrides, combo.settings, allow_sweep=True, **direct)
 
 
-def check_sweep_folder(folder: Path, combos: list[Combination]) -> None:
+def check_sweep_folder(folder: Path) -> None:
     """A sweep folder is new, or an earlier sweep's (its sweep.json): anything else is refused, nothing touched."""
     if folder.exists() and not folder.is_dir():
         raise InputError([f"{folder}:0: is a file; choose a new folder for the sweep"])
@@ -121,13 +117,13 @@ def run_sweep(path: Path | str, overrides: list[str] | None = None, console: Con
     base, combos = load_sweep(path, [*(overrides or []), *extra])
     configs = [combination_config(path, [*(overrides or []), *extra], base, c) for c in combos]
     folder = base.run_dir
-    check_sweep_folder(folder, combos)
+    check_sweep_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = {"experiment": str(path), "overrides": overrides or [],
               "runs": [{"folder": c.folder, "settings": c.settings, "seed": c.seed} for c in combos]}
     atomic_write_json(folder / SWEEP_FILE, record | {"status": "running"})
     for i, (combo, cfg) in enumerate(zip(combos, configs), start=1):
-        console.log(f"sweep: run {i}/{len(combos)}: {combo.label}")
+        console.log(f"sweep: run {i}/{len(combos)}: {combo.folder}")
         run_experiment(cfg, console, encoder=encoder)
     atomic_write_json(folder / SWEEP_FILE, record | {"status": "complete"})
     write_comparison(folder, [folder])
