@@ -142,7 +142,7 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 
     sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2",
             "probe.max_new_tokens=6", "probe.batch_size=4", "probe.bootstrap_resamples=200", "index.chunk_tokens=16",
-            "index.chunk_overlap=4", "index.k=2", "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
+            "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
 

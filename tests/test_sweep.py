@@ -13,7 +13,7 @@ from ragvsft.compare import comparison, comparison_latex, latex_escape, write_co
 from ragvsft.files import InputError
 from ragvsft.sweep import load_sweep, run_sweep
 
-TINY = {"finetune": {"epochs": 1, "batch_size": 2, "curve_points": 0}, "index": {"chunk_tokens": 16, "chunk_overlap": 4, "k": 2},
+TINY = {"finetune": {"epochs": 1, "batch_size": 2, "curve_points": 0}, "index": {"chunk_tokens": 16, "chunk_overlap": 4, "k": 2, "tune_embedder": False},
         "probe": {"arms": ["rag", "lora"], "sets": ["heldout", "seen", "unanswerable"], "max_new_tokens": 4,
                   "batch_size": 4, "bootstrap_resamples": 100}}
 

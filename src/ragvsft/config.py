@@ -44,6 +44,10 @@ class IndexConfig(_Section):
     chunk_overlap: int = Field(ge=0)
     k: int = Field(ge=1, le=20)
     context_units: int | None = Field(default=None, ge=1, le=50)
+    tune_embedder: bool = True
+    tune_epochs: int = Field(default=2, ge=1, le=50)
+    tune_learning_rate: float = Field(default=5e-5, gt=0)
+    tune_batch_size: int = Field(default=32, ge=2)
 
     @property
     def headed(self) -> bool:

@@ -32,7 +32,8 @@ from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_wr
                     read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import Encoder, Index, gold_chunk_map
-from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
+from .embedder import tune_encoder, tuning_pairs, validation_figures
+from .models import SentenceEncoder, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
 from .reader import build_reader_set, fold_of_question, reader_plan
 from .publish import write_reports
@@ -125,11 +126,52 @@ class _Run:
         self.timings[stage] = self.stages.seconds(stage, round(time.perf_counter() - began, 2))
 
 
-def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder) -> tuple[Index, str]:
+def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[Encoder, str, dict | None]:
+    """Tune the sentence embedder on the sample's train questions (embedder.py); (encoder to use, its key, figures)."""
+    cfg = run.cfg
+    if not cfg.index.tune_embedder:
+        return encoder, run.hashes["embedder"], None
+    began = time.perf_counter()
+    base = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+    pairs, validation = tuning_pairs(sample, base)
+    settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
+    key = sha256_json({"embedder": run.hashes["embedder"], "pairs": [[q, cid] for q, _, cid in pairs],
+                       "chunks": [[c.id, c.text] for c in base.chunks], "settings": settings, "seed": cfg.seed})
+    folder = run.run_dir / "embedder"
+    if run.stages.fresh("embedder", key, folder / "figures.json"):
+        run.reused.append("embedder")
+        figures = read_json(folder / "figures.json", "delete the embedder folder to tune it again")
+        if figures["kept"]:
+            encoder = SentenceEncoder(folder / "model")
+    else:
+        run.stages.forget("embedder")
+        run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk) pairs")
+        before = validation_figures(base, encoder, validation)
+        training = tune_encoder(encoder, pairs, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
+                                cfg.index.tune_batch_size, cfg.seed)
+        after = validation_figures(Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
+                                               cfg.index.chunking), encoder, validation)
+        figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
+                   "validation_before": before, "validation_after": after, "kept": after["mrr"] > before["mrr"]}
+        tmp = run.run_dir / ".embedder.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if figures["kept"]:
+            encoder.model.save(str(tmp / "model"))
+        else:  # no better on the held-back train questions: the original weights, untouched
+            encoder = load_encoder(cfg.models.embedder)
+        atomic_write_json(tmp / "figures.json", figures)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        run.stages.done("embedder", key)
+    run.finish("embedder", began)
+    return encoder, key if figures["kept"] else run.hashes["embedder"], figures
+
+
+def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str) -> tuple[Index, str]:
     """Chunk, embed and index every document (RAG side)."""
     began = time.perf_counter()
     # Exactly what chunking and embedding read: the documents, the embedder, the chunk sizes (not k, not the facts).
-    key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": run.hashes["embedder"],
+    key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
                        "chunking": run.cfg.index.chunking, "chunk_tokens": run.cfg.index.chunk_tokens,
                        "chunk_overlap": run.cfg.index.chunk_overlap})
     folder = run.run_dir / "index"
@@ -526,7 +568,8 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     run = _Run(cfg, run_dir, console, stages, hashes)
 
     encoder = encoder or load_encoder(cfg.models.embedder)
-    index, index_key = _index_stage(run, corpus, encoder)
+    encoder, embedder_key, tuning = _embedder_stage(run, corpus, sample, encoder)
+    index, index_key = _index_stage(run, corpus, encoder, embedder_key)
     model, tokenizer = load_lm(cfg.models.lm, "float32")
     training, ft_key = _finetune_stage(run, sample, index, model, tokenizer)
     reader = _reader_stage(run, corpus, sample, index, encoder, model, tokenizer, index_key)
@@ -534,6 +577,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key, reader)
     results = _results(run, corpus, sample, index, encoder, questions, predictions, training)
     results["reader"] = reader.figures if reader else None
+    results["retrieval"]["embedder_tuning"] = tuning
     results["update"] = _update_stage(run, corpus, sample, encoder, model, tokenizer, questions, predictions,
                                       {"index": index_key, "finetune": ft_key, "reader": reader.key if reader else None},
                                       reader)

@@ -1,0 +1,82 @@
+"""Retriever tuning: fine-tune the sentence embedder on (train question -> gold chunk) pairs, kept only if it helps.
+
+    index.tune_embedder: true       # defaults.yaml; the run folder keeps the tuned model in embedder/
+
+The pairs come from the sample's train questions (the data the LoRA adapter sees too); probe and unanswerable
+questions never enter. Loss: sentence-transformers' MultipleNegativesRankingLoss (the other chunks of a batch are
+the negatives), in batches that never hold the same chunk twice (a duplicate would be a false negative). Each fact's
+first train question is held back as validation: the tuned embedder is kept only when its MRR on those rises.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from .corpus import Corpus
+from .index import Index, gold_chunk_map, retrieval_metrics
+
+
+def tuning_pairs(sample: Corpus, index: Index) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
+    """(question, gold chunk text, chunk id) training pairs from every train question but each fact's first, and
+    (first train question, gold chunk ids) for validation."""
+    gold = gold_chunk_map(sample.facts, index.chunks, sample.documents)
+    text = {c.id: c.text for c in index.chunks}
+    pairs, validation = [], []
+    for fact in sample.facts:
+        ids = sorted(gold[fact.id].ids)
+        if not ids:
+            continue
+        validation.append((fact.train_questions[0], set(ids)))
+        pairs += [(q, text[ids[0]], ids[0]) for q in fact.train_questions[1:]]
+    return pairs, validation
+
+
+def unique_chunk_batches(pairs: list, size: int, rng: random.Random) -> list[list]:
+    """Shuffled batches of at most `size` pairs in which no chunk occurs twice."""
+    pool = list(pairs)
+    rng.shuffle(pool)
+    batches = []
+    while pool:
+        batch, used, rest = [], set(), []
+        for pair in pool:
+            if pair[2] in used or len(batch) >= size:
+                rest.append(pair)
+            else:
+                batch.append(pair)
+                used.add(pair[2])
+        batches.append(batch)
+        pool = rest
+    return batches
+
+
+def validation_figures(index: Index, encoder, validation: list[tuple[str, set[str]]]) -> dict:
+    ranked = [[c.id for c, _ in row] for row in index.search(encoder, [q for q, _ in validation], 10)]
+    figures = retrieval_metrics(ranked, [ids for _, ids in validation], [1, 3, 10])
+    return {"recall_at": figures["recall_at"], "mrr": figures["mrr"]}
+
+
+def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_size: int, seed: int) -> dict:
+    """Train `encoder.model` (a SentenceTransformer) in place with MultipleNegativesRankingLoss; steps and seconds."""
+    from sentence_transformers import losses
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = encoder.model
+    loss_fn = losses.MultipleNegativesRankingLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    began, steps = time.perf_counter(), 0
+    model.train()
+    for _ in range(epochs):
+        for batch in unique_chunk_batches(pairs, batch_size, rng):
+            if len(batch) < 2:  # one pair has no in-batch negative
+                continue
+            loss = loss_fn([model.tokenize([b[0] for b in batch]), model.tokenize([b[1] for b in batch])], None)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    model.eval()
+    return {"steps": steps, "seconds": round(time.perf_counter() - began, 2)}

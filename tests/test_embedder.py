@@ -1,0 +1,46 @@
+"""Retriever tuning: the pairs hold only train questions, batches never repeat a chunk, tuning moves the real MiniLM."""
+
+import random
+
+from conftest import MockEncoder
+from ragvsft.corpus import load_corpus
+from ragvsft.embedder import tune_encoder, tuning_pairs, unique_chunk_batches, validation_figures
+from ragvsft.index import Index
+
+
+def test_pairs_come_from_train_questions_only_and_hold_back_the_first(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    index = Index.build(corpus, MockEncoder(), 16, 4)
+    pairs, validation = tuning_pairs(corpus, index)
+    probe = {q for f in corpus.facts for q in f.probe_questions}
+    firsts = {f.train_questions[0] for f in corpus.facts}
+    assert [q for q, _ in validation] == [f.train_questions[0] for f in corpus.facts]
+    assert {q for q, _, _ in pairs} == {"How much is the meal allowance per day?"}  # the only second train question
+    assert not ({q for q, _, _ in pairs} & (probe | firsts))
+    chunk = {c.id: c.text for c in index.chunks}
+    assert all(chunk[cid] == text and "58 euros" in text for _, text, cid in pairs)
+
+
+def test_batches_never_hold_a_chunk_twice():
+    pairs = [(f"q{i}", "t", f"c{i % 5}") for i in range(40)]
+    batches = unique_chunk_batches(pairs, 4, random.Random(0))
+    assert sorted(p[0] for b in batches for p in b) == sorted(p[0] for p in pairs)
+    assert all(len(b) <= 4 and len({p[2] for p in b}) == len(b) for b in batches)
+
+
+def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
+    import torch
+
+    from ragvsft.models import load_encoder
+
+    corpus = load_corpus(toy_corpus)
+    encoder = load_encoder("minilm")
+    index = Index.build(corpus, encoder, 32, 8)
+    pairs = [(q, c.text, c.id) for f in corpus.facts for q in f.train_questions for c in index.chunks
+             if f.evidence in c.text][:8]
+    before = [p.detach().clone() for p in encoder.model.parameters()][:3]
+    figures = tune_encoder(encoder, pairs, epochs=2, learning_rate=5e-5, batch_size=4, seed=0)
+    assert figures["steps"] >= 2 and figures["seconds"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, list(encoder.model.parameters())[:3]))
+    validation = [(f.train_questions[0], {c.id for c in index.chunks if f.evidence in c.text}) for f in corpus.facts]
+    assert validation_figures(Index.build(corpus, encoder, 32, 8), encoder, validation)["recall_at"]["3"] == 1.0
