@@ -36,17 +36,22 @@ from ragvsft.report import cell, findings, markdown_table, update_rows  # noqa: 
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 SWEEPS_START, SWEEPS_END = "<!-- sweeps:start -->", "<!-- sweeps:end -->"
-BARS = {"quick": 300, "full": 1800, "raft": 300}
-PROFILES = ("quick", "full", "raft", "update")  # seconds: the issue's bars on the 2-core development machine
+BARS = {"quick": 300, "full": 1800, "raft": 300}  # seconds: the issue's bars on the 2-core development machine
+PROFILES = ("quick", "full", "raft", "update")
+
+
+def timed_command(verb: str, name: str) -> tuple[Path, float]:
+    """`ragvsft VERB experiments/NAME.yaml` from scratch into runs/bench-NAME (nothing reused); (folder, seconds)."""
+    out = REPO / "runs" / f"bench-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(Path(sys.executable).with_name("ragvsft")), verb, f"experiments/{name}.yaml", "--out", str(out)]
+    began = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return out, time.perf_counter() - began
 
 
 def run_profile(profile: str) -> dict:
-    out = REPO / "runs" / f"bench-{profile}"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [str(Path(sys.executable).with_name("ragvsft")), "run", f"experiments/{profile}.yaml", "--out", str(out)]
-    began = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - began
+    out, seconds = timed_command("run", profile)
     manifest = json.loads((out / "manifest.json").read_text())
     results = json.loads((out / "results.json").read_text())
     return {"profile": profile, "command": f"ragvsft run experiments/{profile}.yaml", "wall_seconds": round(seconds, 1),
@@ -57,12 +62,8 @@ def run_profile(profile: str) -> dict:
 
 def run_sweep_file(name: str) -> dict:
     """`ragvsft sweep experiments/<name>.yaml` from scratch in runs/bench-<name>, timed."""
-    out = REPO / "runs" / f"bench-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [str(Path(sys.executable).with_name("ragvsft")), "sweep", f"experiments/{name}.yaml", "--out", str(out)]
-    began = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return {"command": f"ragvsft sweep experiments/{name}.yaml", "wall_seconds": round(time.perf_counter() - began, 1),
+    out, seconds = timed_command("sweep", name)
+    return {"command": f"ragvsft sweep experiments/{name}.yaml", "wall_seconds": round(seconds, 1),
             "run_dir": str(out.relative_to(REPO))}
 
 

@@ -11,7 +11,7 @@ from ragvsft.index import Index
 def test_pairs_come_from_train_questions_only_and_hold_back_the_first(toy_corpus):
     corpus = load_corpus(toy_corpus)
     index = Index.build(corpus, MockEncoder(), 16, 4)
-    pairs, validation = tuning_pairs(corpus, index)
+    pairs, validation = tuning_pairs(corpus, index.chunks)
     probe = {q for f in corpus.facts for q in f.probe_questions}
     firsts = {f.train_questions[0] for f in corpus.facts}
     assert [q for q, _ in validation] == [f.train_questions[0] for f in corpus.facts]

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from .catalogue import SHORT_LABELS, label  # noqa: E402
-from .config import Config, config_dict  # noqa: E402
+from .config import Config, config_dict, flatten  # noqa: E402
 from .files import InputError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, require_complete_run  # noqa: E402
 
 SETS = ("heldout", "seen", "unanswerable")
@@ -59,16 +59,6 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return folders
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
 def load_runs(folders: list[Path]) -> list[dict]:
     """Each complete run's results.json, with the folder it came from."""
     runs = []
@@ -89,7 +79,8 @@ def load_runs(folders: list[Path]) -> list[dict]:
             config = config_dict(Config.model_validate(config))
         except ValidationError:
             pass
-        runs.append({"folder": str(folder), "results": results, "config": _flatten(config)})
+        flat = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(config).items()}  # lists: one value
+        runs.append({"folder": str(folder), "results": results, "config": flat})
     return runs
 
 

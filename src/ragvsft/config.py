@@ -249,5 +249,16 @@ def _locate(sources: list[tuple[str, dict, dict]], loc: tuple) -> str:
     return f"{sources[-1][0]}:1"
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"finetune": {"epochs": 2}} -> {"finetune.epochs": 2}: the dotted keys `--set` and `sweep:` take."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def config_dict(config: Config) -> dict:
     return config.model_dump(mode="json")

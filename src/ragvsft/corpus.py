@@ -154,7 +154,7 @@ class Corpus:
             if n is None or n >= len(items):
                 return items
             pool = [i for i, x in enumerate(items) if getattr(x, "id", None) not in kept]
-            chosen = set(rng.sample(pool, max(0, n - (len(items) - len(pool))))) if kept else set(rng.sample(range(len(items)), n))
+            chosen = set(rng.sample(pool, max(0, n - (len(items) - len(pool)))))  # without `keep`: as sample(range(n))
             return tuple(x for i, x in enumerate(items) if i in chosen or getattr(x, "id", None) in kept)
 
         return replace(self, facts=pick(self.facts, facts, keep), unanswerable=pick(self.unanswerable, unanswerable))

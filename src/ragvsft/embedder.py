@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import torch
 
 from .corpus import Corpus
-from .index import Index, gold_chunk_map, retrieval_metrics
+from .index import Chunk, Index, gold_chunk_map, retrieval_metrics
+from .models import SentenceEncoder, load_encoder
+
+TUNED = Path("embedder") / "model"  # where a run folder keeps its tuned embedder
 
 
-def tuning_pairs(sample: Corpus, index: Index) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
+def run_encoder(run_dir: Path, spec: str) -> SentenceEncoder:
+    """The embedder a run's index was built with: its tuned copy when the run kept one, else the configured one."""
+    tuned = Path(run_dir) / TUNED
+    return SentenceEncoder(tuned) if tuned.is_dir() else load_encoder(spec)
+
+
+def tuning_pairs(sample: Corpus, chunks: list[Chunk]) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
     """(question, gold chunk text, chunk id) training pairs from every train question but each fact's first, and
     (first train question, gold chunk ids) for validation."""
-    gold = gold_chunk_map(sample.facts, index.chunks, sample.documents)
-    text = {c.id: c.text for c in index.chunks}
+    gold = gold_chunk_map(sample.facts, chunks, sample.documents)
+    text = {c.id: c.text for c in chunks}
     pairs, validation = [], []
     for fact in sample.facts:
         ids = sorted(gold[fact.id].ids)

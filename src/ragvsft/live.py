@@ -26,16 +26,11 @@ from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl, require_complete_run
 from .finetune import merged_model
 from .index import Index
-from .models import SentenceEncoder, fresh_copy, load_encoder, load_lm
+from .embedder import run_encoder
+from .models import fresh_copy, load_lm
 from .probe import Question, retrieve, run_probe
 from .reader import fold_of_question
 from .score import normalize
-
-def run_encoder(run_dir: Path, spec: str):
-    """The embedder the run's index was built with: its tuned copy (embedder/model) when the run kept one."""
-    tuned = run_dir / "embedder" / "model"
-    return SentenceEncoder(tuned) if tuned.is_dir() else load_encoder(spec)
-
 
 VERDICT_STYLES = {"correct": "green", "hallucinated": "red", "abstained": "grey50", None: "blue"}
 

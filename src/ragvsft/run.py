@@ -31,9 +31,9 @@ from .corpus import Corpus, load_corpus
 from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
                     read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
-from .index import Encoder, Index, gold_chunk_map
-from .embedder import tune_encoder, tuning_pairs, validation_figures
-from .models import SentenceEncoder, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
+from .index import Encoder, Index, chunk_corpus, gold_chunk_map
+from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
+from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
 from .reader import build_reader_set, fold_of_question, reader_plan
 from .publish import write_reports
@@ -132,31 +132,32 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder)
     if not cfg.index.tune_embedder:
         return encoder, run.hashes["embedder"], None
     began = time.perf_counter()
-    base = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
-    pairs, validation = tuning_pairs(sample, base)
+    # The key needs the chunks only: embedding them is left to the branch that tunes.
+    chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+    pairs, validation = tuning_pairs(sample, chunks)
     settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
     key = sha256_json({"embedder": run.hashes["embedder"], "pairs": [[q, cid] for q, _, cid in pairs],
-                       "chunks": [[c.id, c.text] for c in base.chunks], "settings": settings, "seed": cfg.seed})
+                       "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
     folder = run.run_dir / "embedder"
     if run.stages.fresh("embedder", key, folder / "figures.json"):
         run.reused.append("embedder")
         figures = read_json(folder / "figures.json", "delete the embedder folder to tune it again")
         if figures["kept"]:
-            encoder = SentenceEncoder(folder / "model")
+            encoder = run_encoder(run.run_dir, cfg.models.embedder)
     else:
         run.stages.forget("embedder")
         run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk) pairs")
-        before = validation_figures(base, encoder, validation)
+        texts = [c.text for c in chunks]
+        before = validation_figures(Index(chunks, encoder.encode(texts)), encoder, validation)
         training = tune_encoder(encoder, pairs, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
                                 cfg.index.tune_batch_size, cfg.seed)
-        after = validation_figures(Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
-                                               cfg.index.chunking), encoder, validation)
+        after = validation_figures(Index(chunks, encoder.encode(texts)), encoder, validation)
         figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
                    "validation_before": before, "validation_after": after, "kept": after["mrr"] > before["mrr"]}
         tmp = run.run_dir / ".embedder.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         if figures["kept"]:
-            encoder.model.save(str(tmp / "model"))
+            encoder.model.save(str(tmp / TUNED.name))
         else:  # no better on the held-back train questions: the original weights, untouched
             encoder = load_encoder(cfg.models.embedder)
         atomic_write_json(tmp / "figures.json", figures)

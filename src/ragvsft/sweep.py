@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .config import DEFAULTS_PATH, Config, load_config
+from .config import DEFAULTS_PATH, Config, flatten, load_config
 from .files import InputError, atomic_write_json, load_yaml_with_lines
 
 SWEEP_FILE = "sweep.json"
@@ -28,15 +28,6 @@ class Combination:
     settings: dict  # dotted key -> value, in the order of the sweep section
     seed: int | None  # None: the config's seed
     folder: str  # the run folder's name under the sweep folder
-
-
-def _flat_keys(data: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key, value in data.items():
-        keys.add(prefix + key)
-        if isinstance(value, dict):
-            keys |= _flat_keys(value, f"{prefix}{key}.")
-    return keys
 
 
 def _folder_name(settings: dict, seed: int | None) -> str:
@@ -56,7 +47,7 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[Co
         raise InputError([f"{where}: a sweep needs a 'sweep:' section mapping config keys to lists of values"])
     base = load_config(path, overrides, allow_sweep=True)
     defaults, _ = load_yaml_with_lines(DEFAULTS_PATH)
-    known = _flat_keys(defaults)
+    known = set(flatten(defaults))
     problems: list[str] = []
     axes: dict[str, list] = {}
     seeds: list[int] | None = None
