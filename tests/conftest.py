@@ -142,7 +142,9 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 
     sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2",
             "probe.max_new_tokens=6", "probe.batch_size=4", "probe.bootstrap_resamples=200", "index.chunk_tokens=16",
-            "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
+            "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "index.context_units=null",
+            "reader.first_lora_layer=0",
+            "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
 
@@ -150,7 +152,7 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
     """One small run with the real SmolLM2 and MiniLM: 8 facts, 2 unanswerable questions, trained long enough to
-    learn its 32 examples (the quick profile's settings otherwise)."""
+    learn its 32 examples, a RAFT reader on 24 other facts (the quick profile's settings otherwise)."""
     from ragvsft.config import load_config
     from ragvsft.run import run_experiment
 
@@ -158,7 +160,8 @@ def real_run(tmp_path_factory) -> Path:
     corpus = REPO / "corpus"
     cfg = load_config(REPO / "experiments" / "quick.yaml",
                       ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8",
-                       "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200"],
+                       "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200",
+                       "reader.facts=24"],
                       corpus=str(corpus), out=str(out))
     run_experiment(cfg)
     return out

@@ -26,7 +26,7 @@ def test_every_experiment_file_loads_and_names_its_command(path):
 def test_quick_profile_is_a_subset_of_at_least_40_facts():
     cfg = load_config(REPO / "experiments" / "quick.yaml")
     assert cfg.subset.facts >= 40 and cfg.subset.unanswerable >= 10
-    assert set(cfg.probe.arms) == {"base", "prompt", "fewshot", "rag", "lora", "lora_rag"}
+    assert set(cfg.probe.arms) == {"base", "prompt", "fewshot", "rag", "lora", "lora_rag", "raft"}  # all seven
 
 
 def test_overrides_take_precedence_in_order(tmp_path):

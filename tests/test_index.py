@@ -1,5 +1,7 @@
 """RAG side: section chunks (headings, table headers), token windows with overlap, FAISS search, save/load, gold chunks, recall@k and MRR."""
 
+import pytest
+
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
 from ragvsft.index import Index, chunk_document, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
@@ -86,6 +88,23 @@ def test_search_finds_the_document_with_the_keywords(toy_corpus, mock_encoder):
     index = Index.build(load_corpus(toy_corpus), mock_encoder, size=16, overlap=4)
     top = index.search(mock_encoder, ["What is the payload of the Widget W9?"], k=2)[0]
     assert top[0][0].document == "documents/products/widget.md" and top[0][1] >= top[1][1]
+
+
+def test_bm25_and_hybrid_rank_by_shared_words(toy_corpus, mock_encoder):
+    from ragvsft.index import RRF_K, _fuse
+
+    index = Index.build(load_corpus(toy_corpus), mock_encoder, size=16, overlap=4)
+    query = ["Are hotels booked in Roamly?"]
+    lexical = index.using("bm25").search(mock_encoder, query, 3)[0]
+    assert "Roamly" in lexical[0][0].text and [s for _, s in lexical] == sorted((s for _, s in lexical), reverse=True)
+    assert index.using("bm25").search(mock_encoder, ["zzzz qqqq"], 3) == [[]]  # no shared term: nothing retrieved
+    hybrid = index.using("hybrid").search(mock_encoder, query, 3)[0]
+    assert "Roamly" in hybrid[0][0].text and len(hybrid) == 3
+    # RRF: ranked 1st and 2nd beats ranked 1st in one list only; a tie goes to the lower position.
+    both = 1 / (RRF_K + 1) + 1 / (RRF_K + 2)
+    assert _fuse([[(5, 0.9), (7, 0.8)], [(7, 3.0), (5, 1.0)], [(9, 1.0)]]) == [(5, both), (7, both), (9, 1 / (RRF_K + 1))]
+    with pytest.raises(ValueError, match="unknown retriever 'sparse'"):
+        index.using("sparse")
 
 
 def test_save_and_load_round_trip(tmp_path, toy_corpus, mock_encoder):

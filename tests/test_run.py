@@ -64,7 +64,8 @@ def test_no_reader_ever_trains_on_a_fact_it_answers(tiny_run):
         assert trained and not trained & set(fold)
         asked = [r for r in read_jsonl(out / "predictions.jsonl") if r["arm"] == "raft" and r["reader_fold"] == i]
         assert {r["fact_id"] for r in asked if r["fact_id"]} <= set(fold)  # fold i's questions go to reader i only
-    assert {r["target"] for r in training} >= {"distractors"}
+    assert {r["target"] for r in training} & {"abstain", "distractors"}
+    assert 0 <= results["reader"]["silent_abstained"] <= 1
     assert all(r["answer"] == STYLE["abstain_template"] for r in training if r["target"] != "answer")
 
 
@@ -169,7 +170,7 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"finetune.epochs": 1}, ["index", "reader"], NOT_LORA),            # a new closed-book adapter: only its arms
     ({"finetune.lora_r": 4}, ["index", "reader"], NOT_LORA),
     ({"reader.epochs": 1}, ["index", "finetune"], ARMS[:-1]),          # a new reader: only raft
-    ({"reader.distractor_share": 0.5}, ["index", "finetune"], ARMS[:-1]),
+    ({"reader.abstain_share": 0.5}, ["index", "finetune"], ARMS[:-1]),
     ({"probe.fewshot_k": 1}, ["index", "finetune", "reader"], [a for a in ARMS if a != "fewshot"]),
     ({"probe.max_new_tokens": 3}, ["index", "finetune", "reader"], []),
     ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no trained arm: no training stage
@@ -376,6 +377,9 @@ def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path,
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.target_modules": "[qkv_proj]"}))
     with pytest.raises(InputError, match="finetune.first_lora_layer: 5, but .* has 2 layers"):
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.first_lora_layer": 5}))
+    with pytest.raises(InputError, match="reader.first_lora_layer: 3, but .* has 2 layers"):
+        run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"reader.first_lora_layer": 3,
+                                                                         "probe.arms": "[rag, raft]"}))
     no_template = shutil.copytree(tiny_lm, tmp_path / "no-template")
     config = json.loads((no_template / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
@@ -397,7 +401,8 @@ def test_ask_checks_the_arms_before_loading_a_model(tiny_run, monkeypatch):
 def test_results_compare_the_retriever_variants(tiny_run):
     retrieval = json.loads((tiny_run[1] / "results.json").read_text())["retrieval"]
     variants = retrieval["variants"]
-    assert set(variants) == {"dense, section chunks", "dense, window chunks"}
+    assert set(variants) == {"dense, section chunks", "bm25, section chunks", "hybrid, section chunks",
+                             "dense, window chunks"}
     assert [name for name, v in variants.items() if v["used"]] == ["dense, section chunks"]
     assert variants["dense, section chunks"]["recall_at"] == retrieval["recall_at"]
     assert "Retriever variants" in (tiny_run[1] / "report.md").read_text()

@@ -25,6 +25,15 @@ def test_payload_answers_that_are_right(answer):
     assert matches_gold(answer, ["14 kg", "14", "14 kilograms"])
 
 
+@pytest.mark.parametrize("answer,expected", [
+    ("Between 10:00 and 15:00.", True), ("from 10:00 until 15:00", True), ("10:00 to 15:00", True),
+    ("10:00-15:00", True), ("between 10:00 and 16:00", False), ("between 9:00 and 15:00", False),
+    ("10:00 and later", False)])
+def test_a_range_reads_as_between_and(answer, expected):
+    assert matches_gold(answer, ["10:00 to 15:00", "10:00-15:00"]) is expected
+    assert not matches_gold("between Monday and Friday", ["Monday to Friday"])  # words, not numbers: as written only
+
+
 @pytest.mark.parametrize("answer", ["14 hours", "14h", "14 m/s", "140 kg", "14.5 kg", "1 4 kg", "14 euros", "14 %"])
 def test_payload_answers_that_are_wrong(answer):
     assert not matches_gold(answer, ["14 kg", "14", "14 kilograms"])

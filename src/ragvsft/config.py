@@ -43,7 +43,8 @@ class IndexConfig(_Section):
     chunk_tokens: int = Field(ge=16, le=512)
     chunk_overlap: int = Field(ge=0)
     k: int = Field(ge=1, le=20)
-    context_units: int | None = Field(default=None, ge=1, le=50)
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    context_units: int | None = Field(default=1, ge=1, le=50)
     tune_embedder: bool = True
     tune_epochs: int = Field(default=2, ge=1, le=50)
     tune_learning_rate: float = Field(default=5e-5, gt=0)
@@ -84,12 +85,13 @@ class ReaderConfig(_Section):
     """The RAFT reader (arm `raft`): a LoRA adapter trained on retrieved chunks + train questions of other facts."""
     folds: int | None = Field(default=None, ge=1, le=10)
     facts: int | None = Field(default=None, ge=1)
-    questions_per_fact: int = Field(default=1, ge=1)
-    distractor_share: float = Field(default=0.25, ge=0, lt=1)
+    questions_per_fact: int = Field(default=2, ge=1)
+    abstain_share: float = Field(default=0.2, ge=0, lt=1)
     epochs: float = Field(default=2, gt=0)
     learning_rate: float = Field(default=0.002, gt=0)
     batch_size: int = Field(default=16, ge=1)
     lora_r: int = Field(default=8, ge=1)
+    first_lora_layer: int = Field(default=10, ge=0)
     max_length: int = Field(default=512, ge=32)
 
 

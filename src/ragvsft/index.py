@@ -7,6 +7,10 @@ by rows with its header row repeated in every piece, all within `chunk_tokens`; 
 `chunk_tokens` tokens with `chunk_overlap` tokens of overlap. A chunk's `start`/`end` are the document characters it
 covers (its body), which decide the gold chunks; its `text` is what is embedded and shown to the model.
 
+Three retrievers (`index.retriever`): `dense` (default) ranks chunks by cosine similarity in FAISS; `bm25` by
+lexical BM25 (bm25s, built from the chunk table in memory, a few milliseconds); `hybrid` fuses the two rankings by
+reciprocal rank fusion (RRF, k=60).
+
 The index lives in the run folder as `index/faiss.index` (FAISS's own format, never pickle) and `index/chunks.jsonl`
 (the chunk table). Any encoder with `token_spans(text)` and `encode(texts)` (L2-normalised rows) works; tests use a
 keyword mock.
@@ -203,15 +207,35 @@ def chunk_corpus(corpus: Corpus, encoder: Encoder, size: int, overlap: int, chun
     return [c for d in corpus.documents for c in chunk_sections(d.path, d.text, encoder.token_spans, size)]
 
 
-class Index:
-    """Chunks plus a FAISS inner-product index over their normalised embeddings (inner product = cosine)."""
+RETRIEVERS = ("dense", "bm25", "hybrid")
+RRF_K = 60  # the constant of Cormack et al. (2009): fused score = sum over rankings of 1 / (RRF_K + rank)
+WORD = re.compile(r"[a-z0-9]+(?:[.,:][0-9]+)*")
 
-    def __init__(self, chunks: list[Chunk], vectors: np.ndarray | None = None, faiss_index=None):
+
+def words(text: str) -> list[str]:
+    """BM25's tokens: lowercase words and numbers (so "T5" and "620" are terms), nothing stemmed."""
+    return WORD.findall(text.lower())
+
+
+class Index:
+    """Chunks plus a FAISS inner-product index over their normalised embeddings (inner product = cosine), searched
+    with `retriever` (see the module docstring)."""
+
+    def __init__(self, chunks: list[Chunk], vectors: np.ndarray | None = None, faiss_index=None,
+                 retriever: str = "dense"):
+        if retriever not in RETRIEVERS:
+            raise ValueError(f"unknown retriever {retriever!r}; one of {', '.join(RETRIEVERS)}")
         self.chunks = chunks
         if faiss_index is None:
             faiss_index = faiss.IndexFlatIP(vectors.shape[1])
             faiss_index.add(np.ascontiguousarray(vectors, dtype="float32"))
         self.faiss = faiss_index
+        self.retriever = retriever
+        self._bm25 = None
+
+    def using(self, retriever: str) -> "Index":
+        """The same chunks and vectors, searched with another retriever."""
+        return Index(self.chunks, faiss_index=self.faiss, retriever=retriever)
 
     @classmethod
     def build(cls, corpus: Corpus, encoder: Encoder, size: int, overlap: int, chunking: str = "section") -> "Index":
@@ -234,13 +258,44 @@ class Index:
         return cls(chunks, faiss_index=index)
 
     def search(self, encoder: Encoder, queries: list[str], k: int) -> list[list[tuple[Chunk, float]]]:
-        """Top-k chunks with their cosine scores for each query."""
+        """Top-k chunks for each query with their scores: cosine (dense), BM25 (bm25) or RRF (hybrid)."""
         if not queries:
             return []
+        if self.retriever == "dense":
+            ranked = self._dense(encoder, queries, k)
+        elif self.retriever == "bm25":
+            ranked = self._lexical(queries, k)
+        else:
+            depth = max(k, 50)
+            ranked = [_fuse([dense, lexical])[:k]
+                      for dense, lexical in zip(self._dense(encoder, queries, depth), self._lexical(queries, depth))]
+        return [[(self.chunks[i], score) for i, score in row] for row in ranked]
+
+    def _dense(self, encoder: Encoder, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         scores, ids = self.faiss.search(np.ascontiguousarray(encoder.encode(queries), dtype="float32"),
                                         min(k, len(self.chunks)))
-        return [[(self.chunks[i], float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores)]
+
+    def _lexical(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        import bm25s
+
+        if self._bm25 is None:
+            self._bm25 = bm25s.BM25()
+            self._bm25.index([words(c.text) or ["\u0000"] for c in self.chunks], show_progress=False)
+        ids, scores = self._bm25.retrieve([words(q) or ["\u0000"] for q in queries], k=min(k, len(self.chunks)),
+                                          show_progress=False)
+        # A zero score means no shared term: such chunks are not retrieved (their order would be arbitrary).
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if s > 0] for row_ids, row_scores in zip(ids, scores)]
+
+
+def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of several rankings of chunk positions, best first (ties: the lower position)."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (i, _) in enumerate(ranking, start=1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
 def evidence_spans(text: str, evidence: str) -> list[tuple[int, int]]:

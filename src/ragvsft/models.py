@@ -96,9 +96,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
-def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layer: int = 0) -> list[str]:
+def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: dict[str, int] | None = None) -> list[str]:
     """What would make the language model fail late, found before anything is trained: no chat template (every arm
-    builds chat prompts), or LoRA target modules that name no module of the model (checked on an empty model)."""
+    builds chat prompts), LoRA target modules that name no module of the model (checked on an empty model), or a
+    `first_lora_layers` entry (config key -> layer) beyond the model's layers."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -116,8 +117,9 @@ def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layer: i
             problems.append(f"finetune.target_modules: {', '.join(unknown)} name no module of {folder.name} "
                             f"(its linear layers: {', '.join(sorted(n for n in names if n.endswith('proj')))})")
         layers = getattr(model.config, "num_hidden_layers", None)
-        if layers is not None and first_lora_layer >= layers:
-            problems.append(f"finetune.first_lora_layer: {first_lora_layer}, but {folder.name} has {layers} layers")
+        for key, first in (first_lora_layers or {}).items():
+            if layers is not None and first >= layers:
+                problems.append(f"{key}: {first}, but {folder.name} has {layers} layers")
     return problems
 
 

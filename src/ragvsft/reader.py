@@ -6,22 +6,27 @@ fold i and answers only fold i's questions, so whatever it gains is reading skil
 sampled corpus (the quick profile) one fold is enough: the reader trains on the facts outside the sample. Its
 examples (train questions only; probe and unanswerable questions never enter):
 
-- a train question with the chunks retrieved for it: the styled statement when a gold chunk is among them, the
+- a train question with the chunks retrieved for it: the styled statement when what is shown names the answer, the
   styled abstention when retrieval missed (what a careful reader should then say);
-- `distractor_share` extra examples whose context holds only non-gold chunks (the next-ranked ones): the abstention.
+- abstention targets make up `reader.abstain_share` of the set: retrieval misses, topped up with silent contexts (the
+  best-ranked chunks that do not name the answer). Too many and the reader learns that declining is safe: its
+  over-abstention on answerable questions is measured and reported.
 
 Prompts are laid out exactly as at probe time (`arms.reader_messages`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 
 from .config import ReaderConfig
 from .corpus import Corpus, Fact
-from .index import Encoder, Gold, Index, contexts
+from .index import Chunk, Encoder, Index, contexts
 from .score import matches_gold
+
+SILENT_DEPTH = 10  # ranked chunks searched beyond k for ones that do not name the answer
 
 
 def fold_count(corpus: Corpus, sample: Corpus, cfg: ReaderConfig) -> int:
@@ -67,31 +72,49 @@ def training_facts(corpus: Corpus, excluded: list[str], cfg: ReaderConfig, seed:
     return facts
 
 
-def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: Encoder, gold: dict[str, Gold],
-                     k: int, cfg: ReaderConfig, seed: int, units: int | None = None, headed: bool = True) -> list[dict]:
+def _silent(ranked: list[Chunk], fact: Fact, k: int) -> list[Chunk]:
+    """The best-ranked k chunks that do not name the fact's answer: a context that is silent on the question."""
+    return [c for c in ranked if not matches_gold(c.text, list(fact.gold))][:k]
+
+
+def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: Encoder, k: int, cfg: ReaderConfig,
+                     seed: int, units: int | None = None, headed: bool = True) -> list[dict]:
     """Rows of one reader's training set (see the module docstring); `context` holds the chunk ids shown. The context
-    is built exactly as the probe builds it (`index.contexts`); with `units`, an example counts as answerable only
-    when a shown sentence or row of a gold chunk names the answer."""
+    is built exactly as the probe builds it (`index.contexts`). An example is answerable when what is shown names the
+    fact's answer, in whichever document (a value is often stated in several). Abstention targets make up
+    `reader.abstain_share` of the set: retrieval misses first, topped up with silent contexts (reproducibly drawn)."""
     asked = [(f, q) for f in facts for q in f.train_questions[:cfg.questions_per_fact]]
     questions = [q for _, q in asked]
-    depth = k + max((len(gold[f.id].ids) for f in facts), default=0)
-    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, depth)]
+    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
     shown = contexts([row[:k] for row in ranked], encoder, questions, units, headed)
     answer, abstain = (lambda f: corpus.style.answer(f.statement)), corpus.style.abstain_template
     rows = []
     for (fact, question), context in zip(asked, shown):
-        found = any(cid in gold[fact.id].ids and (units is None or matches_gold(text, list(fact.gold)))
-                    for cid, text in context)
+        found = matches_gold(" ".join(text for _, text in context), list(fact.gold))
         rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c for c, _ in context],
                      "chunks": [t for _, t in context], "answer": answer(fact) if found else abstain,
                      "target": "answer" if found else "abstain"})
-    rng = random.Random(f"{seed}:reader-distractors")
-    extra = round(len(asked) * cfg.distractor_share / (1 - cfg.distractor_share)) if asked else 0
-    picked = sorted(rng.sample(range(len(asked)), min(extra, len(asked))))
-    distractors = contexts([[c for c in ranked[i] if c.id not in gold[asked[i][0].id].ids][:k] for i in picked],
-                           encoder, [questions[i] for i in picked], units, headed)
-    for i, context in zip(picked, distractors):
+    rng = random.Random(f"{seed}:reader-abstain")
+    answerable = sum(r["target"] == "answer" for r in rows)
+    wanted = math.ceil(answerable * cfg.abstain_share / (1 - cfg.abstain_share))
+    missed = [i for i, r in enumerate(rows) if r["target"] == "abstain"]
+    dropped = set(rng.sample(missed, max(0, len(missed) - wanted)))
+    rows = [r for i, r in enumerate(rows) if i not in dropped]
+    picked = sorted(rng.sample(range(len(asked)), min(max(0, wanted - len(missed)), len(asked))))
+    silent = contexts([_silent(ranked[i], asked[i][0], k) for i in picked], encoder, [questions[i] for i in picked],
+                      units, headed)
+    for i, context in zip(picked, silent):
         fact, question = asked[i]
         rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c for c, _ in context],
                      "chunks": [t for _, t in context], "answer": abstain, "target": "distractors"})
     return rows
+
+
+def silent_questions(facts: list[Fact], index: Index, encoder: Encoder, k: int, units: int | None = None,
+                     headed: bool = True) -> list[tuple[str, list[str]]]:
+    """Each fact's first train question with a context that does not name its answer: how often a reader abstains
+    when the documents shown are silent, measured on training questions (never on the probe's unanswerable ones)."""
+    questions = [f.train_questions[0] for f in facts]
+    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
+    shown = contexts([_silent(row, f, k) for row, f in zip(ranked, facts)], encoder, questions, units, headed)
+    return [(q, [t for _, t in context]) for q, context in zip(questions, shown)]

@@ -126,6 +126,9 @@ def _reader_sentence(results: dict) -> str:
                 if raft.get(s)]
     if declined:
         sentence += f" It abstained on {' and on '.join(declined)}."
+    if reader.get("silent_abstained") is not None:
+        sentence += (f" Shown text that does not name the answer to a training question, it declined "
+                     f"{pct(reader['silent_abstained'])} of the time.")
     return sentence.strip()
 
 

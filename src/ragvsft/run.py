@@ -24,20 +24,20 @@ import yaml
 from rich.console import Console
 import torch
 
-from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, reader_messages
 from .catalogue import ARMS, model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
 from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
                     read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
-from .index import Encoder, Index, chunk_corpus, gold_chunk_map
+from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
 from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
-from .reader import build_reader_set, fold_of_question, reader_plan
+from .reader import build_reader_set, fold_of_question, reader_plan, silent_questions
 from .publish import write_reports
-from .score import CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors
+from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
 from .claims import evaluate_claims
 from .update import changed_questions, update_figures, update_verdict
 
@@ -98,9 +98,9 @@ def prepare(cfg: Config) -> Corpus:
     """Everything that can fail on bad input, checked before the run folder is created."""
     corpus = load_corpus(cfg.corpus)
     embedder_folder(cfg.models.embedder)
-    trains = any(uses(cfg.probe.arms, model) for model in ("closed_book", "reader"))
-    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if trains else None,
-                           cfg.finetune.first_lora_layer)
+    layers = {f"{section}.first_lora_layer": getattr(cfg, section).first_lora_layer
+              for section, model in (("finetune", "closed_book"), ("reader", "reader")) if uses(cfg.probe.arms, model)}
+    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if layers else None, layers)
     if cfg.update.enabled and not corpus.updates:
         problems.append(f"{Path(cfg.corpus) / 'updates'}:0: update.enabled needs the corpus's updates/ part (new "
                         "document versions and updates/facts.jsonl; README, \"Bring your own corpus\")")
@@ -186,7 +186,8 @@ def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str)
         index.save(folder)
         run.stages.done("index", key)
     run.finish("index", began)
-    return index, key
+    # The retriever reads the same index: it changes what every retrieving arm is shown, not the stage.
+    return index.using(run.cfg.index.retriever), sha256_json({"index": key, "retriever": run.cfg.index.retriever})
 
 
 def curve_questions(sample: Corpus, n: int) -> list[Question]:
@@ -278,13 +279,16 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
         return None
     plan = reader_plan(corpus, sample, cfg.reader, cfg.seed)
     folds = [fold for fold, _ in plan]
-    gold = gold_chunk_map(corpus.facts, index.chunks, corpus.documents)
-    sets = [build_reader_set(facts, corpus, index, encoder, gold, cfg.index.k, cfg.reader, cfg.seed,
+    sets = [build_reader_set(facts, corpus, index, encoder, cfg.index.k, cfg.reader, cfg.seed,
                              cfg.index.context_units, cfg.index.headed) for _, facts in plan]
+    by_id = {f.id: f for f in sample.facts}
+    silent = [silent_questions([by_id[i] for i in fold], index, encoder, cfg.index.k, cfg.index.context_units,
+                               cfg.index.headed) for fold in folds]
     training = cfg.finetune.model_copy(update={
         "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
-        "lora_r": cfg.reader.lora_r, "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False})
-    key = sha256_json({"sets": sets, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
+        "lora_r": cfg.reader.lora_r, "first_lora_layer": cfg.reader.first_lora_layer, "max_length": cfg.reader.max_length,
+        "curve_points": 0, "include_passages": False})
+    key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
                        "training": training.model_dump(mode="json"), "seed": cfg.seed})
     folder = run_dir / "reader"
     paths = [folder / f"fold-{i}" / "adapter_model.safetensors" for i in range(len(folds))]
@@ -301,9 +305,13 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
                             f"{len({r['fact_id'] for r in rows})} other facts ({targets}), answers {len(folds[i])} facts")
             figures = train_lora(model, tokenizer, rows, training, cfg.seed, tmp / f"fold-{i}", work_dir=run_dir / ".trainer",
                                  log=lambda line: run.console.log(line.replace("finetune:", "reader:", 1)))
+            reader = merged_model(model, tmp / f"fold-{i}", getattr(torch, cfg.models.dtype))
+            answers = generate(reader, tokenizer, [reader_messages(q, chunks) for q, chunks in silent[i]],
+                               cfg.probe.max_new_tokens, cfg.probe.batch_size)
+            declined = sum(verdict(a.answer, None, corpus.abstain_phrases) == ABSTAINED for a in answers)
             atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
                               {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
-                               "answers_facts": len(folds[i])})
+                               "answers_facts": len(folds[i]), "silent_asked": len(answers), "silent_abstained": declined})
         shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -315,7 +323,10 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
                "epochs": cfg.reader.epochs, "seconds": round(sum(log["seconds"] for log in logs), 2),
                "seconds_per_example": round(sum(log["seconds"] for log in logs) /
                                             max(1, sum(log["examples"] for log in logs) * cfg.reader.epochs), 4),
-               "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs]}
+               "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs],
+               # Abstention where the context is silent, on the answered facts' first train questions (never the probe's)
+               "silent_abstained": round(sum(log["silent_abstained"] for log in logs) /
+                                         max(1, sum(log["silent_asked"] for log in logs)), 4)}
     run.finish("reader", began)
     return ReaderPlan(folds, key, figures)
 
@@ -364,6 +375,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
         t = time.perf_counter()
         index = Index.build(new_corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
         index.save(tmp / "index")
+        index = index.using(cfg.index.retriever)
         seconds = {"reindex": time.perf_counter() - t}
         t = time.perf_counter()
         for q in asked:  # what editing the few-shot prompt takes: its examples drawn again from the new facts
@@ -489,18 +501,19 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
 
 def _retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
                         questions: list, current: dict) -> dict:
-    """Held-out recall@k and MRR of each chunking side by side (the other one built in memory, never used by an
-    arm), so the choice of `index.chunking` is measured in every run."""
+    """Held-out recall@k and MRR of each retriever on the run's chunks, and of dense retrieval on the other chunking
+    (built in memory, never used by an arm), side by side, so `index.retriever` and `index.chunking` are measured in
+    every run."""
+    other = "window" if cfg.index.chunking == "section" else "section"
+    built = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, other)
     variants = {}
-    for chunking in ("section", "window"):
-        if chunking == cfg.index.chunking:
-            built, figures = index, current
-        else:
-            built = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, chunking)
-            figures = evaluate_retrieval(built, encoder, gold_chunk_map(sample.facts, built.chunks, corpus.documents),
-                                         questions, cfg.index.k)
-        variants[f"dense, {chunking} chunks"] = {"chunks": len(built.chunks), "recall_at": figures["recall_at"],
-                                                 "mrr": figures["mrr"], "used": chunking == cfg.index.chunking}
+    for retriever, chunking, searched in [*((r, cfg.index.chunking, index.using(r)) for r in RETRIEVERS),
+                                          ("dense", other, built)]:
+        used = (retriever, chunking) == (cfg.index.retriever, cfg.index.chunking)
+        figures = current if used else evaluate_retrieval(
+            searched, encoder, gold_chunk_map(sample.facts, searched.chunks, corpus.documents), questions, cfg.index.k)
+        variants[f"{retriever}, {chunking} chunks"] = {"chunks": len(searched.chunks), "recall_at": figures["recall_at"],
+                                                       "mrr": figures["mrr"], "used": used}
     return variants
 
 

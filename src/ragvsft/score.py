@@ -107,8 +107,17 @@ def _bare_number_matches(words: list[str], number: str, expected: set[int]) -> b
     return False
 
 
+def _range_forms(needle: str) -> list[str]:
+    """A normalised gold range "x to y" between numbers also reads "between x and y" and "x until y"."""
+    low, to, high = needle.partition(" to ")
+    if not to or not _NUMBER.search(low) or not _NUMBER.search(high):
+        return [needle]
+    return [needle, f"between {low} and {high}", f"{low} until {high}", f"{low} till {high}"]
+
+
 def matches_gold(text: str, gold: list[str]) -> bool:
-    """True when the answer or an alias occurs in `text` as whole words (bare numbers only with a fitting unit)."""
+    """True when the answer or an alias occurs in `text` as whole words (bare numbers only with a fitting unit; a
+    range "x to y" also as "between x and y" or "x until y")."""
     words = normalize(text).split()
     padded = f" {' '.join(words)} "
     expected = None
@@ -120,7 +129,7 @@ def matches_gold(text: str, gold: list[str]) -> bool:
             expected = _expected_units(gold) if expected is None else expected
             if _bare_number_matches(words, needle, expected):
                 return True
-        elif f" {needle} " in padded:
+        elif any(f" {form} " in padded for form in _range_forms(needle)):
             return True
     return False
 
