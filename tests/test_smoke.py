@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_real_run_has_all_arms_and_a_report(real_run):
     results = json.loads((real_run / "results.json").read_text())
     arms = results["arms"]
-    assert list(arms) == ["base", "prompt", "fewshot", "rag", "lora", "lora_rag"]
+    assert list(arms) == ["base", "prompt", "fewshot", "rag", "lora", "lora_rag", "raft"]
     assert results["corpus"]["facts"] == 8 and results["corpus"]["documents"] >= 40
     assert results["training"]["trainable_share"] < 0.05 and results["training"]["precision"] == "bfloat16"
     rows = read_jsonl(real_run / "predictions.jsonl")
@@ -35,6 +35,11 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     tuning = results["retrieval"]["embedder_tuning"]  # the quick profile tunes MiniLM on the train questions
     assert tuning["pairs"] >= 8 and tuning["steps"] >= 1 and tuning["validation_after"]["mrr"] > 0
     assert (real_run / "embedder" / "model").is_dir() == tuning["kept"]
+    # The RAFT reader trained on 24 facts outside the sample, never on one it answers, and picked up the house style.
+    reader = results["reader"]
+    assert reader["trained_on_facts"] == [24] and not set(reader["fold_facts"][0]) & {
+        r["fact_id"] for r in read_jsonl(real_run / "reader_set.jsonl")}
+    assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # measured 0.32 after 8 steps
 
 
 def test_minilm_retrieval_on_the_shipped_corpus():
