@@ -85,7 +85,7 @@ class ReaderConfig(_Section):
     """The RAFT reader (arm `raft`): a LoRA adapter trained on retrieved chunks + train questions of other facts."""
     folds: int | None = Field(default=None, ge=1, le=10)
     facts: int | None = Field(default=None, ge=1)
-    questions_per_fact: int = Field(default=2, ge=1)
+    questions_per_fact: int = Field(default=1, ge=1)
     abstain_share: float = Field(default=0.2, ge=0, lt=1)
     epochs: float = Field(default=2, gt=0)
     learning_rate: float = Field(default=0.002, gt=0)
