@@ -56,6 +56,12 @@ def test_findings_say_so_when_fine_tuning_wins():
 def test_findings_with_overlapping_intervals():
     text = " ".join(findings(make_results(rag=0.5, lora=0.45)))
     assert "cannot tell them apart" in text and "cannot separate retrieval from fine-tuning" in text
+    whole = make_results(rag=0.5, lora=0.45)
+    whole["corpus"]["facts_in_corpus"] = whole["corpus"]["facts"]  # already the whole corpus: no larger profile to offer
+    sample = make_results(rag=0.5, lora=0.45)
+    sample["corpus"]["facts_in_corpus"] = sample["corpus"]["facts"] + 1
+    assert "only more facts or probe questions" in " ".join(findings(whole))
+    assert "experiments/full.yaml" in " ".join(findings(sample))
 
 
 def test_findings_prefer_the_paired_interval():

@@ -235,8 +235,12 @@ def _finding_verdict(results: dict) -> list[str]:
         return ["Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
                 "supplies the facts."]
     if style_gain and rag_vs_lora == 0:
+        corpus = results["corpus"]
+        more = ("a larger probe (experiments/full.yaml) narrows the intervals"
+                if corpus["facts"] < corpus.get("facts_in_corpus", corpus["facts"])
+                else "only more facts or probe questions would narrow the intervals")
         return ["Verdict: fine-tuning taught the style, but this run cannot separate retrieval from fine-tuning on "
-                "facts; a larger probe (experiments/full.yaml) narrows the intervals."]
+                f"facts; {more}."]
     parts = [] if style_gain else ["fine-tuning did not raise style adherence"]
     parts += [] if rag_vs_lora > 0 else ["retrieval did not beat fine-tuning on held-out facts"]
     return ["Verdict: this run does not support the claim: " + " and ".join(parts) + "."]
