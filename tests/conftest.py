@@ -152,7 +152,7 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
     """One small run with the real SmolLM2 and MiniLM: 8 facts, 2 unanswerable questions, trained long enough to
-    learn its 32 examples, a RAFT reader on 24 other facts (the quick profile's settings otherwise)."""
+    learn its 32 examples, a RAFT reader on 2 questions of 24 other facts (the quick profile's settings otherwise)."""
     from ragvsft.config import load_config
     from ragvsft.run import run_experiment
 
@@ -161,7 +161,7 @@ def real_run(tmp_path_factory) -> Path:
     cfg = load_config(REPO / "experiments" / "quick.yaml",
                       ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8",
                        "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200",
-                       "reader.facts=24"],
+                       "reader.facts=24", "reader.questions_per_fact=2"],
                       corpus=str(corpus), out=str(out))
     run_experiment(cfg)
     return out

@@ -35,10 +35,10 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     tuning = results["retrieval"]["embedder_tuning"]  # the quick profile tunes MiniLM on the train questions
     assert tuning["pairs"] >= 8 and tuning["steps"] >= 1 and tuning["validation_after"]["mrr"] > 0
     assert (real_run / "embedder" / "model").is_dir() == tuning["kept"]
-    # The RAFT reader trained on 24 facts outside the sample, never on one it answers, and picked up the house style.
-    reader = results["reader"]
-    assert reader["trained_on_facts"] == [24] and not set(reader["fold_facts"][0]) & {
-        r["fact_id"] for r in read_jsonl(real_run / "reader_set.jsonl")}
+    # The RAFT reader trained on (at most) 24 facts outside the sample, never on one it answers — a fact whose only
+    # examples were retrieval misses beyond the abstain share drops out — and picked up the house style.
+    reader, trained = results["reader"], {r["fact_id"] for r in read_jsonl(real_run / "reader_set.jsonl")}
+    assert 12 <= reader["trained_on_facts"][0] == len(trained) <= 24 and not set(reader["fold_facts"][0]) & trained
     assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # measured 0.32 after 8 steps
 
 
