@@ -42,6 +42,23 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # measured 0.32 after 8 steps
 
 
+def test_the_saved_index_is_what_the_run_encoder_builds(real_run):
+    """The index stage saves the index the embedder stage already embedded: it must equal a fresh build."""
+    import numpy as np
+    from ragvsft.config import load_config
+    from ragvsft.corpus import load_corpus
+    from ragvsft.embedder import run_encoder
+    from ragvsft.index import Index
+
+    cfg = load_config(real_run / "config.yaml")
+    saved, fresh = Index.load(real_run / "index"), Index.build(
+        load_corpus(REPO / "corpus"), run_encoder(real_run, cfg.models.embedder), cfg.index.chunk_tokens,
+        cfg.index.chunk_overlap, cfg.index.chunking)
+    assert [c.id for c in saved.chunks] == [c.id for c in fresh.chunks]
+    vectors = [index.faiss.reconstruct_n(0, index.faiss.ntotal) for index in (saved, fresh)]
+    assert np.allclose(*vectors, atol=1e-5)
+
+
 def test_minilm_retrieval_on_the_shipped_corpus():
     """Held-out recall@3 of MiniLM over the whole shipped corpus with the default chunking (measured 0.70)."""
     from ragvsft.config import load_config

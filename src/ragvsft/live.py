@@ -75,7 +75,8 @@ class Session:
         for row in read_jsonl(run_dir / "predictions.jsonl"):
             known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],
                                                          tuple(row["gold"]) if row["gold"] else None)
-        return cls(run_dir, config, corpus, Index.load(run_dir / "index").using(config.index.retriever), encoder or run_encoder(run_dir, config.models.embedder),
+        index = Index.load(run_dir / "index").using(config.index.retriever)
+        return cls(run_dir, config, corpus, index, encoder or run_encoder(run_dir, config.models.embedder),
                    tokenizer, models, known, folds)
 
     @property

@@ -126,11 +126,14 @@ class _Run:
         self.timings[stage] = self.stages.seconds(stage, round(time.perf_counter() - began, 2))
 
 
-def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[Encoder, str, dict | None]:
-    """Tune the sentence embedder on the sample's train questions (embedder.py); (encoder to use, its key, figures)."""
+def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
+                    encoder: Encoder) -> tuple[Encoder, str, dict | None, Index | None]:
+    """Tune the sentence embedder on the sample's train questions (embedder.py); (encoder to use, its key, figures,
+    and when it was just tuned, the index of the run's chunks under the encoder to use, for the index stage)."""
     cfg = run.cfg
+    built = None
     if not cfg.index.tune_embedder:
-        return encoder, run.hashes["embedder"], None
+        return encoder, run.hashes["embedder"], None, built
     began = time.perf_counter()
     # The key needs the chunks only: embedding them is left to the branch that tunes.
     chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
@@ -148,10 +151,12 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder)
         run.stages.forget("embedder")
         run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk) pairs")
         texts = [c.text for c in chunks]
-        before = validation_figures(Index(chunks, encoder.encode(texts)), encoder, validation)
+        untuned = Index(chunks, encoder.encode(texts))
+        before = validation_figures(untuned, encoder, validation)
         training = tune_encoder(encoder, pairs, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
                                 cfg.index.tune_batch_size, cfg.seed)
-        after = validation_figures(Index(chunks, encoder.encode(texts)), encoder, validation)
+        tuned = Index(chunks, encoder.encode(texts))
+        after = validation_figures(tuned, encoder, validation)
         figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
                    "validation_before": before, "validation_after": after, "kept": after["mrr"] > before["mrr"]}
         tmp = run.run_dir / ".embedder.tmp"
@@ -160,16 +165,19 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder)
             encoder.model.save(str(tmp / TUNED.name))
         else:  # no better on the held-back train questions: the original weights, untouched
             encoder = load_encoder(cfg.models.embedder)
+        built = tuned if figures["kept"] else untuned  # what the index stage would embed again
         atomic_write_json(tmp / "figures.json", figures)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         run.stages.done("embedder", key)
     run.finish("embedder", began)
-    return encoder, key if figures["kept"] else run.hashes["embedder"], figures
+    return encoder, key if figures["kept"] else run.hashes["embedder"], figures, built
 
 
-def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str) -> tuple[Index, str]:
-    """Chunk, embed and index every document (RAG side)."""
+def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str,
+                 built: Index | None = None) -> tuple[Index, str]:
+    """Chunk, embed and index every document (RAG side); `built`: the same index already embedded by the embedder
+    stage (same chunking, same encoder), saved instead of embedding the chunks again."""
     began = time.perf_counter()
     # Exactly what chunking and embedding read: the documents, the embedder, the chunk sizes (not k, not the facts).
     key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
@@ -181,8 +189,8 @@ def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str)
         run.reused.append("index")
     else:
         run.console.log(f"index: chunking {len(corpus.documents)} documents and embedding them")
-        index = Index.build(corpus, encoder, run.cfg.index.chunk_tokens, run.cfg.index.chunk_overlap,
-                            run.cfg.index.chunking)
+        index = built or Index.build(corpus, encoder, run.cfg.index.chunk_tokens, run.cfg.index.chunk_overlap,
+                                     run.cfg.index.chunking)
         index.save(folder)
         run.stages.done("index", key)
     run.finish("index", began)
@@ -582,8 +590,8 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     run = _Run(cfg, run_dir, console, stages, hashes)
 
     encoder = encoder or load_encoder(cfg.models.embedder)
-    encoder, embedder_key, tuning = _embedder_stage(run, corpus, sample, encoder)
-    index, index_key = _index_stage(run, corpus, encoder, embedder_key)
+    encoder, embedder_key, tuning, built = _embedder_stage(run, corpus, sample, encoder)
+    index, index_key = _index_stage(run, corpus, encoder, embedder_key, built)
     model, tokenizer = load_lm(cfg.models.lm, "float32")
     training, ft_key = _finetune_stage(run, sample, index, model, tokenizer)
     reader = _reader_stage(run, corpus, sample, index, encoder, model, tokenizer, index_key)
