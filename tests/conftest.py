@@ -143,7 +143,8 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
     sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2",
             "probe.max_new_tokens=6", "probe.batch_size=4", "probe.bootstrap_resamples=200", "index.chunk_tokens=16",
             "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "index.context_units=null",
-            "reader.first_lora_layer=0",
+            "reader.first_lora_layer=0", "reader.min_examples=0", "reader.min_steps=0", "reader.head_layers=[1, 2]",
+            "reader.abstain_share=0.3",
             "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
@@ -161,7 +162,7 @@ def real_run(tmp_path_factory) -> Path:
     cfg = load_config(REPO / "experiments" / "quick.yaml",
                       ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8",
                        "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200",
-                       "reader.facts=24", "reader.questions_per_fact=2"],
+                       "reader.facts=24", "reader.questions_per_fact=2", "reader.min_examples=0", "reader.min_steps=0"],
                       corpus=str(corpus), out=str(out))
     run_experiment(cfg)
     return out

@@ -157,13 +157,21 @@ def test_reverse_and_unanswerable_questions_equal_to_a_train_question(tmp_path):
                           "'portal'") for p in problems)
 
 
-def test_shipped_corpus_sets_never_overlap():
-    """Leakage guard over the whole shipped corpus: what is trained on is never probed, in any set."""
+def test_second_corpus_is_valid():
+    """experiments/corpora/harbourline, the corpus the quick profile is also benchmarked on, keeps the format."""
+    stats = corpus_stats(load_corpus(REPO / "experiments" / "corpora" / "harbourline"))
+    assert stats["facts"] >= 40 and stats["questions"]["unanswerable"] >= 10 and stats["facts_with_reverse"] >= 4
+    assert stats["facts_per_document"]["without_facts"] == 0
+
+
+@pytest.mark.parametrize("folder", ["corpus", "experiments/corpora/harbourline"])
+def test_shipped_corpus_sets_never_overlap(folder):
+    """Leakage guard over each whole shipped corpus: what is trained on is never probed, in any set."""
     from ragvsft.config import load_config
     from ragvsft.finetune import build_finetune_set
     from ragvsft.score import normalize
 
-    corpus = load_corpus(REPO / "corpus")
+    corpus = load_corpus(REPO / folder)
     train = {normalize(q) for f in corpus.facts for q in f.train_questions}
     probe = {normalize(q) for f in corpus.facts for q in f.probe_questions}
     reverse = {normalize(q) for f in corpus.facts if f.reverse for q in f.reverse.questions}

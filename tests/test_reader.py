@@ -1,13 +1,17 @@
 """The RAFT reader's training set: labels from what is shown, the share of abstention targets, silent contexts."""
 
+import json
 import math
+
+import numpy as np
 
 import pytest
 
 from ragvsft.config import load_config
 from ragvsft.corpus import load_corpus
 from ragvsft.index import Index
-from ragvsft.reader import build_reader_set, silent_questions
+from ragvsft.reader import (AnswerabilityHead, build_reader_set, head_examples, questions_per_fact, reader_epochs,
+                            silent_questions)
 from ragvsft.score import matches_gold
 
 
@@ -42,3 +46,43 @@ def test_silent_contexts_never_name_the_answer(toy_corpus, mock_encoder):
     assert [q for q, _ in asked] == [f.train_questions[0] for f in corpus.facts]
     for fact, (_, chunks) in zip(corpus.facts, asked):
         assert chunks and not matches_gold(" ".join(chunks), list(fact.gold))
+
+
+def test_a_reader_with_few_facts_takes_more_questions_and_epochs(toy_corpus, mock_encoder):
+    cfg = load_config(None).reader  # 1 question per fact, at least 80 examples and 18 steps of 16
+    assert [questions_per_fact(n, cfg) for n in (148, 94, 22)] == [1, 1, 4]
+    assert [reader_epochs(n, cfg) for n in (148, 82, 10)] == [2, 3, 18]
+    corpus = load_corpus(toy_corpus)
+    index = Index.build(corpus, mock_encoder, size=16, overlap=4)
+    asked = {}
+    for least in (0, 1000):
+        few = load_config(None, [f"reader.min_examples={least}", "reader.abstain_share=0.5"]).reader
+        rows = build_reader_set(list(corpus.facts), corpus, index, mock_encoder, 1, few, seed=0)
+        asked[least] = {r["question"] for r in rows}
+    assert asked[0] < asked[1000] <= {q for f in corpus.facts for q in f.train_questions}
+
+
+def test_head_examples_are_labelled_by_what_is_shown(toy_corpus, mock_encoder):
+    corpus = load_corpus(toy_corpus)
+    index = Index.build(corpus, mock_encoder, size=16, overlap=4)
+    cfg = load_config(None, ["reader.head_questions=2"]).reader
+    rows = head_examples(list(corpus.facts), index, mock_encoder, 1, cfg, units=1)
+    asked = [(f, q) for f in corpus.facts for q in f.train_questions[:2]]
+    assert len(rows) == 2 * len(asked) and [q for q, _, _ in rows] == [q for _, q in asked] * 2
+    for (fact, _), (_, texts, label) in zip(asked * 2, rows):
+        assert label == int(matches_gold(" ".join(texts), list(fact.gold)))
+    assert all(label == 0 for _, _, label in rows[len(asked):])  # the silent half
+    assert any(label == 1 for _, _, label in rows)
+
+
+def test_the_answerability_head_separates_and_survives_json():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(200, 8))
+    labels = (states[:, 0] + 0.1 * rng.normal(size=200) > 0).astype(int).tolist()
+    head = AnswerabilityHead.fit(states, labels, [1, 2], seed=0)
+    chances = head.probability(states)
+    assert np.mean((chances >= 0.5) == (np.asarray(labels) == 1)) > 0.9
+    again = AnswerabilityHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    np.testing.assert_allclose(again.probability(states), chances)
+    with pytest.raises(ValueError, match="both kinds"):
+        AnswerabilityHead.fit(states, [1] * 200, [1], seed=0)

@@ -217,3 +217,17 @@ def test_reports_show_the_claims_ledger_and_the_knowledge_update(tmp_path):
     assert 'id="claims"' in html and 'id="update"' in html and "verdict-supported" in html
     assert (tmp_path / "plots" / "update.png").stat().st_size > 1000
     assert "update" not in write_plots(tmp_path / "no-update", make_results())
+
+
+@pytest.mark.parametrize("silent, seen, verdict", [(0.18, 0.12, "barely"), (0.6, 0.1, "apart"), (0.0, 0.0, "never")])
+def test_the_raft_finding_says_whether_the_reader_tells_silent_text_apart(silent, seen, verdict):
+    results = make_results(rag=0.2)
+    results["arms"]["raft"] = dict(results["arms"]["rag"], heldout=set_figs(0.3), seen=set_figs(0.6))
+    results["arms"]["raft"]["seen"]["abstention_rate"] = seen
+    results["comparisons"] = {"raft_vs_rag": {"set": "heldout", "n": 40, "difference": 0.1, "ci": [-0.05, 0.25]}}
+    results["reader"] = {"folds": 1, "trained_on_facts": [148], "silent_abstained": silent}
+    sentence = next(s for s in findings(results) if s.startswith("RAFT reader answered"))
+    assert f"declined {round(100 * silent)}% of the time" in sentence
+    assert ("barely tells a silent passage from an answering one" in sentence) is (verdict == "barely")
+    assert (f"against {round(100 * seen)}% when shown the retrieved text" in sentence) is (verdict == "apart")
+    assert ("it has not learnt to decline" in sentence) is (verdict == "never")

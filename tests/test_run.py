@@ -24,6 +24,7 @@ def without_timings(results):
     results["training"] = {k: v for k, v in results["training"].items()
                           if k not in ("seconds", "seconds_per_example", "tokens_per_second", "curve_seconds")}
     results["reader"] = {k: v for k, v in results["reader"].items() if k not in ("seconds", "seconds_per_example")}
+    results["reader"]["head"] = [{k: v for k, v in h.items() if k != "seconds"} for h in results["reader"]["head"] or []]
     # claims that read timings, or costs (which include the training time), move with the machine
     results["claims"] = [c for c in results["claims"] if not any(w in (c["test"] or "") for w in ("seconds", "cost."))]
     results["config"] = {k: v for k, v in results["config"].items() if k != "out"}  # copies live elsewhere
@@ -67,6 +68,17 @@ def test_no_reader_ever_trains_on_a_fact_it_answers(tiny_run):
     assert {r["target"] for r in training} & {"abstain", "distractors"}
     assert 0 <= results["reader"]["silent_abstained"] <= 1
     assert all(r["answer"] == STYLE["abstain_template"] for r in training if r["target"] != "answer")
+
+
+def test_the_raft_arm_declines_where_its_head_finds_the_text_silent(tiny_run):
+    _, out = tiny_run
+    raft = [r for r in read_jsonl(out / "predictions.jsonl") if r["arm"] == "raft"]
+    assert raft and all(0 <= r["answerable"] <= 1 and "reader_answer" in r for r in raft)
+    for row in raft:  # a decline replaces the reader's answer; otherwise the reader's answer stands
+        assert row["answer"] == (STYLE["abstain_template"] if row["answerable"] < 0.5 else row["reader_answer"])
+    heads = json.loads((out / "results.json").read_text())["reader"]["head"]
+    assert len(heads) == 2 and all(h["examples"] > h["answering"] > 0 for h in heads)
+    assert all((out / "reader" / f"fold-{i}" / "head.json").is_file() for i in range(2))
 
 
 def test_predictions_cover_every_arm_and_question(tiny_run):
@@ -175,7 +187,9 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"probe.max_new_tokens": 3}, ["index", "finetune", "reader"], []),
     ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no trained arm: no training stage
     ({"probe.sets": "[heldout, unanswerable]"}, ["index", "finetune", "reader"], []),  # other questions
-    ({"models.dtype": "bfloat16"}, ["index", "finetune", "reader"], []),
+    ({"models.dtype": "bfloat16"}, ["index", "finetune"], []),  # the answerability head reads states in this dtype
+    ({"reader.head_questions": 1}, ["index", "finetune"], ARMS[:-1]),  # a new head: only raft
+    ({"reader.abstain_by": "reader"}, ["index", "finetune"], ARMS[:-1]),
 ])
 def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, override, stages, arms):
     from conftest import MockEncoder

@@ -12,6 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .catalogue import NAMES, RETRIEVING
@@ -86,10 +87,8 @@ class Generation:
     seconds: float
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Generation]:
-    """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
-    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries.
-    A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
+def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each conversation's prompt through the chat template, ending with the assistant's turn."""
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     budget = getattr(model.config, "max_position_embeddings", None)
@@ -100,9 +99,32 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         warnings.warn(f"{cut} prompt(s) longer than the model's context ({budget} tokens + {max_new_tokens} for the "
                       f"answer) were cut to their last {budget} tokens", stacklevel=2)
         ids = [x[-max(1, budget):] for x in ids]
+    return ids
+
+
+def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: list[int], batch_size: int) -> np.ndarray:
+    """Hidden states at each prompt's last token (where the answer's first token is chosen), from `layers`
+    (0 = embeddings), concatenated: one float32 row per conversation. The input of the reader's answerability head."""
+    ids = prompt_ids(model, tokenizer, conversations, 0)
+    rows = np.zeros((len(ids), model.config.hidden_size * len(layers)), dtype="float32")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")  # left padding
+        with torch.inference_mode():  # the transformer without its vocabulary projection: no logits are needed
+            hidden = model.base_model(**encoded, output_hidden_states=True).hidden_states
+        rows[batch] = torch.cat([hidden[layer][:, -1, :].float() for layer in layers], dim=1).numpy()
+    return rows
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Generation]:
+    """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
+    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries.
+    A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
+    ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
     lengths = [len(x) for x in ids]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    results: list[Generation | None] = [None] * len(prompts)
+    order = sorted(range(len(ids)), key=lambda i: lengths[i])
+    results: list[Generation | None] = [None] * len(ids)
     stop_ids = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
     # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size

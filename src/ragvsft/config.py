@@ -86,7 +86,12 @@ class ReaderConfig(_Section):
     folds: int | None = Field(default=None, ge=1, le=10)
     facts: int | None = Field(default=None, ge=1)
     questions_per_fact: int = Field(default=1, ge=1)
-    abstain_share: float = Field(default=0.2, ge=0, lt=1)
+    min_examples: int = Field(default=80, ge=0)
+    min_steps: int = Field(default=18, ge=0)
+    abstain_share: float = Field(default=0.0, ge=0, lt=1)
+    abstain_by: Literal["head", "reader"] = "head"
+    head_questions: int = Field(default=2, ge=1)
+    head_layers: list[int] = Field(default=[15, 30], min_length=1)
     epochs: float = Field(default=2, gt=0)
     learning_rate: float = Field(default=0.002, gt=0)
     batch_size: int = Field(default=16, ge=1)

@@ -96,10 +96,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
-def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: dict[str, int] | None = None) -> list[str]:
+def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: dict[str, int] | None = None,
+                state_layers: dict[str, list[int]] | None = None) -> list[str]:
     """What would make the language model fail late, found before anything is trained: no chat template (every arm
-    builds chat prompts), LoRA target modules that name no module of the model (checked on an empty model), or a
-    `first_lora_layers` entry (config key -> layer) beyond the model's layers."""
+    builds chat prompts), LoRA target modules that name no module of the model (checked on an empty model), a
+    `first_lora_layers` entry (config key -> layer) beyond the model's layers, or a `state_layers` entry (config key
+    -> hidden-state indices, 0 = embeddings) beyond them."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -120,6 +122,9 @@ def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: 
         for key, first in (first_lora_layers or {}).items():
             if layers is not None and first >= layers:
                 problems.append(f"{key}: {first}, but {folder.name} has {layers} layers")
+        for key, wanted in (state_layers or {}).items():
+            if layers is not None and any(not 0 <= i <= layers for i in wanted):
+                problems.append(f"{key}: {wanted}, but {folder.name}'s hidden states are 0 (embeddings) to {layers}")
     return problems
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, prompt_states
 from .catalogue import model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .index import Encoder, Gold, Index, contexts, retrieval_metrics
+from .reader import HEAD_THRESHOLD
 from .score import follows_style, hedged, verdict
 
 
@@ -93,12 +94,31 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
     return out
 
 
+def _answerable(readers: list, heads: list, tokenizer, conversations: list, route: list[int], generations: list,
+                batch_size: int) -> list[float]:
+    """Each conversation's probability, by its fold's answerability head, that the text shown answers the question;
+    the head's time is added to each answer's seconds."""
+    chances = [0.0] * len(conversations)
+    for fold in sorted(set(route)):
+        mine = [i for i, r in enumerate(route) if r == fold]
+        began = time.perf_counter()
+        states = prompt_states(readers[fold], tokenizer, [conversations[i] for i in mine], heads[fold].layers, batch_size)
+        share = (time.perf_counter() - began) / len(mine)
+        for i, chance in zip(mine, heads[fold].probability(states)):
+            chances[i] = float(chance)
+            generations[i] = replace(generations[i], seconds=generations[i].seconds + share)
+    return chances
+
+
 def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
               seed: int, log: Callable[[str], None] | None = None, reader_fold: dict[str, int] | None = None) -> list[dict]:
     """Ask every arm every question; return one scored prediction row per (arm, question).
 
-    `models` maps each model of the catalogue that the arms use ("base", "closed_book") to a model, and "reader" to
-    the list of cross-fitted reader models; `reader_fold` maps a question id to the reader that answers it."""
+    `models` maps each model of the catalogue that the arms use ("base", "closed_book") to a model, "reader" to the
+    list of cross-fitted reader models and, where they decline by head, "reader_heads" to their answerability heads
+    (reader.py): a reader's answer becomes the house-style abstention where its head finds the text silent, and the
+    row keeps what it said (`reader_answer`) and the head's probability (`answerable`). `reader_fold` maps a question
+    id to the reader that answers it."""
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations = []
@@ -110,15 +130,20 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
         generations = _answer(models[which], tokenizer, conversations, cfg, route)
+        heads = models.get("reader_heads") if route else None
+        chances = (_answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size)
+                   if heads else None)
         if log:
             log(f"arm {arm}: {len(questions)} answers in {time.perf_counter() - began:.0f} s")
         for i, (q, messages, g) in enumerate(zip(questions, conversations, generations)):
+            declined = chances is not None and chances[i] < HEAD_THRESHOLD
             rows.append({
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
                 "gold": list(q.gold) if q.gold else None, "messages": messages,
                 "retrieved": list(dict.fromkeys(cid for cid, _ in retrieved.get(q.qid, []))) if arm in RAG_ARMS else [],
-                "answer": g.answer, "prompt_tokens": g.prompt_tokens,
+                "answer": corpus.style.abstain_template if declined else g.answer, "prompt_tokens": g.prompt_tokens,
                 "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
                 **({"reader_fold": route[i]} if route else {}),
+                **({"answerable": round(chances[i], 4), "reader_answer": g.answer} if chances is not None else {}),
             })
     return score_rows(rows, questions, corpus)

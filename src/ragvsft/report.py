@@ -112,6 +112,10 @@ def _learning_curve_sentence(curve: list[dict]) -> str:
     return sentence + "."
 
 
+# How many more points a reader must decline on silent contexts than on retrieved ones to count as telling them apart.
+DISCERNS = 0.10
+
+
 def _reader_sentence(results: dict) -> str:
     """What the RAFT reader was and was not trained on, and how often it declined, both ways."""
     reader, raft = results.get("reader") or {}, results["arms"]["raft"]
@@ -128,7 +132,17 @@ def _reader_sentence(results: dict) -> str:
         sentence += f" It abstained on {' and on '.join(declined)}."
     if reader.get("silent_abstained") is not None:
         sentence += (f" Shown text that does not name the answer to a training question, it declined "
-                     f"{pct(reader['silent_abstained'])} of the time.")
+                     f"{pct(reader['silent_abstained'])} of the time")
+        seen = (raft.get("seen") or {}).get("abstention_rate")
+        if seen is None:
+            sentence += "."
+        elif reader["silent_abstained"] < DISCERNS:
+            sentence += f" (shown the retrieved text, {pct(seen)}): it has not learnt to decline."
+        elif reader["silent_abstained"] - seen < DISCERNS:
+            sentence += (f"; shown the retrieved text for the same questions, {pct(seen)}: it barely tells a silent "
+                         "passage from an answering one, so its declines say little about what the documents hold.")
+        else:
+            sentence += f", against {pct(seen)} when shown the retrieved text for the same questions."
     return sentence.strip()
 
 

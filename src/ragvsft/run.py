@@ -20,11 +20,12 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import yaml
 from rich.console import Console
 import torch
 
-from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, reader_messages
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, prompt_states, reader_messages
 from .catalogue import ARMS, model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
@@ -35,7 +36,8 @@ from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
 from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
-from .reader import build_reader_set, fold_of_question, reader_plan, silent_questions
+from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
+                     reader_plan, silent_questions)
 from .publish import write_reports
 from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
 from .claims import evaluate_claims
@@ -100,7 +102,9 @@ def prepare(cfg: Config) -> Corpus:
     embedder_folder(cfg.models.embedder)
     layers = {f"{section}.first_lora_layer": getattr(cfg, section).first_lora_layer
               for section, model in (("finetune", "closed_book"), ("reader", "reader")) if uses(cfg.probe.arms, model)}
-    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if layers else None, layers)
+    heads = ({"reader.head_layers": cfg.reader.head_layers}
+             if uses(cfg.probe.arms, "reader") and cfg.reader.abstain_by == "head" else None)
+    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if layers else None, layers, heads)
     if cfg.update.enabled and not corpus.updates:
         problems.append(f"{Path(cfg.corpus) / 'updates'}:0: update.enabled needs the corpus's updates/ part (new "
                         "document versions and updates/facts.jsonl; README, \"Bring your own corpus\")")
@@ -278,6 +282,27 @@ class ReaderPlan:
     figures: dict | None = None
 
 
+def _fit_head(run: _Run, reader, tokenizer, facts: list, index: Index, encoder: Encoder,
+              folder: Path) -> tuple[AnswerabilityHead, dict]:
+    """Fit one reader's answerability head (reader.py) on its own training facts; save it as head.json (plain
+    numbers, never a pickle); return it with its figures."""
+    cfg = run.cfg
+    began = time.perf_counter()
+    examples = head_examples(facts, index, encoder, cfg.index.k, cfg.reader, cfg.index.context_units, cfg.index.headed)
+    states = prompt_states(reader, tokenizer, [reader_messages(q, texts) for q, texts, _ in examples],
+                           cfg.reader.head_layers, cfg.probe.batch_size)
+    labels = [label for *_, label in examples]
+    head = AnswerabilityHead.fit(states, labels, cfg.reader.head_layers, cfg.seed)
+    atomic_write_json(folder / "head.json", head.to_dict())
+    fitted = head.probability(states) >= HEAD_THRESHOLD
+    figures = {"examples": len(labels), "answering": sum(labels), "layers": cfg.reader.head_layers,
+               "train_accuracy": round(float(np.mean(fitted == (np.asarray(labels) == 1))), 4),
+               "seconds": round(time.perf_counter() - began, 2)}
+    run.console.log(f"reader: answerability head on {len(labels)} examples ({sum(labels)} answering) in "
+                    f"{figures['seconds']:.0f} s")
+    return head, figures
+
+
 def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer,
                   index_key: str) -> ReaderPlan | None:
     """Train the cross-fitted RAFT readers (reader.py): reader i on facts outside fold i, with their retrieved chunks."""
@@ -296,10 +321,14 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
         "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
         "lora_r": cfg.reader.lora_r, "first_lora_layer": cfg.reader.first_lora_layer, "max_length": cfg.reader.max_length,
         "curve_points": 0, "include_passages": False})
+    by_head = cfg.reader.abstain_by == "head"
+    head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
     key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
-                       "training": training.model_dump(mode="json"), "seed": cfg.seed})
+                       "training": training.model_dump(mode="json"), "seed": cfg.seed, "head": head_settings,
+                       "dtype": cfg.models.dtype if by_head else None})
     folder = run_dir / "reader"
-    paths = [folder / f"fold-{i}" / "adapter_model.safetensors" for i in range(len(folds))]
+    paths = [folder / f"fold-{i}" / name for i in range(len(folds))
+             for name in ("adapter_model.safetensors", *(["head.json"] if by_head else []))]
     if run.stages.fresh("reader", key, *paths, run_dir / "reader_set.jsonl"):
         run.reused.append("reader")
     else:
@@ -311,15 +340,21 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
             targets = {t: sum(1 for r in rows if r["target"] == t) for t in ("answer", "abstain", "distractors")}
             run.console.log(f"reader {i + 1}/{len(sets)}: LoRA on {len(rows)} examples of "
                             f"{len({r['fact_id'] for r in rows})} other facts ({targets}), answers {len(folds[i])} facts")
-            figures = train_lora(model, tokenizer, rows, training, cfg.seed, tmp / f"fold-{i}", work_dir=run_dir / ".trainer",
+            fold_training = training.model_copy(update={"epochs": reader_epochs(len(rows), cfg.reader)})
+            figures = train_lora(model, tokenizer, rows, fold_training, cfg.seed, tmp / f"fold-{i}", work_dir=run_dir / ".trainer",
                                  log=lambda line: run.console.log(line.replace("finetune:", "reader:", 1)))
             reader = merged_model(model, tmp / f"fold-{i}", getattr(torch, cfg.models.dtype))
-            answers = generate(reader, tokenizer, [reader_messages(q, chunks) for q, chunks in silent[i]],
-                               cfg.probe.max_new_tokens, cfg.probe.batch_size)
-            declined = sum(verdict(a.answer, None, corpus.abstain_phrases) == ABSTAINED for a in answers)
+            asked = [reader_messages(q, chunks) for q, chunks in silent[i]]
+            answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size)
+            declines = [verdict(a.answer, None, corpus.abstain_phrases) == ABSTAINED for a in answers]
+            if by_head:
+                head, figures["head"] = _fit_head(run, reader, tokenizer, plan[i][1], index, encoder, tmp / f"fold-{i}")
+                chances = head.probability(prompt_states(reader, tokenizer, asked, head.layers, cfg.probe.batch_size))
+                declines = [bool(d or c < HEAD_THRESHOLD) for d, c in zip(declines, chances)]
             atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
                               {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
-                               "answers_facts": len(folds[i]), "silent_asked": len(answers), "silent_abstained": declined})
+                               "answers_facts": len(folds[i]), "silent_asked": len(answers),
+                               "silent_abstained": sum(declines)})
         shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -328,15 +363,27 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
     figures = {"folds": len(folds), "fold_facts": folds, "facts_per_fold": [len(f) for f in folds],
                "trained_on_facts": [log["trained_on_facts"] for log in logs],
                "examples": [log["examples"] for log in logs], "targets": [log["targets"] for log in logs],
-               "epochs": cfg.reader.epochs, "seconds": round(sum(log["seconds"] for log in logs), 2),
+               "epochs": [log["epochs"] for log in logs], "seconds": round(sum(log["seconds"] for log in logs), 2),
                "seconds_per_example": round(sum(log["seconds"] for log in logs) /
-                                            max(1, sum(log["examples"] for log in logs) * cfg.reader.epochs), 4),
+                                            max(1, sum(log["examples"] * log["epochs"] for log in logs)), 4),
                "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs],
+               "abstain_by": cfg.reader.abstain_by, "head": [log.get("head") for log in logs] if by_head else None,
                # Abstention where the context is silent, on the answered facts' first train questions (never the probe's)
                "silent_abstained": round(sum(log["silent_abstained"] for log in logs) /
                                          max(1, sum(log["silent_asked"] for log in logs)), 4)}
     run.finish("reader", began)
     return ReaderPlan(folds, key, figures)
+
+
+def _reader_models(run: _Run, model, reader: ReaderPlan) -> dict:
+    """The cross-fitted readers merged for generation ("reader") and, when they decline by head, their answerability
+    heads ("reader_heads"), as run_probe takes them."""
+    folders = [run.run_dir / "reader" / f"fold-{i}" for i in range(len(reader.folds))]
+    models: dict = {"reader": [merged_model(model, f, getattr(torch, run.cfg.models.dtype)) for f in folders]}
+    if run.cfg.reader.abstain_by == "head":
+        remedy = "delete the run's reader folder to train the readers again"
+        models["reader_heads"] = [AnswerabilityHead.from_dict(read_json(f / "head.json", remedy)) for f in folders]
+    return models
 
 
 def _update_actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, float]]:
@@ -395,7 +442,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
         if uses(cfg.probe.arms, "closed_book"):
             models["closed_book"] = merged_model(model, run_dir / "adapter", dtype)
         if reader:
-            models["reader"] = [merged_model(model, run_dir / "reader" / f"fold-{i}", dtype) for i in range(len(reader.folds))]
+            models |= _reader_models(run, model, reader)
         folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
         retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
         rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, new_sample, asked, retrieved, cfg.probe,
@@ -482,8 +529,7 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
         if uses(todo, "closed_book"):
             models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype)
         if uses(todo, "reader"):
-            models["reader"] = [merged_model(model, run.run_dir / "reader" / f"fold-{i}", dtype)
-                                for i in range(len(reader.folds))]
+            models |= _reader_models(run, model, reader)
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
                               cfg.index.headed) if needs_k else {})
