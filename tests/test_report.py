@@ -225,9 +225,10 @@ def test_the_raft_finding_says_whether_the_reader_tells_silent_text_apart(silent
     results["arms"]["raft"] = dict(results["arms"]["rag"], heldout=set_figs(0.3), seen=set_figs(0.6))
     results["arms"]["raft"]["seen"]["abstention_rate"] = seen
     results["comparisons"] = {"raft_vs_rag": {"set": "heldout", "n": 40, "difference": 0.1, "ci": [-0.05, 0.25]}}
-    results["reader"] = {"folds": 1, "trained_on_facts": [148], "silent_abstained": silent}
+    results["reader"] = {"folds": 1, "trained_on_facts": [148], "silent_abstained": silent, "abstain_by": "head"}
     sentence = next(s for s in findings(results) if s.startswith("RAFT reader answered"))
     assert f"declined {round(100 * silent)}% of the time" in sentence
     assert ("barely tells a silent passage from an answering one" in sentence) is (verdict == "barely")
     assert (f"against {round(100 * seen)}% when shown the retrieved text" in sentence) is (verdict == "apart")
     assert ("it has not learnt to decline" in sentence) is (verdict == "never")
+    assert "answerability head on its hidden state" in sentence

@@ -190,6 +190,7 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"models.dtype": "bfloat16"}, ["index", "finetune"], []),  # the answerability head reads states in this dtype
     ({"reader.head_questions": 1}, ["index", "finetune"], ARMS[:-1]),  # a new head: only raft
     ({"reader.abstain_by": "reader"}, ["index", "finetune"], ARMS[:-1]),
+    ({"reader.head_layers": "[2]"}, ["index", "finetune"], ARMS[:-1]),
 ])
 def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, override, stages, arms):
     from conftest import MockEncoder
@@ -381,6 +382,7 @@ def test_a_run_folder_works_from_any_directory(tiny_run, tmp_path, monkeypatch):
 
     result = Session.open(moved, encoder=MockEncoder()).ask("Who leads the security team?", ["rag", "raft"])
     assert [r["arm"] for r in result["answers"]] == ["rag", "raft"] and result["set"] == "heldout"
+    assert 0 <= result["answers"][1]["answerable"] <= 1  # ask declines by the same head as the probe
 
 
 def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path, tiny_lm):
@@ -393,6 +395,9 @@ def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path,
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"finetune.first_lora_layer": 5}))
     with pytest.raises(InputError, match="reader.first_lora_layer: 3, but .* has 2 layers"):
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"reader.first_lora_layer": 3,
+                                                                         "probe.arms": "[rag, raft]"}))
+    with pytest.raises(InputError, match=r"reader.head_layers: \[1, 3\], but .*hidden states are 0 \(embeddings\) to 2"):
+        run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"reader.head_layers": "[1, 3]",
                                                                          "probe.arms": "[rag, raft]"}))
     no_template = shutil.copytree(tiny_lm, tmp_path / "no-template")
     config = json.loads((no_template / "tokenizer_config.json").read_text())

@@ -29,7 +29,7 @@ from .index import Index
 from .embedder import run_encoder
 from .models import fresh_copy, load_lm
 from .probe import Question, retrieve, run_probe
-from .reader import fold_of_question
+from .reader import fold_of_question, load_heads
 from .score import normalize
 
 VERDICT_STYLES = {"correct": "green", "hallucinated": "red", "abstained": "grey50", None: "blue"}
@@ -70,6 +70,8 @@ class Session:
         folds = reader.get("fold_facts") or []
         if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
             models["reader"] = [merged_model(model, run_dir / "reader" / f"fold-{i}", dtype) for i in range(len(folds))]
+            if config.reader.abstain_by == "head":  # the raft arm declines where its reader's head finds the text silent
+                models["reader_heads"] = load_heads(run_dir, len(folds))
         models["base"] = fresh_copy(model, dtype)
         known = {}
         for row in read_jsonl(run_dir / "predictions.jsonl"):

@@ -12,11 +12,11 @@ examples (train questions only; probe and unanswerable questions never enter):
   best-ranked chunks that do not name the answer). Too many and the reader learns that declining is safe: its
   over-abstention on answerable questions is measured and reported.
 
-Who declines (`reader.abstain_by`): the reader's own generation, or (`head`, the default) an answerability head, a
+Who declines (`reader.abstain_by`): the reader's own generation (the default), or (`head`) an answerability head, a
 logistic regression on the reader's hidden state at the prompt's last token, fitted on the same training facts'
 train questions, each shown once with its retrieved context and once with a silent one (labelled by whether the text
 names the answer). Where the head says the text does not answer, the arm answers with the house-style abstention.
-Generated abstention barely told silent text from answering text at 135M; the head does (README, "Measured").
+`benchmark.py --reader-sweep` measures both on train questions (README, "Measured").
 
 Prompts are laid out exactly as at probe time (`arms.reader_messages`).
 """
@@ -27,11 +27,13 @@ import math
 import random
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .config import ReaderConfig
 from .corpus import Corpus, Fact
+from .files import read_json
 from .index import Chunk, Encoder, Index, contexts
 from .score import matches_gold
 
@@ -195,3 +197,10 @@ class AnswerabilityHead:
     def from_dict(cls, data: dict) -> "AnswerabilityHead":
         return cls(list(data["layers"]), list(data["mean"]), list(data["scale"]), list(data["coef"]),
                    float(data["intercept"]))
+
+
+def load_heads(run_dir: Path, folds: int) -> list[AnswerabilityHead]:
+    """A run's answerability heads, one per cross-fitted reader (reader/fold-i/head.json)."""
+    remedy = "delete the run's reader folder to train the readers again"
+    return [AnswerabilityHead.from_dict(read_json(Path(run_dir) / "reader" / f"fold-{i}" / "head.json", remedy))
+            for i in range(folds)]

@@ -125,6 +125,9 @@ def _reader_sentence(results: dict) -> str:
                     f"fold{'s' if reader['folds'] > 1 else ''}) learnt to read on train questions of "
                     f"{' and '.join(str(n) for n in reader['trained_on_facts'])} other facts with their retrieved chunks, "
                     f"never on the facts {'they were' if reader['folds'] > 1 else 'it was'} asked about.")
+        if reader.get("abstain_by") == "head":
+            sentence += (" It declines where an answerability head on its hidden state, fitted on the same facts' train "
+                         "questions shown with and without their answer, finds the text silent.")
     declined = [f"{pct(raft[s]['abstention_rate' if s == 'heldout' else 'accuracy'])} of {what}"
                 for s, what in (("unanswerable", "unanswerable questions"), ("heldout", "answerable held-out ones"))
                 if raft.get(s)]

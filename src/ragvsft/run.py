@@ -36,8 +36,8 @@ from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
 from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
 from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
-from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
-                     reader_plan, silent_questions)
+from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, load_heads,
+                     reader_epochs, reader_plan, silent_questions)
 from .publish import write_reports
 from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
 from .claims import evaluate_claims
@@ -324,8 +324,9 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
     by_head = cfg.reader.abstain_by == "head"
     head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
     key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
-                       "training": training.model_dump(mode="json"), "seed": cfg.seed, "head": head_settings,
-                       "dtype": cfg.models.dtype if by_head else None})
+                       "training": training.model_dump(mode="json"), "seed": cfg.seed,
+                       # the head reads the reader's states in the generation dtype
+                       **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {})})
     folder = run_dir / "reader"
     paths = [folder / f"fold-{i}" / name for i in range(len(folds))
              for name in ("adapter_model.safetensors", *(["head.json"] if by_head else []))]
@@ -381,8 +382,7 @@ def _reader_models(run: _Run, model, reader: ReaderPlan) -> dict:
     folders = [run.run_dir / "reader" / f"fold-{i}" for i in range(len(reader.folds))]
     models: dict = {"reader": [merged_model(model, f, getattr(torch, run.cfg.models.dtype)) for f in folders]}
     if run.cfg.reader.abstain_by == "head":
-        remedy = "delete the run's reader folder to train the readers again"
-        models["reader_heads"] = [AnswerabilityHead.from_dict(read_json(f / "head.json", remedy)) for f in folders]
+        models["reader_heads"] = load_heads(run.run_dir, len(folders))
     return models
 
 
