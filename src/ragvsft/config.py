@@ -88,8 +88,8 @@ class ReaderConfig(_Section):
     questions_per_fact: int = Field(default=1, ge=1)
     min_examples: int = Field(default=80, ge=0)
     min_steps: int = Field(default=18, ge=0)
-    abstain_share: float = Field(default=0.2, ge=0, lt=1)
-    abstain_by: Literal["head", "reader"] = "reader"
+    abstain_share: float = Field(default=0.0, ge=0, lt=1)
+    abstain_by: Literal["head", "reader"] = "head"
     head_questions: int = Field(default=2, ge=1)
     head_layers: list[int] = Field(default=[15, 30], min_length=1)
     epochs: float = Field(default=2, gt=0)

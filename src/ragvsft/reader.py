@@ -12,7 +12,7 @@ examples (train questions only; probe and unanswerable questions never enter):
   best-ranked chunks that do not name the answer). Too many and the reader learns that declining is safe: its
   over-abstention on answerable questions is measured and reported.
 
-Who declines (`reader.abstain_by`): the reader's own generation (the default), or (`head`) an answerability head, a
+Who declines (`reader.abstain_by`): the reader's own generation, or (`head`, the default) an answerability head, a
 logistic regression on the reader's hidden state at the prompt's last token, fitted on the same training facts'
 train questions, each shown once with its retrieved context and once with a silent one (labelled by whether the text
 names the answer). Where the head says the text does not answer, the arm answers with the house-style abstention.
