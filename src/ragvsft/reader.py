@@ -96,6 +96,11 @@ def reader_epochs(examples: int, cfg: ReaderConfig) -> float:
     return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
 
 
+def _ranked(index: Index, encoder: Encoder, questions: list[str], k: int) -> list[list[Chunk]]:
+    """Each question's chunks, best first, searched beyond k so that silent contexts can be found."""
+    return [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
+
+
 def _silent(ranked: list[Chunk], fact: Fact, k: int) -> list[Chunk]:
     """The best-ranked k chunks that do not name the fact's answer: a context that is silent on the question."""
     return [c for c in ranked if not matches_gold(c.text, list(fact.gold))][:k]
@@ -109,7 +114,7 @@ def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: E
     `reader.abstain_share` of the set: retrieval misses first, topped up with silent contexts (reproducibly drawn)."""
     asked = [(f, q) for f in facts for q in f.train_questions[:questions_per_fact(len(facts), cfg)]]
     questions = [q for _, q in asked]
-    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
+    ranked = _ranked(index, encoder, questions, k)
     shown = contexts([row[:k] for row in ranked], encoder, questions, units, headed)
     answer, abstain = (lambda f: corpus.style.answer(f.statement)), corpus.style.abstain_template
     rows = []
@@ -139,7 +144,7 @@ def silent_questions(facts: list[Fact], index: Index, encoder: Encoder, k: int, 
     """Each fact's first train question with a context that does not name its answer: how often a reader abstains
     when the documents shown are silent, measured on training questions (never on the probe's unanswerable ones)."""
     questions = [f.train_questions[0] for f in facts]
-    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
+    ranked = _ranked(index, encoder, questions, k)
     shown = contexts([_silent(row, f, k) for row, f in zip(ranked, facts)], encoder, questions, units, headed)
     return [(q, [t for _, t in context]) for q, context in zip(questions, shown)]
 
@@ -151,7 +156,7 @@ def head_examples(facts: list[Fact], index: Index, encoder: Encoder, k: int, cfg
     and once with a silent context (label 0)."""
     asked = [(f, q) for f in facts for q in f.train_questions[:cfg.head_questions]]
     questions = [q for _, q in asked]
-    ranked = [[c for c, _ in row] for row in index.search(encoder, questions, k + SILENT_DEPTH)]
+    ranked = _ranked(index, encoder, questions, k)
     retrieved = contexts([row[:k] for row in ranked], encoder, questions, units, headed)
     silent = contexts([_silent(row, f, k) for row, (f, _) in zip(ranked, asked)], encoder, questions, units, headed)
     rows = []
