@@ -28,8 +28,8 @@ from .finetune import merged_model
 from .index import Index
 from .embedder import run_encoder
 from .models import fresh_copy, load_lm
-from .probe import Question, retrieve, run_probe
-from .reader import fold_of_question, load_heads
+from .probe import Question, reader_models, retrieve, run_probe
+from .reader import fold_of_question
 from .score import normalize
 
 VERDICT_STYLES = {"correct": "green", "hallucinated": "red", "abstained": "grey50", None: "blue"}
@@ -69,9 +69,7 @@ class Session:
         reader = json.loads((run_dir / "results.json").read_text(encoding="utf-8")).get("reader") or {}
         folds = reader.get("fold_facts") or []
         if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
-            models["reader"] = [merged_model(model, run_dir / "reader" / f"fold-{i}", dtype) for i in range(len(folds))]
-            if config.reader.abstain_by == "head":  # the raft arm declines where its reader's head finds the text silent
-                models["reader_heads"] = load_heads(run_dir, len(folds))
+            models |= reader_models(run_dir, model, len(folds), config.models.dtype, config.reader.abstain_by == "head")
         models["base"] = fresh_copy(model, dtype)
         known = {}
         for row in read_jsonl(run_dir / "predictions.jsonl"):

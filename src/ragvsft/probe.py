@@ -10,13 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
 
 from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, prompt_states
 from .catalogue import model_of
 from .config import ProbeConfig
 from .corpus import Corpus
+from .finetune import merged_model
 from .index import Encoder, Gold, Index, contexts, retrieval_metrics
-from .reader import HEAD_THRESHOLD
+from .reader import HEAD_THRESHOLD, load_heads
 from .score import follows_style, hedged, verdict
 
 
@@ -94,8 +98,15 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
     return out
 
 
-def _answerable(readers: list, heads: list, tokenizer, conversations: list, route: list[int], generations: list,
-                batch_size: int) -> list[float]:
+def reader_models(run_dir: Path, model, folds: int, dtype: str, by_head: bool) -> dict:
+    """A run's cross-fitted readers merged for generation ("reader") and, when they decline by head, their
+    answerability heads ("reader_heads"), as `run_probe` takes them."""
+    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", getattr(torch, dtype)) for i in range(folds)]
+    return {"reader": readers, **({"reader_heads": load_heads(run_dir, folds)} if by_head else {})}
+
+
+def answerable(readers: list, heads: list, tokenizer, conversations: list, route: list[int], generations: list,
+               batch_size: int) -> list[float]:
     """Each conversation's probability, by its fold's answerability head, that the text shown answers the question;
     the head's time is added to each answer's seconds."""
     chances = [0.0] * len(conversations)
@@ -131,7 +142,7 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
         generations = _answer(models[which], tokenizer, conversations, cfg, route)
         heads = models.get("reader_heads") if route else None
-        chances = (_answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size)
+        chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size)
                    if heads else None)
         if log:
             log(f"arm {arm}: {len(questions)} answers in {time.perf_counter() - began:.0f} s")

@@ -35,9 +35,10 @@ from .finetune import build_finetune_set, merged_model, train_lora
 from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
 from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
 from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
-from .probe import Question, evaluate_retrieval, question_sets, retrieve, run_probe, score_rows
-from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, load_heads,
-                     reader_epochs, reader_plan, silent_questions)
+from .probe import (Question, answerable, evaluate_retrieval, question_sets, reader_models, retrieve, run_probe,
+                    score_rows)
+from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
+                     reader_plan, silent_questions)
 from .publish import write_reports
 from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
 from .claims import evaluate_claims
@@ -350,8 +351,8 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
             declines = [verdict(a.answer, None, corpus.abstain_phrases) == ABSTAINED for a in answers]
             if by_head:
                 head, figures["head"] = _fit_head(run, reader, tokenizer, plan[i][1], index, encoder, tmp / f"fold-{i}")
-                chances = head.probability(prompt_states(reader, tokenizer, asked, head.layers, cfg.probe.batch_size))
-                declines = [bool(d or c < HEAD_THRESHOLD) for d, c in zip(declines, chances)]
+                chances = answerable([reader], [head], tokenizer, asked, [0] * len(asked), answers, cfg.probe.batch_size)
+                declines = [d or c < HEAD_THRESHOLD for d, c in zip(declines, chances)]
             atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
                               {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
                                "answers_facts": len(folds[i]), "silent_asked": len(answers),
@@ -374,16 +375,6 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
                                          max(1, sum(log["silent_asked"] for log in logs)), 4)}
     run.finish("reader", began)
     return ReaderPlan(folds, key, figures)
-
-
-def _reader_models(run: _Run, model, reader: ReaderPlan) -> dict:
-    """The cross-fitted readers merged for generation ("reader") and, when they decline by head, their answerability
-    heads ("reader_heads"), as run_probe takes them."""
-    folders = [run.run_dir / "reader" / f"fold-{i}" for i in range(len(reader.folds))]
-    models: dict = {"reader": [merged_model(model, f, getattr(torch, run.cfg.models.dtype)) for f in folders]}
-    if run.cfg.reader.abstain_by == "head":
-        models["reader_heads"] = load_heads(run.run_dir, len(folders))
-    return models
 
 
 def _update_actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, float]]:
@@ -442,7 +433,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
         if uses(cfg.probe.arms, "closed_book"):
             models["closed_book"] = merged_model(model, run_dir / "adapter", dtype)
         if reader:
-            models |= _reader_models(run, model, reader)
+            models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype, cfg.reader.abstain_by == "head")
         folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
         retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
         rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, new_sample, asked, retrieved, cfg.probe,
@@ -529,7 +520,7 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
         if uses(todo, "closed_book"):
             models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype)
         if uses(todo, "reader"):
-            models |= _reader_models(run, model, reader)
+            models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype, cfg.reader.abstain_by == "head")
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
                               cfg.index.headed) if needs_k else {})
