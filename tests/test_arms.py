@@ -82,3 +82,20 @@ def test_a_prompt_longer_than_the_context_is_cut_with_a_warning(tiny_lm):
         [cut, short] = generate(model, tokenizer, [long, [{"role": "user", "content": "Hi?"}]], max_new_tokens=5,
                                 batch_size=2)
     assert cut.prompt_tokens == 59 and short.prompt_tokens < 59 and cut.generated_tokens <= 5
+
+
+def test_progress_reports_every_batch_and_changes_no_answer(tiny_lm, toy_corpus):
+    from ragvsft.arms import progress_line, prompt_states
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    corpus = load_corpus(toy_corpus)
+    conversations = [build_messages("prompt", f.train_questions[0], corpus) for f in corpus.facts] * 2
+    silent = generate(model, tokenizer, conversations, 5, 3)
+    lines: list[str] = []
+    reported = generate(model, tokenizer, conversations, 5, 3, progress_line(lines.append, "arm prompt"))
+    assert [g.answer for g in reported] == [g.answer for g in silent]
+    assert len(lines) == 3 and lines[-1].startswith("arm prompt: 8/8 in") and "about" in lines[0]
+    states = prompt_states(model, tokenizer, conversations, [1, 2], 3)
+    counts = []
+    assert (prompt_states(model, tokenizer, conversations, [1, 2], 3, lambda d, t: counts.append((d, t))) == states).all()
+    assert counts == [(3, 8), (6, 8), (8, 8)]

@@ -123,3 +123,18 @@ def test_a_broken_ledger_names_file_and_line(tmp_path, text, expected):
     with pytest.raises(InputError) as exc:
         load_ledger(path)
     assert any(expected in p for p in exc.value.problems), exc.value.problems
+
+
+def test_no_rule_compares_what_no_run_could_contradict():
+    # Building a few-shot list against training a model: no run could ever find the list slower, so it tests nothing.
+    assert not [c.claim for c in load_ledger() if c.test and "update.seconds.prompt" in c.test]
+
+
+def test_the_update_claims_can_go_either_way():
+    claims = {c.claim: c for c in load_ledger()}
+    prompting = claims["Prompting is trivially updatable — change a line of text and you've changed the behavior."]
+    instantly = claims["You can change prompts instantly and see results right away."]
+    good = with_update(make_results(), lora_current=0.1, rag_stale=0.05)
+    bad = with_update(make_results(), lora_current=0.9, rag_stale=0.9)
+    assert [decide(good, c)["verdict"] for c in (prompting, instantly)] == [SUPPORTED, SUPPORTED]
+    assert [decide(bad, c)["verdict"] for c in (prompting, instantly)] == [CONTRADICTED, CONTRADICTED]

@@ -44,3 +44,22 @@ def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     assert any(not torch.equal(a, b) for a, b in zip(before, list(encoder.model.parameters())[:3]))
     validation = [(f.train_questions[0], {c.id for c in index.chunks if f.evidence in c.text}) for f in corpus.facts]
     assert validation_figures(Index.build(corpus, encoder, 32, 8), encoder, validation)["recall_at"]["3"] == 1.0
+
+
+def test_a_module_list_naming_a_foreign_class_is_refused_before_anything_is_imported(tmp_path):
+    import json
+
+    import pytest
+
+    from ragvsft.files import InputError
+    from ragvsft.models import SentenceEncoder
+
+    folder = tmp_path / "embedder" / "model"
+    folder.mkdir(parents=True)
+    for modules, message in (([{"idx": 0, "name": "0", "path": "", "type": "os.system"}], "'os.system' at ''"),
+                             ([{"idx": 0, "name": "0", "path": "../../elsewhere",
+                                "type": "sentence_transformers.models.Transformer"}], "'../../elsewhere'"),
+                             ({"modules": []}, "not a sentence-transformers module list")):
+        (folder / "modules.json").write_text(json.dumps(modules))
+        with pytest.raises(InputError, match=f"modules.json:1: .*{message}".replace("(", "\\(").replace(")", "\\)")):
+            SentenceEncoder(folder)

@@ -1,5 +1,7 @@
 """RAG side: section chunks (headings, table headers), token windows with overlap, FAISS search, save/load, gold chunks, recall@k and MRR."""
 
+import json
+
 import pytest
 
 from ragvsft.corpus import load_corpus
@@ -156,3 +158,24 @@ def test_recall_and_mrr():
     figures = retrieval_metrics(ranked, gold, [1, 3])
     assert figures["recall_at"] == {"1": round(1 / 3, 4), "3": round(2 / 3, 4)}
     assert figures["mrr"] == round((1 + 1 / 3) / 3, 4)
+
+
+def test_an_interrupted_save_keeps_the_old_index_whole(tmp_path, toy_corpus, mock_encoder, monkeypatch):
+    from ragvsft import index as index_module
+
+    corpus = load_corpus(toy_corpus)
+    old = Index.build(corpus, mock_encoder, size=16, overlap=4)
+    old.save(tmp_path / "index", {"encoder": "configured"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()}
+    new = Index.build(corpus, mock_encoder, size=8, overlap=2)
+    assert len(new.chunks) != len(old.chunks)
+
+    def fail(path, data):  # the chunk table is written, then the vectors fail
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "atomic_write_bytes", fail)
+    with pytest.raises(OSError):
+        new.save(tmp_path / "index")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()} == before  # a matching pair, as it was
+    assert len(Index.load(tmp_path / "index").chunks) == len(old.chunks)
+    assert json.loads((tmp_path / "index" / "meta.json").read_text()) == {"encoder": "configured"}

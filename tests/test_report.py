@@ -232,3 +232,41 @@ def test_the_raft_finding_says_whether_the_reader_tells_silent_text_apart(silent
     assert (f"against {round(100 * seen)}% when shown the retrieved text" in sentence) is (verdict == "apart")
     assert ("it has not learnt to decline" in sentence) is (verdict == "never")
     assert "answerability head on its hidden state" in sentence
+
+
+def test_the_unanswerable_plot_draws_each_rate_once(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from ragvsft.plots import plot_rates
+
+    drawn = []
+    real_bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, xs, heights, *a, **k: (
+        drawn.append((k.get("label"), list(heights))), real_bar(self, xs, heights, *a, **k))[1])
+    results = make_results()
+    assert plot_rates(results, "unanswerable", tmp_path / "u.png")
+    labels = [label for label, _ in drawn]
+    assert len(labels) == 2 and "abstained (right)" in labels  # accuracy there is the share abstained: not twice
+    drawn.clear()
+    assert plot_rates(results, "heldout", tmp_path / "h.png") and len(drawn) == 3
+
+
+def test_findings_and_the_ledger_decide_a_comparison_alike():
+    from ragvsft.claims import Claim, decide
+
+    for rag, lora, paired in ((0.8, 0.1, None), (0.5, 0.45, None), (0.5, 0.4, [0.02, 0.18]), (0.3, 0.5, [-0.3, -0.1])):
+        results = make_results(rag=rag, lora=lora)
+        if paired:
+            results["comparisons"] = {"rag_vs_lora": {"set": "heldout", "n": 40, "difference": rag - lora, "ci": paired}}
+        verdict = decide(results, Claim("c", "s", "rag.heldout.accuracy > lora.heldout.accuracy"))["verdict"]
+        text = " ".join(findings(results))
+        said = ("RAG is clearly better" in text, "LoRA fine-tuned is clearly better" in text)
+        assert said == (verdict == "supported", verdict == "contradicted"), (rag, lora, paired, verdict)
+
+
+def test_the_rag_error_finding_splits_where_answers_were_lost():
+    results = make_results()
+    results["retrieval"]["rag_errors"] = {"retrieval_miss": 2, "reader_error": 9, "not_shown": 6, "misread": 3}
+    text = " ".join(findings(results))
+    assert "2 were not retrieved" in text and "6 were retrieved but the text shown did not name the answer" in text
+    assert "3 were shown the answer and still got it wrong" in text

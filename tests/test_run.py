@@ -103,8 +103,12 @@ def test_results_keep_the_design_keys(tiny_run):
     for key in ("heldout", "seen", "unanswerable", "reverse", "style_adherence", "prompt_tokens_per_query",
                 "generated_tokens_per_query", "seconds_per_query"):
         assert key in rag, key
-    assert set(rag["heldout"]) == {"n", "accuracy", "accuracy_ci", "hallucination_rate", "hallucination_rate_ci",
-                                   "abstention_rate", "abstention_rate_ci"}
+    rates = {"n", "accuracy", "accuracy_ci", "hallucination_rate", "hallucination_rate_ci", "abstention_rate",
+             "abstention_rate_ci"}
+    context = {"context_recall", "context_recall_ci", "context_utilisation", "context_utilisation_ci", "shown_n"}
+    assert set(rag["heldout"]) == rates | context  # a retrieving arm: what it was shown, measured
+    assert set(rag["unanswerable"]) == set(results["arms"]["base"]["heldout"]) == rates  # no gold, or nothing shown
+    assert 0 <= rag["style_adherence_ci"][0] <= rag["style_adherence"] <= rag["style_adherence_ci"][1] <= 1
     assert rag["prompt_tokens_per_query"] > results["arms"]["base"]["prompt_tokens_per_query"]
     assert set(results["retrieval"]) >= {"k", "recall_at", "mrr", "rag_errors"}
     assert results["training"]["examples"] == 5 and results["training"]["loss"]
@@ -502,3 +506,112 @@ def test_the_sample_keeps_every_changed_fact(tmp_path):
         sample = corpus.subset(2, None, seed, keep=frozenset({"meal"}))
         assert len(sample.facts) == 2 and "meal" in {f.id for f in sample.facts}
     assert corpus.subset(2, None, 3) == corpus.subset(2, None, 3, keep=frozenset())  # unchanged without keep
+
+
+def test_a_stage_this_run_does_not_run_reports_no_time(tiny_run, tmp_path):
+    from conftest import MockEncoder
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    assert {"finetune", "reader"} <= set(json.loads((out / "manifest.json").read_text())["timings"])
+    run_experiment(cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"arms": ["base", "rag"]})}),
+                   encoder=MockEncoder())
+    timings = json.loads((out / "manifest.json").read_text())["timings"]
+    assert "finetune" not in timings and "reader" not in timings  # not the earlier run's training time
+    assert set(json.loads((out / "results.json").read_text())["timings"]) == set(timings) - {"report"}
+
+
+def test_the_index_records_its_encoder_and_ask_embeds_with_that_one(tiny_run, tmp_path, monkeypatch):
+    from ragvsft import embedder
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    assert json.loads((out / "index" / "meta.json").read_text())["encoder"] == "configured"  # tune_embedder false
+    (out / "embedder" / "model").mkdir(parents=True)  # a tuned copy an earlier run of the folder left behind
+    monkeypatch.setattr(embedder, "load_encoder", lambda spec: ("configured", spec))
+    monkeypatch.setattr(embedder, "SentenceEncoder", lambda folder: ("tuned", folder))
+    assert embedder.run_encoder(out, "minilm") == ("configured", "minilm")
+    (out / "index" / "meta.json").write_text(json.dumps({"encoder": "tuned"}))
+    assert embedder.run_encoder(out, "minilm") == ("tuned", out / "embedder" / "model")
+    (out / "embedder" / "model").rmdir()
+    with pytest.raises(InputError, match="meta.json:1: the index was built by the tuned embedder, but .* is missing"):
+        embedder.run_encoder(out, "minilm")
+
+
+def test_damaged_head_files_get_a_message_naming_the_file(tiny_run, tmp_path):
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    path = out / "reader" / "fold-0" / "head.json"
+    head = json.loads(path.read_text())
+    runner = CliRunner()
+    damaged = [(dict(head, coef=head["coef"][:-3]), "must be equally long"),
+               (dict(head, intercept="NaN"), "'intercept' must be a finite number"),
+               (dict(head, coef=[float("nan")] * len(head["coef"])), "'coef' must be a list of finite numbers"),
+               (dict(head, layers=[1, 9]), "lie outside this model's hidden states 0 to 2"),
+               (dict(head, mean=head["mean"] * 2, scale=head["scale"] * 2, coef=head["coef"] * 2),
+                "coefficients, but 2 layer\\(s\\) of this model's width 16 give 32"),
+               ({"weights": 1}, "not an answerability head")]
+    for data, message in damaged:
+        path.write_text(json.dumps(data))  # json writes nan as NaN, which json.loads reads back
+        result = runner.invoke(app, ["ask", str(out), "Who leads the security team?", "--arms", "raft"])
+        assert result.exit_code == 2 and f"{path}:1: " in result.output, (message, result.output)
+        assert " ".join(result.output.split()).find(message.replace("\\", "")) >= 0, (message, result.output)
+
+
+def test_out_under_a_file_is_a_message(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "corpus")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(InputError, match="afile:0: is a file, so --out .*afile/run cannot be made under it"):
+        run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "afile" / "run"))
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_report_decides_the_claims_again_and_stores_them(tiny_run, tmp_path):
+    _, out = _copy_of(tiny_run, tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    decided = results["claims"]
+    results["claims"] = [{"claim": "stale", "verdict": "supported"}]
+    (out / "results.json").write_text(json.dumps(results))
+    assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
+    assert json.loads((out / "results.json").read_text())["claims"] == decided
+    assert "stale" not in (out / "report.md").read_text()
+
+
+def test_stored_curve_answers_and_silent_answers_are_scored_at_results_time(tiny_run):
+    _, out = tiny_run
+    log = json.loads((out / "adapter" / "training_log.json").read_text())
+    assert all("answers" in point and "seen" not in point for point in log["curve"])  # answers, not rates
+    reader_log = json.loads((out / "reader" / "fold-0" / "training_log.json").read_text())
+    assert "silent_abstained" not in reader_log and all("answer" in s for s in reader_log["silent"])
+
+
+def test_curve_figures_and_silent_declines_follow_the_current_gold_and_phrases(tiny_run, toy_corpus):
+    from ragvsft.corpus import load_corpus
+    from ragvsft.run import _silent_abstained, curve_figures, curve_questions
+
+    sample = load_corpus(toy_corpus)
+    questions = curve_questions(sample, 2, seed=1)
+    seen = [q for q in questions if q.set == "seen"]
+    point = {"epoch": 1.0, "loss": 0.5, "answers": [{"qid": q.qid, "answer": "Hi there! It is reservations."}
+                                                    for q in questions]}
+    before = curve_figures([point], questions, sample)[0]
+    assert before["seen"] == 0 and before["epoch"] == 1.0 and before["loss"] == 0.5
+    corrected = [q.__class__(q.set, q.qid, q.question, q.fact_id, (*q.gold, "reservations")) if q.gold else q
+                 for q in questions]
+    assert len(seen) == 2 and curve_figures([point], corrected, sample)[0]["seen"] == 1.0
+    logs = [{"silent": [{"answer": "Sorry, no clue.", "answerable": None}, {"answer": "It is 3.", "answerable": 0.2}]}]
+    assert _silent_abstained(logs, ["i can't find"]) == 0.5
+    assert _silent_abstained(logs, ["i can't find", "no clue"]) == 1.0
+
+
+def test_the_learning_curve_draws_its_facts_across_the_sample(tmp_path):
+    from conftest import FACTS
+    from ragvsft.corpus import load_corpus
+    from ragvsft.run import curve_questions
+
+    facts = [dict(FACTS[i % 4], id=f"{FACTS[i % 4]['id']}-{i}",
+                  train_questions=[f"{q} ({chr(97 + i)})" for q in FACTS[i % 4]["train_questions"]],
+                  probe_questions=[f"{q} ({chr(97 + i)})" for q in FACTS[i % 4]["probe_questions"]]) for i in range(24)]
+    facts = sorted(facts, key=lambda f: f["document"])  # file order: documents one after the other
+    sample = load_corpus(write_corpus(tmp_path / "c", facts=facts))
+    picked = lambda seed: [q.fact_id for q in curve_questions(sample, 6, seed) if q.set == "seen"]  # noqa: E731
+    assert picked(1) == picked(1) and picked(1) != picked(2)  # reproducible, and drawn by the seed
+    documents = {f.document for f in sample.facts if f.id in picked(1)}
+    assert len(documents) > 1 and picked(1) != [f.id for f in sample.facts[:6]]

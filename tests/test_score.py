@@ -5,7 +5,8 @@ import pytest
 import numpy as np
 from scipy.stats import bootstrap
 
-from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, follows_style, hedged,
+from ragvsft.score import (ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, context_figures, follows_style,
+                           hedged, names_answer,
                            matches_gold, mentions, normalize, paired_difference, rag_errors, rate_with_ci, set_figures,
                            verdict)
 
@@ -120,12 +121,65 @@ def test_arm_figures_and_rag_errors():
     assert figures["unanswerable"]["accuracy"] == 1.0 and figures["style_adherence"] == 0.75
     assert figures["prompt_tokens_per_query"] == 10 and figures["seconds_per_query"] == 0.5
     errors = rag_errors(rows, {"f1": {"c1"}, "f2": {"c2"}, "f3": {"c3"}})
-    assert errors == {"retrieval_miss": 1, "reader_error": 1}
+    assert errors == {"retrieval_miss": 1, "reader_error": 1, "not_shown": 1, "misread": 0}
+    assert 0 <= figures["style_adherence_ci"][0] <= 0.75 <= figures["style_adherence_ci"][1] <= 1
+
+
+def test_rag_errors_count_a_sentence_choice_miss_as_not_shown_not_as_a_retrieval_miss():
+    # f1: gold chunk c1 retrieved at rank 2, but the one sentence shown comes from c7 and is silent -> not shown.
+    # f2: gold chunk not in the top k -> not retrieved. f3: the sentence shown names the answer -> misread.
+    rows = [_row("rag", "heldout", HALLUCINATED, ["c7", "c1"]) | {"answer_shown": False},
+            _row("rag", "heldout", HALLUCINATED, ["c8", "c9"], fact="f2") | {"answer_shown": False},
+            _row("rag", "heldout", HALLUCINATED, ["c3", "c4"], fact="f3") | {"answer_shown": True},
+            _row("rag", "heldout", CORRECT, ["c5"], fact="f4") | {"answer_shown": True}]
+    gold = {"f1": {"c1"}, "f2": {"c2"}, "f3": {"c3"}, "f4": {"c5"}}
+    errors = rag_errors(rows, gold)
+    assert errors == {"retrieval_miss": 1, "reader_error": 2, "not_shown": 1, "misread": 1}
+    recall_at_k = sum(bool(gold[r["fact_id"]] & set(r["retrieved"])) for r in rows) / len(rows)
+    assert errors["retrieval_miss"] <= round((1 - recall_at_k) * len(rows))  # misses within what recall@k allows
+
+
+def test_context_recall_and_utilisation_on_hand_made_rows():
+    rows = [_row("rag", "heldout", CORRECT if i < 3 else HALLUCINATED, fact=f"f{i}") | {"answer_shown": i < 4}
+            for i in range(6)]  # shown for 4 of 6; right on 3 of those 4
+    figures = context_figures(rows, seed=0, resamples=200)
+    assert figures["context_recall"] == round(4 / 6, 4) and figures["context_utilisation"] == 0.75
+    assert figures["shown_n"] == 4 and figures["context_recall_ci"][0] <= 4 / 6 <= figures["context_recall_ci"][1]
+    assert context_figures([_row("base", "heldout", CORRECT)], seed=0) == {}  # nothing shown: no context figures
+    none_shown = context_figures([r | {"answer_shown": False} for r in rows], seed=0, resamples=200)
+    assert none_shown["context_recall"] == 0 and none_shown["context_utilisation"] is None
+
+
+def test_the_shown_text_names_the_answer_only_beyond_the_questions_own_words():
+    assert names_answer(["The meal allowance is 58 euros a day."], ["58 euros"], "What is the meal allowance?")
+    assert not names_answer(["Hotels are booked in Roamly."], ["58 euros"], "What is the meal allowance?")
+    # the question already names the gold answer: the text is not credited with it
+    assert not names_answer(["The Roamly portal books hotels."], ["Roamly"], "What is the Roamly portal for?")
+    assert not names_answer(["58 euros"], None, "an unanswerable question")
+
+
+def test_intervals_resample_whole_facts():
+    # 20 facts asked twice each, both answers alike: 40 answers that carry the information of 20.
+    hits = [i % 4 < 2 for i in range(20) for _ in range(2)]
+    facts = [f"f{i}" for i in range(20) for _ in range(2)]
+    _, clustered = rate_with_ci(hits, seed=3, clusters=facts)
+    _, independent = rate_with_ci(hits, seed=3)
+    _, twenty = rate_with_ci([i % 4 < 2 for i in range(20)], seed=3)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(clustered) > 1.2 * width(independent)
+    assert abs(width(clustered) - width(twenty)) < 0.06
+    # one question per fact: the same as the ordinary bootstrap
+    assert rate_with_ci(hits[::2], seed=3, clusters=facts[::2]) == rate_with_ci(hits[::2], seed=3)
+    rows = [_row("rag", "heldout", CORRECT if h else HALLUCINATED, fact=f) | {"qid": f"q{i}"}
+            for i, (h, f) in enumerate(zip(hits, facts))]
+    rows += [_row("lora", "heldout", HALLUCINATED, fact=f) | {"qid": f"q{i}"} for i, f in enumerate(facts)]
+    paired = paired_difference(rows, "rag", "lora", "heldout", seed=3, resamples=2000)
+    assert abs(width(paired["ci"]) - width(clustered)) < 0.02
 
 
 def test_paired_difference_pairs_questions_by_id():
-    rows = [_row("rag", "heldout", CORRECT if i < 30 else HALLUCINATED) | {"qid": f"q{i}"} for i in range(40)]
-    rows += [_row("lora", "heldout", CORRECT if i < 10 else HALLUCINATED) | {"qid": f"q{i}"} for i in range(40)]
+    rows = [_row("rag", "heldout", CORRECT if i < 30 else HALLUCINATED, fact=f"f{i}") | {"qid": f"q{i}"} for i in range(40)]
+    rows += [_row("lora", "heldout", CORRECT if i < 10 else HALLUCINATED, fact=f"f{i}") | {"qid": f"q{i}"} for i in range(40)]
     figures = paired_difference(rows, "rag", "lora", "heldout", seed=0, resamples=500)
     assert figures["n"] == 40 and figures["difference"] == 0.5 and 0.3 < figures["ci"][0] < 0.5 < figures["ci"][1]
     assert paired_difference(rows, "rag", "fewshot", "heldout", seed=0) is None
@@ -138,8 +192,10 @@ def test_pairing_decides_when_one_arm_is_right_wherever_the_other_is():
     # B is right on 16 of 40 questions; A on the same 16 and 6 more. Unpaired, 55% against 40% on 40 questions each
     # cannot be told apart; paired, A is never worse on any question, so the difference is clearly positive.
     n, b_right, a_extra = 40, set(range(16)), set(range(16, 22))
-    rows = [_row("rag", "heldout", CORRECT if i in b_right | a_extra else HALLUCINATED) | {"qid": f"q{i}"} for i in range(n)]
-    rows += [_row("lora", "heldout", CORRECT if i in b_right else HALLUCINATED) | {"qid": f"q{i}"} for i in range(n)]
+    rows = [_row("rag", "heldout", CORRECT if i in b_right | a_extra else HALLUCINATED, fact=f"f{i}") | {"qid": f"q{i}"}
+            for i in range(n)]
+    rows += [_row("lora", "heldout", CORRECT if i in b_right else HALLUCINATED, fact=f"f{i}") | {"qid": f"q{i}"}
+             for i in range(n)]
     paired = paired_difference(rows, "rag", "lora", "heldout", seed=0, resamples=2000)
     assert paired["difference"] == 0.15 and paired["ci"][0] > 0
     x = np.array([i in b_right | a_extra for i in range(n)], dtype=float)
@@ -160,6 +216,10 @@ def test_update_verdicts_tell_current_from_stale():
     assert update_verdict("It is 58 euros.", new, old) == "stale"
     assert update_verdict("It went from 58 to 64 euros.", new, old) == "other"  # both: not counted as either
     assert update_verdict("I can't find that in our documents.", new, old) == "other"
+    # a decline that goes on to guess did not give the current answer (as the probe scores it abstained)
+    phrases = ["i can't find"]
+    assert update_verdict("I can't find it... perhaps 64 euros", new, old, phrases) == "other"
+    assert update_verdict("It is 64 euros.", new, old, phrases) == "current"
     rows = [{"arm": "rag", "fact_id": "meal", "answer": a, "update_verdict": update_verdict(a, new, old)}
             for a in ("64 euros", "64 euros", "58 euros", "no idea")]
     before = [{"arm": "rag", "fact_id": "meal", "answer": a} for a in ("58 euros", "58 euros", "58", "64")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,24 @@ def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens
     return ids
 
 
-def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: list[int], batch_size: int) -> np.ndarray:
+Progress = Callable[[int, int], None]  # called after each batch with (done, total)
+
+
+def progress_line(log: Callable[[str], None], what: str) -> Progress:
+    """A progress callback for `generate` and `prompt_states`: logs "what: done/total in s, about s left" after each
+    batch, so a long stretch of generation is never silent."""
+    began = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - began
+        left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+        log(f"{what}: {done}/{total} in {elapsed:.0f} s{left}")
+
+    return report
+
+
+def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: list[int], batch_size: int,
+                  progress: Progress | None = None) -> np.ndarray:
     """Hidden states at each prompt's last token (where the answer's first token is chosen), from `layers`
     (0 = embeddings), concatenated: one float32 row per conversation. The input of the reader's answerability head."""
     ids = prompt_ids(model, tokenizer, conversations, 0)
@@ -114,10 +132,13 @@ def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: lis
         with torch.inference_mode():  # the transformer without its vocabulary projection: no logits are needed
             hidden = model.base_model(**encoded, output_hidden_states=True).hidden_states
         rows[batch] = torch.cat([hidden[layer][:, -1, :].float() for layer in layers], dim=1).numpy()
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
     return rows
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Generation]:
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
+             progress: Progress | None = None) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
     length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries.
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
@@ -141,6 +162,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             produced = [t for t in row.tolist() if t not in stop_ids]
             results[i] = Generation(tokenizer.decode(produced, skip_special_tokens=True).strip(), lengths[i],
                                     len(produced), seconds)
+        if progress:
+            progress(min(start + size, len(order)), len(order))
     return results  # type: ignore[return-value]
 
 

@@ -20,19 +20,18 @@ class Arm:
     label: str  # in tables and sentences
     short: str  # on plot axes
     model: Model  # which weights answer
-    retrieves: bool  # retrieved chunks are put in the prompt
-    sees: str  # what the model sees, for the README and report
+    retrieves: bool  # retrieved chunks (or their best units, index.context_units) are put in the prompt
 
 
+# What each arm's model sees is its message builder's docstring (arms.build_messages) and the README's arm table.
 CATALOGUE: tuple[Arm, ...] = (
-    Arm("base", "base model", "base", "base", False, "the question"),
-    Arm("prompt", "prompting", "prompt", "base", False, "house-style system prompt + question"),
-    Arm("fewshot", "few-shot", "few-shot", "base", False, "system prompt + k styled Q/A pairs of other facts + question"),
-    Arm("rag", "RAG", "RAG", "base", True, "system prompt + top-k retrieved chunks + question"),
-    Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False, "the question, to the closed-book LoRA model"),
-    Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True, "retrieved chunks + question, to the closed-book LoRA model"),
-    Arm("raft", "RAFT reader", "RAFT", "reader", True,
-        "retrieved chunks + question, to a LoRA reader trained to answer from chunks (on other facts) or abstain"),
+    Arm("base", "base model", "base", "base", False),
+    Arm("prompt", "prompting", "prompt", "base", False),
+    Arm("fewshot", "few-shot", "few-shot", "base", False),
+    Arm("rag", "RAG", "RAG", "base", True),
+    Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False),
+    Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True),
+    Arm("raft", "RAFT reader", "RAFT", "reader", True),
 )
 ARMS: dict[str, Arm] = {arm.name: arm for arm in CATALOGUE}
 NAMES: tuple[str, ...] = tuple(ARMS)

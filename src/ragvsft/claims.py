@@ -20,8 +20,6 @@ from .files import InputError, load_yaml_with_lines
 
 LEDGER_PATH = Path(__file__).with_name("claims.yaml")
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
-VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED)
-SETS = ("heldout", "seen", "unanswerable", "reverse")
 _TEST = re.compile(r"^(\S+)\s*(>=|<=|>|<)\s*(?:([0-9.]+)\s*\*\s*)?(\S+)$")
 TIMING_NOISE = 0.10  # the same run timed twice on the 2-core machine differed by up to ~10%
 _RATES = ("accuracy", "hallucination_rate", "abstention_rate", "style_adherence", "current", "stale", "other")

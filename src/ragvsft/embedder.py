@@ -24,9 +24,22 @@ TUNED = Path("embedder") / "model"  # where a run folder keeps its tuned embedde
 
 
 def run_encoder(run_dir: Path, spec: str) -> SentenceEncoder:
-    """The embedder a run's index was built with: its tuned copy when the run kept one, else the configured one."""
-    tuned = Path(run_dir) / TUNED
-    return SentenceEncoder(tuned) if tuned.is_dir() else load_encoder(spec)
+    """The embedder a run's index was built with, as its index records it (index/meta.json `encoder`): the tuned
+    copy in embedder/, or the configured one. A tuned copy left from an earlier run of the folder is not used when
+    the index was built without it."""
+    from .files import InputError, read_json
+
+    meta_path, tuned = Path(run_dir) / "index" / "meta.json", Path(run_dir) / TUNED
+    meta = read_json(meta_path, "run `ragvsft run` with its config again") if meta_path.is_file() else {}
+    which = meta.get("encoder") if isinstance(meta, dict) else None
+    if which is None:  # an index from before meta.json: the tuned copy when the run kept one
+        which = "tuned" if tuned.is_dir() else "configured"
+    if which == "tuned":
+        if not tuned.is_dir():
+            raise InputError([f"{meta_path}:1: the index was built by the tuned embedder, but {tuned} is missing; "
+                              "run `ragvsft run` with its config again"])
+        return SentenceEncoder(tuned)
+    return load_encoder(spec)
 
 
 def tuning_pairs(sample: Corpus, chunks: list[Chunk]) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
@@ -68,8 +81,10 @@ def validation_figures(index: Index, encoder, validation: list[tuple[str, set[st
     return {"recall_at": figures["recall_at"], "mrr": figures["mrr"]}
 
 
-def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_size: int, seed: int) -> dict:
-    """Train `encoder.model` (a SentenceTransformer) in place with MultipleNegativesRankingLoss; steps and seconds."""
+def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_size: int, seed: int,
+                 log=None) -> dict:
+    """Train `encoder.model` (a SentenceTransformer) in place with MultipleNegativesRankingLoss; steps and seconds.
+    `log` (optional) hears of every few batches, so the tuning is never silent for long."""
     from sentence_transformers import losses
 
     torch.manual_seed(seed)
@@ -78,8 +93,9 @@ def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_
     loss_fn = losses.MultipleNegativesRankingLoss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     began, steps = time.perf_counter(), 0
+    reported = began
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for batch in unique_chunk_batches(pairs, batch_size, rng):
             if len(batch) < 2:  # one pair has no in-batch negative
                 continue
@@ -88,5 +104,8 @@ def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_
             loss.backward()
             optimizer.step()
             steps += 1
+            if log and time.perf_counter() - reported > 10:
+                reported = time.perf_counter()
+                log(f"embedder: epoch {epoch + 1}/{epochs}, {steps} steps in {reported - began:.0f} s")
     model.eval()
     return {"steps": steps, "seconds": round(time.perf_counter() - began, 2)}

@@ -164,6 +164,10 @@ def check_run_folder(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError([f"{run_dir}:0: --out names a file, not a folder; choose a new folder for the run"])
+    blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError([f"{blocking}:0: is a file, so --out {run_dir} cannot be made under it; choose a folder "
+                          "elsewhere for the run"])
     if not run_dir.is_dir():
         return
     strangers = sorted(p.name for p in run_dir.iterdir()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .precision import torch_dtype
 from .arms import closed_book_messages, reader_messages
 from .config import FinetuneConfig
 from .corpus import Corpus
@@ -146,8 +147,7 @@ def _measure_curve(peft_model, snapshots: list, evaluate: Callable, log: Callabl
         point = {"epoch": epoch, **evaluate(merged), "loss": loss}
         curve.append(point)
         if log:
-            log("finetune: curve at epoch " + f"{epoch:g}: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in point.items() if k not in ("epoch", "loss") and v is not None))
+            log(f"finetune: learning curve measured at epoch {epoch:g}" + (f" (loss {loss:.3f})" if loss is not None else ""))
     set_peft_model_state_dict(peft_model, final)
     return curve
 
@@ -158,7 +158,8 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     """Train a LoRA adapter on `rows`, save it to `adapter_dir` (safetensors) and return the training figures.
 
     The caller's model is not changed: training runs on a fresh copy whose frozen weights are in `cfg.precision`.
-    `evaluate(model) -> {name: rate}` (optional) measures the learning curve at `cfg.curve_points` epochs."""
+    `evaluate(model) -> dict` (optional) measures the learning curve at `cfg.curve_points` epochs (the run stores
+    its answers; see run.curve_figures)."""
     from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 
@@ -174,7 +175,7 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     # autocast_adapter_dtype keeps the LoRA weights in float32 over a bfloat16 base: small updates survive rounding.
     # Eager attention: on a CPU, the fused attention kernel's backward pass took 18% of a training step on these
     # 50-80-token examples; the plain matmul version is faster at this length and gives the same gradients.
-    trainee = fresh_copy(model, getattr(torch, cfg.precision), attention="eager").train()
+    trainee = fresh_copy(model, torch_dtype(cfg.precision), attention="eager").train()
     peft_model = get_peft_model(trainee, lora, autocast_adapter_dtype=True)
     trainable, total = peft_model.get_nb_trainable_parameters()
     args = TrainingArguments(

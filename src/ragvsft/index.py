@@ -11,14 +11,16 @@ Three retrievers (`index.retriever`): `dense` (default) ranks chunks by cosine s
 lexical BM25 (bm25s, built from the chunk table in memory, a few milliseconds); `hybrid` fuses the two rankings by
 reciprocal rank fusion (RRF, k=60).
 
-The index lives in the run folder as `index/faiss.index` (FAISS's own format, never pickle) and `index/chunks.jsonl`
-(the chunk table). Any encoder with `token_spans(text)` and `encode(texts)` (L2-normalised rows) works; tests use a
+The index lives in the run folder as `index/faiss.index` (FAISS's own format, never pickle), `index/chunks.jsonl`
+(the chunk table) and `index/meta.json` (which encoder embedded them), written together as one folder. Any encoder with `token_spans(text)` and `encode(texts)` (L2-normalised rows) works; tests use a
 keyword mock.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,7 +29,7 @@ import faiss
 import numpy as np
 
 from .corpus import Corpus, Fact
-from .files import atomic_write_bytes, atomic_write_jsonl, read_jsonl
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 class Encoder(Protocol):
@@ -242,10 +244,18 @@ class Index:
         chunks = chunk_corpus(corpus, encoder, size, overlap, chunking)
         return cls(chunks, encoder.encode([c.text for c in chunks]))
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, meta: dict | None = None) -> None:
+        """The chunk table, the FAISS index and `meta` (meta.json: which encoder embedded the chunks) written
+        together: into a temporary folder that then replaces `folder`, so an interrupted save never leaves a table
+        of one run beside the vectors of another."""
         folder = Path(folder)
-        atomic_write_jsonl(folder / "chunks.jsonl", [asdict(c) for c in self.chunks])
-        atomic_write_bytes(folder / "faiss.index", faiss.serialize_index(self.faiss).tobytes())
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_jsonl(tmp / "chunks.jsonl", [asdict(c) for c in self.chunks])
+        atomic_write_bytes(tmp / "faiss.index", faiss.serialize_index(self.faiss).tobytes())
+        atomic_write_json(tmp / "meta.json", meta or {})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
 
     @classmethod
     def load(cls, folder: Path) -> "Index":

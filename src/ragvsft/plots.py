@@ -36,11 +36,15 @@ def plot_rates(results: dict, set_name: str, path: Path) -> bool:
         return False
     figures = [results["arms"][a][set_name] for a in arms]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.27
-    for i, key in enumerate(("accuracy", "hallucination_rate", "abstention_rate")):
-        xs = [j + (i - 1) * width for j in range(len(arms))]
+    # On unanswerable questions accuracy is the share abstained (score.set_figures): one bar, not the same bar twice.
+    keys = (("abstention_rate", "hallucination_rate") if set_name == "unanswerable"
+            else ("accuracy", "hallucination_rate", "abstention_rate"))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(arms))]
+        name = "abstained (right)" if set_name == "unanswerable" and key == "abstention_rate" else key.replace("_rate", "").replace("_", " ")
         ax.bar(xs, [f[key] for f in figures], width, yerr=_errorbars(figures, key), capsize=3, color=COLOURS[key],
-               label=key.replace("_rate", "").replace("_", " "))
+               label=name)
     ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
     ax.set_ylim(0, 1.22)  # headroom so the legend sits above the bars
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])

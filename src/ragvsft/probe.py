@@ -2,7 +2,9 @@
 
 Sets: `heldout` (probe questions, never in the fine-tuning set), `seen` (train questions, in it), `unanswerable`
 (correct behaviour: abstain) and `reverse` (asked from the answer back to the subject, with its own gold).
-Each prediction row holds the prompt messages, retrieved chunk ids, answer, verdict, style check, tokens and seconds.
+Each prediction row holds the prompt messages, the top-k chunk ids retrieved (`retrieved`), the (chunk id, text)
+units shown (`shown`, and `answer_shown`: whether they name the answer), answer, verdict, style check, tokens and
+seconds.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 
-from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, prompt_states
+from .precision import torch_dtype
+from .arms import RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states
 from .catalogue import model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .finetune import merged_model
 from .index import Encoder, Gold, Index, contexts, retrieval_metrics
 from .reader import HEAD_THRESHOLD, load_heads
-from .score import follows_style, hedged, verdict
+from .score import follows_style, hedged, names_answer, verdict
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,22 @@ def question_sets(corpus: Corpus, cfg: ProbeConfig) -> list[Question]:
     return questions
 
 
+@dataclass(frozen=True)
+class Context:
+    """What retrieval found for one question and what the retrieving arms are shown of it."""
+
+    chunks: tuple[str, ...]  # the top-k chunk ids, best first
+    shown: tuple[tuple[str, str], ...]  # (source chunk id, text) as put into the prompt
+
+
 def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, units: int | None = None,
-             headed: bool = True) -> dict[str, list[tuple[str, str]]]:
-    """qid -> what the retrieving arms show for every question: the top-k (chunk id, chunk text), or with `units`
-    the best sentences/table rows of those chunks as (source chunk id, unit text) (`index.context_units`)."""
+             headed: bool = True) -> dict[str, Context]:
+    """qid -> the top-k chunks retrieved for every question and what the retrieving arms are shown: those chunks
+    whole, or with `units` their best sentences/table rows as (source chunk id, unit text) (`index.context_units`)."""
     texts = [q.question for q in questions]
     hits = [[c for c, _ in row] for row in index.search(encoder, texts, k)]
-    return {q.qid: context for q, context in zip(questions, contexts(hits, encoder, texts, units, headed))}
+    return {q.qid: Context(tuple(c.id for c in row), tuple(context))
+            for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed))}
 
 
 def evaluate_retrieval(index: Index, encoder: Encoder, gold: dict[str, Gold], questions: list[Question], k: int) -> dict:
@@ -82,38 +93,48 @@ def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> l
         row["verdict"] = verdict(row["answer"], row["gold"], abstain)
         row["hedged"] = hedged(row["answer"], row["gold"], abstain)
         row["style_ok"] = follows_style(row["answer"], markers)
+        # Whether the text shown names the answer (context recall); None where nothing was shown or nothing is gold.
+        row["answer_shown"] = (names_answer([text for _, text in row["shown"]], row["gold"], row["question"])
+                               if row.get("shown") and row["gold"] else None)
     return rows
 
 
-def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None):
+def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None,
+            progress: Progress | None = None):
     """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers)."""
     if route is None:
-        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size, progress)
     out: list = [None] * len(conversations)
+    done = 0
     for fold in sorted(set(route)):
         mine = [i for i, r in enumerate(route) if r == fold]
+        step = (lambda d, _, before=done: progress(before + d, len(conversations))) if progress else None
         for i, g in zip(mine, generate(model[fold], tokenizer, [conversations[i] for i in mine], cfg.max_new_tokens,
-                                       cfg.batch_size)):
+                                       cfg.batch_size, step)):
             out[i] = g
+        done += len(mine)
     return out
 
 
 def reader_models(run_dir: Path, model, folds: int, dtype: str, by_head: bool) -> dict:
     """A run's cross-fitted readers merged for generation ("reader") and, when they decline by head, their
     answerability heads ("reader_heads"), as `run_probe` takes them."""
-    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", getattr(torch, dtype)) for i in range(folds)]
-    return {"reader": readers, **({"reader_heads": load_heads(run_dir, folds)} if by_head else {})}
+    width, depth = model.config.hidden_size, model.config.num_hidden_layers
+    heads = load_heads(run_dir, folds, width, depth) if by_head else None  # checked before any merge
+    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", torch_dtype(dtype)) for i in range(folds)]
+    return {"reader": readers, **({"reader_heads": heads} if by_head else {})}
 
 
 def answerable(readers: list, heads: list, tokenizer, conversations: list, route: list[int], generations: list,
-               batch_size: int) -> list[float]:
+               batch_size: int, progress: Progress | None = None) -> list[float]:
     """Each conversation's probability, by its fold's answerability head, that the text shown answers the question;
     the head's time is added to each answer's seconds."""
     chances = [0.0] * len(conversations)
     for fold in sorted(set(route)):
         mine = [i for i, r in enumerate(route) if r == fold]
         began = time.perf_counter()
-        states = prompt_states(readers[fold], tokenizer, [conversations[i] for i in mine], heads[fold].layers, batch_size)
+        states = prompt_states(readers[fold], tokenizer, [conversations[i] for i in mine], heads[fold].layers, batch_size,
+                               progress)
         share = (time.perf_counter() - began) / len(mine)
         for i, chance in zip(mine, heads[fold].probability(states)):
             chances[i] = float(chance)
@@ -134,15 +155,18 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
     for arm in cfg.arms:
         conversations = []
         for q in questions:
-            chunks = [text for _, text in retrieved.get(q.qid, [])] if arm in RAG_ARMS else None
+            context = retrieved.get(q.qid) if arm in RAG_ARMS else None
+            chunks = [text for _, text in context.shown] if context else None
             examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if arm == "fewshot" else None
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
         began = time.perf_counter()
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
-        generations = _answer(models[which], tokenizer, conversations, cfg, route)
+        generations = _answer(models[which], tokenizer, conversations, cfg, route,
+                              progress_line(log, f"arm {arm}") if log else None)
         heads = models.get("reader_heads") if route else None
-        chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size)
+        chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size,
+                              progress_line(log, f"arm {arm}: answerability head") if log else None)
                    if heads else None)
         if log:
             log(f"arm {arm}: {len(questions)} answers in {time.perf_counter() - began:.0f} s")
@@ -151,7 +175,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
             rows.append({
                 "arm": arm, "set": q.set, "qid": q.qid, "fact_id": q.fact_id, "question": q.question,
                 "gold": list(q.gold) if q.gold else None, "messages": messages,
-                "retrieved": list(dict.fromkeys(cid for cid, _ in retrieved.get(q.qid, []))) if arm in RAG_ARMS else [],
+                "retrieved": list(retrieved[q.qid].chunks) if arm in RAG_ARMS else [],
+                "shown": [list(unit) for unit in retrieved[q.qid].shown] if arm in RAG_ARMS else [],
                 "answer": corpus.style.abstain_template if declined else g.answer, "prompt_tokens": g.prompt_tokens,
                 "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4),
                 **({"reader_fold": route[i]} if route else {}),

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import atomic_write_text
+from .claims import evaluate_claims
+from .files import atomic_write_json, atomic_write_text
 from .html import render_html
 from .plots import write_plots
 from .report import render_markdown, results_csv
 
 
 def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None:
-    """results.csv, report.md, plots/*.png and report.html, all from `results` (plus the predictions for the explorer)."""
+    """results.json with the claims ledger decided once from its figures (claims.yaml as it is now, so `ragvsft
+    report` after a ledger change updates the verdicts too), then results.csv, report.md, plots/*.png and
+    report.html, all from `results` (plus the predictions for the explorer)."""
     run_dir = Path(run_dir)
+    results["claims"] = evaluate_claims(results)
+    atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "results.csv", results_csv(results))
     atomic_write_text(run_dir / "report.md", render_markdown(results))
     plots = write_plots(run_dir / "plots", results)

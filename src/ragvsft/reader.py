@@ -33,9 +33,9 @@ import numpy as np
 
 from .config import ReaderConfig
 from .corpus import Corpus, Fact
-from .files import read_json
+from .files import InputError, read_json
 from .index import Chunk, Encoder, Index, contexts
-from .score import matches_gold
+from .score import matches_gold, names_answer
 
 SILENT_DEPTH = 10  # ranked chunks searched beyond k for ones that do not name the answer
 HEAD_THRESHOLD = 0.5  # the head is fitted on balanced classes: it declines when "answerable" is less likely than not
@@ -119,7 +119,7 @@ def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: E
     answer, abstain = (lambda f: corpus.style.answer(f.statement)), corpus.style.abstain_template
     rows = []
     for (fact, question), context in zip(asked, shown):
-        found = matches_gold(" ".join(text for _, text in context), list(fact.gold))
+        found = names_answer([text for _, text in context], fact.gold, question)
         rows.append({"kind": "reader", "fact_id": fact.id, "question": question, "context": [c for c, _ in context],
                      "chunks": [t for _, t in context], "answer": answer(fact) if found else abstain,
                      "target": "answer" if found else "abstain"})
@@ -162,7 +162,7 @@ def head_examples(facts: list[Fact], index: Index, encoder: Encoder, k: int, cfg
     rows = []
     for (fact, question), context in zip(asked, retrieved):
         texts = [t for _, t in context]
-        rows.append((question, texts, int(matches_gold(" ".join(texts), list(fact.gold)))))
+        rows.append((question, texts, int(names_answer(texts, fact.gold, question))))
     rows += [(question, [t for _, t in context], 0) for (_, question), context in zip(asked, silent)]
     return rows
 
@@ -204,8 +204,43 @@ class AnswerabilityHead:
                    float(data["intercept"]))
 
 
-def load_heads(run_dir: Path, folds: int) -> list[AnswerabilityHead]:
-    """A run's answerability heads, one per cross-fitted reader (reader/fold-i/head.json)."""
+def _head_problem(data, width: int | None, depth: int | None) -> str | None:
+    """What is wrong with a head.json's contents (a run folder may come from a colleague: untrusted), or None."""
+    if not isinstance(data, dict) or set(data) != {"layers", "mean", "scale", "coef", "intercept"}:
+        return "not an answerability head (keys layers, mean, scale, coef, intercept)"
+    if not (isinstance(data["layers"], list) and data["layers"]
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in data["layers"])):
+        return "'layers' must be a list of layer numbers"
+    if depth is not None and not all(0 <= x <= depth for x in data["layers"]):
+        return f"'layers' {data['layers']} lie outside this model's hidden states 0 to {depth}"
+    numbers = {k: data[k] for k in ("mean", "scale", "coef")}
+    for key, values in numbers.items():
+        if not (isinstance(values, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                 and math.isfinite(x) for x in values)):
+            return f"'{key}' must be a list of finite numbers"
+    if not (isinstance(data["intercept"], (int, float)) and math.isfinite(data["intercept"])):
+        return "'intercept' must be a finite number"
+    lengths = {k: len(v) for k, v in numbers.items()}
+    if len(set(lengths.values())) != 1 or not lengths["coef"]:
+        return f"'mean', 'scale' and 'coef' must be equally long and not empty (got {lengths})"
+    if width is not None and lengths["coef"] != width * len(data["layers"]):
+        return (f"{lengths['coef']} coefficients, but {len(data['layers'])} layer(s) of this model's width {width} "
+                f"give {width * len(data['layers'])}")
+    if any(x <= 0 for x in data["scale"]):
+        return "'scale' must be positive"
+    return None
+
+
+def load_heads(run_dir: Path, folds: int, width: int | None = None, depth: int | None = None) -> list[AnswerabilityHead]:
+    """A run's answerability heads, one per cross-fitted reader (reader/fold-i/head.json), each checked before use:
+    a damaged or foreign file is an InputError naming it. `width`, `depth`: the model's hidden size and layer count."""
     remedy = "delete the run's reader folder to train the readers again"
-    return [AnswerabilityHead.from_dict(read_json(Path(run_dir) / "reader" / f"fold-{i}" / "head.json", remedy))
-            for i in range(folds)]
+    heads = []
+    for i in range(folds):
+        path = Path(run_dir) / "reader" / f"fold-{i}" / "head.json"
+        data = read_json(path, remedy)
+        problem = _head_problem(data, width, depth)
+        if problem:
+            raise InputError([f"{path}:1: {problem}; {remedy}"])
+        heads.append(AnswerabilityHead.from_dict(data))
+    return heads

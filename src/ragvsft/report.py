@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
 from .catalogue import LABELS, label
-from .claims import evaluate_claims
+from .claims import CONTRADICTED, SUPPORTED, Claim, decide, evaluate_claims
 from .files import InputError, read_json, read_jsonl, require_complete_run
 
 ARM_LABELS = LABELS  # from the catalogue
@@ -64,22 +63,30 @@ def comparison_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _overlap(a: list[float], b: list[float]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
+def claims_of(results: dict) -> list[dict]:
+    """The ledger's verdicts as decided when results.json was written (publish.write_reports), else decided now."""
+    return results["claims"] if "claims" in results else evaluate_claims(results)
+
+
+def context_rows(results: dict) -> list[dict]:
+    """Context recall and utilisation per retrieving arm and answerable set (score.context_figures), as strings."""
+    rows = []
+    for arm, f in results["arms"].items():
+        for set_name, s in f.items():
+            if isinstance(s, dict) and s.get("context_recall") is not None:
+                rows.append({"arm": label(arm), "set": SET_LABELS.get(set_name, set_name),
+                             "context recall": pct_ci(s, "context_recall"),
+                             "context utilisation": pct_ci(s, "context_utilisation")
+                             if s.get("context_utilisation") is not None else "–"})
+    return rows
 
 
 def _separation(results: dict, a: str, b: str) -> int:
     """+1 when arm a is clearly more accurate on held-out questions than arm b, -1 when clearly less, 0 when this run
-    cannot tell: by the paired bootstrap interval of the difference where results.json has it, else by whether the
-    two arms' own intervals overlap."""
-    paired = results.get("comparisons", {}).get(f"{a}_vs_{b}")
-    if paired:
-        low, high = paired["ci"]
-        return 1 if low > 0 else -1 if high < 0 else 0
-    fa, fb = results["arms"][a]["heldout"], results["arms"][b]["heldout"]
-    if _overlap(fa["accuracy_ci"], fb["accuracy_ci"]):
-        return 0
-    return 1 if fa["accuracy"] > fb["accuracy"] else -1
+    cannot tell: decided by the claims ledger's one rule (`claims.decide`: the paired interval of the difference
+    where results.json has it, else whether the two arms' own intervals overlap)."""
+    verdict = decide(results, Claim(f"{a} beats {b}", "", f"{a}.heldout.accuracy > {b}.heldout.accuracy"))["verdict"]
+    return {SUPPORTED: 1, CONTRADICTED: -1}.get(verdict, 0)
 
 
 def _compare(results: dict, a: str, b: str) -> str:
@@ -238,8 +245,13 @@ def _finding_rag_errors(results: dict) -> list[str]:
     errors = results.get("retrieval", {}).get("rag_errors")
     if not (errors and sum(errors.values())):
         return []
-    return [f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were retrieval misses (no chunk with the "
-            f"evidence in the top {results['retrieval']['k']}) and {errors['reader_error']} reader errors."]
+    k = results["retrieval"]["k"]
+    if "not_shown" not in errors:  # a run made before the split
+        return [f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were retrieval misses (no chunk with the "
+                f"evidence in the top {k}) and {errors['reader_error']} reader errors."]
+    return [f"Of RAG's wrong held-out answers, {errors['retrieval_miss']} were not retrieved (no chunk with the "
+            f"evidence in the top {k}), {errors['not_shown']} were retrieved but the text shown did not name the "
+            f"answer, and {errors['misread']} were shown the answer and still got it wrong."]
 
 
 def _finding_verdict(results: dict) -> list[str]:
@@ -358,7 +370,7 @@ def render_markdown(results: dict) -> str:
     return _environment(False).get_template("report.md.j2").render(
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
         arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs),
-        claims=evaluate_claims(results), updates=update_rows(results), cell=cell)
+        claims=claims_of(results), updates=update_rows(results), context=context_rows(results), cell=cell)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:

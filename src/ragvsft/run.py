@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import yaml
 from rich.console import Console
 import torch
 
-from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, prompt_states, reader_messages
+from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, progress_line, prompt_states, reader_messages
 from .catalogue import ARMS, model_of, uses
 from .config import Config, config_dict
 from .corpus import Corpus, load_corpus
@@ -33,15 +34,16 @@ from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_wr
                     read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
-from .embedder import TUNED, run_encoder, tune_encoder, tuning_pairs, validation_figures
-from .models import embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256, load_encoder, load_lm
+from .embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
+from .precision import cpu_flags, cpu_name, resolve as resolve_precision, torch_dtype
+from .models import (SentenceEncoder, cache_dir, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256,
+                     load_encoder, load_lm)
 from .probe import (Question, answerable, evaluate_retrieval, question_sets, reader_models, retrieve, run_probe,
                     score_rows)
 from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
                      reader_plan, silent_questions)
 from .publish import write_reports
 from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
-from .claims import evaluate_claims
 from .update import changed_questions, update_figures, update_verdict
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
@@ -60,7 +62,8 @@ def package_versions() -> dict[str, str]:
 
 def machine() -> dict:
     """Where the run ran: the figures in seconds only compare on the same machine."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu": cpu_name(),
+            "cpu_flags": cpu_flags(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -151,7 +154,7 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
         run.reused.append("embedder")
         figures = read_json(folder / "figures.json", "delete the embedder folder to tune it again")
         if figures["kept"]:
-            encoder = run_encoder(run.run_dir, cfg.models.embedder)
+            encoder = SentenceEncoder(run.run_dir / TUNED)
     else:
         run.stages.forget("embedder")
         run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk) pairs")
@@ -159,7 +162,7 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
         untuned = Index(chunks, encoder.encode(texts))
         before = validation_figures(untuned, encoder, validation)
         training = tune_encoder(encoder, pairs, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
-                                cfg.index.tune_batch_size, cfg.seed)
+                                cfg.index.tune_batch_size, cfg.seed, run.console.log)
         tuned = Index(chunks, encoder.encode(texts))
         after = validation_figures(tuned, encoder, validation)
         figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
@@ -189,62 +192,86 @@ def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str,
                        "chunking": run.cfg.index.chunking, "chunk_tokens": run.cfg.index.chunk_tokens,
                        "chunk_overlap": run.cfg.index.chunk_overlap})
     folder = run.run_dir / "index"
-    if run.stages.fresh("index", key, folder / "faiss.index", folder / "chunks.jsonl"):
+    if run.stages.fresh("index", key, folder / "faiss.index", folder / "chunks.jsonl", folder / "meta.json"):
         index = Index.load(folder)
         run.reused.append("index")
     else:
+        run.stages.forget("index")
         run.console.log(f"index: chunking {len(corpus.documents)} documents and embedding them")
         index = built or Index.build(corpus, encoder, run.cfg.index.chunk_tokens, run.cfg.index.chunk_overlap,
                                      run.cfg.index.chunking)
-        index.save(folder)
+        # Which encoder embedded the chunks: `ask` and the demo must embed questions with the same one.
+        index.save(folder, {"encoder": "tuned" if embedder_key != run.hashes["embedder"] else "configured",
+                            "embedder_key": embedder_key})
         run.stages.done("index", key)
     run.finish("index", began)
     # The retriever reads the same index: it changes what every retrieving arm is shown, not the stage.
     return index.using(run.cfg.index.retriever), sha256_json({"index": key, "retriever": run.cfg.index.retriever})
 
 
-def curve_questions(sample: Corpus, n: int) -> list[Question]:
-    """The learning curve's fixed questions: the first `n` facts' first train and probe questions, the first `n`
-    unanswerable ones. Only measured, never used to choose anything."""
-    facts, unanswerable = sample.facts[:n], sample.unanswerable[:n]
+def curve_questions(sample: Corpus, n: int, seed: int) -> list[Question]:
+    """The learning curve's fixed questions: `n` facts drawn reproducibly across the sample (not the first
+    documents), with their first train and probe questions, and `n` unanswerable ones drawn the same way. Only
+    measured, never used to choose anything."""
+    rng = random.Random(f"{seed}:curve")
+    picked = {f.id for f in rng.sample(sample.facts, min(n, len(sample.facts)))}
+    facts = [f for f in sample.facts if f.id in picked]
+    chosen = {u.id for u in rng.sample(sample.unanswerable, min(n, len(sample.unanswerable)))}
+    unanswerable = [u for u in sample.unanswerable if u.id in chosen]
     return ([Question("seen", f"{f.id}/seen/0", f.train_questions[0], f.id, tuple(f.gold)) for f in facts]
             + [Question("heldout", f"{f.id}/heldout/0", f.probe_questions[0], f.id, tuple(f.gold)) for f in facts]
             + [Question("unanswerable", f"{u.id}/unanswerable/0", u.question, None, None) for u in unanswerable])
 
 
-def _curve_evaluator(sample: Corpus, questions: list[Question], tokenizer, cfg: Config):
-    """evaluate(model): the closed-book model's accuracy on seen and held-out questions and its hallucination rate
-    on unanswerable ones, plus house-style adherence, for the learning curve."""
+def _curve_evaluator(sample: Corpus, questions: list[Question], tokenizer, cfg: Config, log):
+    """evaluate(model): the closed-book model's answers to the curve's questions. They are stored as answers, not
+    rates, so that a corrected alias, marker or abstention phrase re-scores the curve (`curve_figures`)."""
     conversations = [build_messages("lora", q.question, sample) for q in questions]
 
     def evaluate(model) -> dict:
-        answers = generate(model, tokenizer, conversations, cfg.finetune.curve_max_new_tokens, 64)
-        rows = score_rows([{"qid": q.qid, "gold": q.gold, "answer": g.answer} for q, g in zip(questions, answers)],
-                          questions, sample)
-
-        def rate(set_name: str, wanted: str) -> float | None:
-            verdicts = [r["verdict"] for r, q in zip(rows, questions) if q.set == set_name]
-            return round(sum(v == wanted for v in verdicts) / len(verdicts), 4) if verdicts else None
-
-        return {"seen": rate("seen", CORRECT), "heldout": rate("heldout", CORRECT),
-                "unanswerable_hallucination": rate("unanswerable", HALLUCINATED),
-                "style": round(sum(r["style_ok"] for r in rows) / len(rows), 4)}
+        answers = generate(model, tokenizer, conversations, cfg.finetune.curve_max_new_tokens, 64,
+                           progress_line(log, "finetune: learning curve"))
+        return {"answers": [{"qid": q.qid, "answer": g.answer} for q, g in zip(questions, answers)]}
 
     return evaluate
+
+
+def curve_figures(curve: list[dict], questions: list[Question], sample: Corpus) -> list[dict]:
+    """results.json `curves`: per curve point, accuracy on seen and held-out questions, hallucination on
+    unanswerable ones and house style, scored now from the stored answers against the current gold."""
+    by_qid = {q.qid: q for q in questions}
+    points = []
+    for point in curve:
+        if "answers" not in point:  # a run folder from before answers were stored
+            points.append(point)
+            continue
+        asked = [a for a in point["answers"] if a["qid"] in by_qid]
+        rows = score_rows([{"qid": a["qid"], "question": by_qid[a["qid"]].question, "gold": by_qid[a["qid"]].gold,
+                            "answer": a["answer"]} for a in asked], questions, sample)
+
+        def rate(set_name: str, wanted: str) -> float | None:
+            verdicts = [r["verdict"] for r in rows if by_qid[r["qid"]].set == set_name]
+            return round(sum(v == wanted for v in verdicts) / len(verdicts), 4) if verdicts else None
+
+        points.append({"epoch": point["epoch"], "seen": rate("seen", CORRECT), "heldout": rate("heldout", CORRECT),
+                       "unanswerable_hallucination": rate("unanswerable", HALLUCINATED),
+                       "style": round(sum(r["style_ok"] for r in rows) / len(rows), 4) if rows else None,
+                       "loss": point.get("loss")})
+    return points
 
 
 def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -> tuple[dict | None, str | None]:
     """Build the fine-tuning set and train the LoRA adapter (fine-tuning side); (training figures, key)."""
     began = time.perf_counter()
     cfg, run_dir = run.cfg, run.run_dir
-    if not uses(cfg.probe.arms, "closed_book"):
-        run.finish("finetune", began)
+    if not uses(cfg.probe.arms, "closed_book"):  # not part of this run: no timing, not even an earlier run's
         return None, None
     passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
     rows = build_finetune_set(sample, passages, cfg.finetune.questions_per_fact)
-    curve = curve_questions(sample, cfg.finetune.curve_questions) if cfg.finetune.curve_points else []
+    curve = curve_questions(sample, cfg.finetune.curve_questions, cfg.seed) if cfg.finetune.curve_points else []
+    # The curve's questions, not their gold: answers are scored at results time, so an alias fix never retrains.
     key = sha256_json({"rows": rows, "lm": run.hashes["lm"], "finetune": config_dict(cfg)["finetune"],
-                       "seed": cfg.seed, "curve": [[q.qid, q.question, q.gold] for q in curve]})
+                       "seed": cfg.seed, "curve": [[q.qid, q.question] for q in curve]})
     adapter_dir = run_dir / "adapter"
     if run.stages.fresh("finetune", key, adapter_dir / "adapter_model.safetensors", run_dir / "finetune_set.jsonl"):
         run.reused.append("finetune")
@@ -255,7 +282,7 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
         shutil.rmtree(tmp, ignore_errors=True)
         run.console.log(f"finetune: LoRA on {len(rows)} examples, {cfg.finetune.epochs} epochs, "
                         f"{cfg.finetune.precision} base")
-        evaluate = _curve_evaluator(sample, curve, tokenizer, cfg) if curve else None
+        evaluate = _curve_evaluator(sample, curve, tokenizer, cfg, run.console.log) if curve else None
         train_lora(model, tokenizer, rows, cfg.finetune, cfg.seed, tmp, work_dir=run_dir / ".trainer",
                    log=run.console.log, evaluate=evaluate)
         shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
@@ -263,7 +290,9 @@ def _finetune_stage(run: _Run, sample: Corpus, index: Index, model, tokenizer) -
         os.replace(tmp, adapter_dir)
         run.stages.done("finetune", key)
     run.finish("finetune", began)
-    return json.loads((adapter_dir / "training_log.json").read_text()), key
+    training = json.loads((adapter_dir / "training_log.json").read_text())
+    training["curve"] = curve_figures(training.get("curve", []), curve, sample)
+    return training, key
 
 
 def _check_reader(cfg: Config, corpus: Corpus, sample: Corpus) -> None:
@@ -291,7 +320,8 @@ def _fit_head(run: _Run, reader, tokenizer, facts: list, index: Index, encoder: 
     began = time.perf_counter()
     examples = head_examples(facts, index, encoder, cfg.index.k, cfg.reader, cfg.index.context_units, cfg.index.headed)
     states = prompt_states(reader, tokenizer, [reader_messages(q, texts) for q, texts, _ in examples],
-                           cfg.reader.head_layers, cfg.probe.batch_size)
+                           cfg.reader.head_layers, cfg.probe.batch_size,
+                           progress_line(run.console.log, "reader: answerability head's examples"))
     labels = [label for *_, label in examples]
     head = AnswerabilityHead.fit(states, labels, cfg.reader.head_layers, cfg.seed)
     atomic_write_json(folder / "head.json", head.to_dict())
@@ -345,18 +375,22 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
             fold_training = training.model_copy(update={"epochs": reader_epochs(len(rows), cfg.reader)})
             figures = train_lora(model, tokenizer, rows, fold_training, cfg.seed, tmp / f"fold-{i}", work_dir=run_dir / ".trainer",
                                  log=lambda line: run.console.log(line.replace("finetune:", "reader:", 1)))
-            reader = merged_model(model, tmp / f"fold-{i}", getattr(torch, cfg.models.dtype))
+            reader = merged_model(model, tmp / f"fold-{i}", torch_dtype(cfg.models.dtype))
             asked = [reader_messages(q, chunks) for q, chunks in silent[i]]
-            answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size)
-            declines = [verdict(a.answer, None, corpus.abstain_phrases) == ABSTAINED for a in answers]
+            answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size,
+                               progress_line(run.console.log, "reader: silent contexts"))
+            chances = [None] * len(answers)
             if by_head:
                 head, figures["head"] = _fit_head(run, reader, tokenizer, plan[i][1], index, encoder, tmp / f"fold-{i}")
-                chances = answerable([reader], [head], tokenizer, asked, [0] * len(asked), answers, cfg.probe.batch_size)
-                declines = [d or c < HEAD_THRESHOLD for d, c in zip(declines, chances)]
+                chances = answerable([reader], [head], tokenizer, asked, [0] * len(asked), answers, cfg.probe.batch_size,
+                                     progress_line(run.console.log, "reader: head on silent contexts"))
+            # Answers, not a rate: the share declined is scored at results time (`_silent_abstained`), so a corrected
+            # abstention phrase re-scores it.
             atomic_write_json(tmp / f"fold-{i}" / "training_log.json",
                               {**figures, "targets": targets, "trained_on_facts": len({r["fact_id"] for r in rows}),
-                               "answers_facts": len(folds[i]), "silent_asked": len(answers),
-                               "silent_abstained": sum(declines)})
+                               "answers_facts": len(folds[i]),
+                               "silent": [{"answer": a.answer, "answerable": None if c is None else round(c, 4)}
+                                          for a, c in zip(answers, chances)]})
         shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -371,10 +405,20 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
                "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs],
                "abstain_by": cfg.reader.abstain_by, "head": [log.get("head") for log in logs] if by_head else None,
                # Abstention where the context is silent, on the answered facts' first train questions (never the probe's)
-               "silent_abstained": round(sum(log["silent_abstained"] for log in logs) /
-                                         max(1, sum(log["silent_asked"] for log in logs)), 4)}
+               "silent_abstained": _silent_abstained(logs, corpus.abstain_phrases)}
     run.finish("reader", began)
     return ReaderPlan(folds, key, figures)
+
+
+def _silent_abstained(logs: list[dict], abstain_phrases: list[str]) -> float:
+    """The share of silent contexts the readers declined, scored now from their stored answers: the reader's own
+    abstention, or its head's probability under the threshold."""
+    if not all("silent" in log for log in logs):  # a run folder from before answers were stored
+        return round(sum(log["silent_abstained"] for log in logs) / max(1, sum(log["silent_asked"] for log in logs)), 4)
+    silent = [s for log in logs for s in log["silent"]]
+    declined = [verdict(s["answer"], None, abstain_phrases) == ABSTAINED
+                or (s["answerable"] is not None and s["answerable"] < HEAD_THRESHOLD) for s in silent]
+    return round(sum(declined) / max(1, len(declined)), 4)
 
 
 def _update_actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, float]]:
@@ -428,7 +472,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
             build_messages("fewshot", q.question, new_sample, None,
                            fewshot_pairs(new_sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold))
         seconds["prompt"] = time.perf_counter() - t
-        dtype = getattr(torch, cfg.models.dtype)
+        dtype = torch_dtype(cfg.models.dtype)
         models: dict = {"base": fresh_copy(model, dtype)}
         if uses(cfg.probe.arms, "closed_book"):
             models["closed_book"] = merged_model(model, run_dir / "adapter", dtype)
@@ -461,7 +505,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
         os.replace(tmp, folder)
         run.stages.done("update", key)
     for row in rows:
-        row["update_verdict"] = update_verdict(row["answer"], row["gold"], old_gold[row["fact_id"]])
+        row["update_verdict"] = update_verdict(row["answer"], row["gold"], old_gold[row["fact_id"]], corpus.abstain_phrases)
     seconds = measured["seconds"]
     asked_ids = {q.qid for q in asked}
     before = [r for r in predictions if r["qid"] in asked_ids]
@@ -471,7 +515,7 @@ def _update_stage(run: _Run, corpus: Corpus, sample: Corpus, encoder: Encoder, m
                  for a in cfg.probe.arms if model_of(a) == "closed_book" and seconds["retrain"] is not None}
     figures = update_figures(before, [r for r in rows if r["phase"] == "after"],
                              [r for r in rows if r["phase"] == "retrained"], old_gold, actions, retrained, cfg.seed,
-                             cfg.probe.bootstrap_resamples)
+                             cfg.probe.bootstrap_resamples, corpus.abstain_phrases)
     figures |= {"facts_changed": len(sample.updates), "questions": len(asked),
                 "sets": sorted({q.set for q in asked}), "seconds": seconds}
     run.finish("update", began)
@@ -514,7 +558,7 @@ def _probe_stage(run: _Run, sample: Corpus, index: Index, encoder: Encoder, mode
     models: dict = {}
     folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions} if reader else None
     if todo:
-        dtype = getattr(torch, cfg.models.dtype)
+        dtype = torch_dtype(cfg.models.dtype)
         if uses(todo, "base"):
             models["base"] = fresh_copy(model, dtype)
         if uses(todo, "closed_book"):
@@ -601,6 +645,20 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     return results
 
 
+def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
+    """`auto` in models.dtype / finetune.precision replaced by the precision measured fastest here (precision.py):
+    the stage keys, config.yaml and every later reader see the precision that was used."""
+    asked = {"models.dtype": cfg.models.dtype, "finetune.precision": cfg.finetune.precision}
+    chosen, record = resolve_precision(asked, cache_dir() / "precision.json")
+    if record["gflops"]:
+        rates = ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in record["gflops"].items())
+        console.log(f"precision: generation {chosen['models.dtype']}, training {chosen['finetune.precision']} "
+                    f"({rates} on {record['cpu']}{', cached' if record['cached'] else ''})")
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"dtype": chosen["models.dtype"]}),
+                                 "finetune": cfg.finetune.model_copy(update={"precision": chosen["finetune.precision"]})})
+    return cfg, record
+
+
 def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder | None = None) -> Path:
     """Run every stage of the experiment described by `cfg`; return the run folder.
 
@@ -616,6 +674,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
         if wanted is not None and wanted > available:  # a small corpus still runs the quick profile, and says so
             console.log(f"warning: {key} asks for {wanted}, the corpus has {available}: using all {available}")
     _check_reader(cfg, corpus, sample)
+    cfg, precision = _resolve_precision(cfg, console)
     run_dir = cfg.run_dir
     check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -636,16 +695,15 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     predictions = _probe_stage(run, sample, index, encoder, model, tokenizer, questions, index_key, ft_key, reader)
     results = _results(run, corpus, sample, index, encoder, questions, predictions, training)
     results["reader"] = reader.figures if reader else None
+    results["precision"] = {k: v for k, v in precision.items() if k != "cached"}  # the same figures on a rerun
     results["retrieval"]["embedder_tuning"] = tuning
     results["update"] = _update_stage(run, corpus, sample, encoder, model, tokenizer, questions, predictions,
                                       {"index": index_key, "finetune": ft_key, "reader": reader.key if reader else None},
                                       reader)
     results["timings"] = dict(run.timings)
-    results["claims"] = evaluate_claims(results)  # the ledger (claims.yaml) as decided by this run's figures
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
-    atomic_write_json(run_dir / "results.json", results)
     began = time.perf_counter()
-    write_reports(run_dir, results, predictions)
+    write_reports(run_dir, results, predictions)  # results.json with the claims ledger decided, then the reports
     run.finish("report", began)
 
     finished = datetime.now(timezone.utc)
@@ -653,7 +711,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
         "status": "complete", "started": started.isoformat(), "finished": finished.isoformat(),
         "seconds": round((finished - started).total_seconds(), 2), "seed": cfg.seed, "config": config_dict(cfg),
         "hashes": hashes, "lm_folder": str(lm_folder(cfg.models.lm)), "embedder_folder": str(embedder_folder(cfg.models.embedder)),
-        "packages": package_versions(), "machine": machine(), "timings": run.timings, "reused_stages": run.reused, "reused_arms": run.reused_arms,
+        "packages": package_versions(), "machine": machine(), "precision": precision, "timings": run.timings, "reused_stages": run.reused, "reused_arms": run.reused_arms,
         "files": sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json"),
     })
     return run_dir

@@ -24,7 +24,6 @@ import regex
 from scipy.stats import bootstrap
 
 CORRECT, HALLUCINATED, ABSTAINED = "correct", "hallucinated", "abstained"
-VERDICTS = (CORRECT, HALLUCINATED, ABSTAINED)
 
 # Phrases a model uses when it declines to answer; the corpus's own abstain template is added per corpus.
 ABSTENTION_PHRASES = (
@@ -145,6 +144,13 @@ def verdict(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> 
     return HALLUCINATED
 
 
+def names_answer(texts: list[str], gold: list[str] | None, question: str = "") -> bool:
+    """True when the texts shown to a reader name the gold answer; a gold answer that the question itself already
+    names is not credited to the texts (the question's own words are excluded). The one rule for "answer shown":
+    context recall, RAG's error split and the reader's training labels all read it."""
+    return bool(gold) and not matches_gold(question, list(gold)) and matches_gold("\n".join(texts), list(gold))
+
+
 def hedged(answer: str, gold: list[str] | None, abstain_phrases: list[str]) -> bool:
     """An abstention that still names the gold answer ("I can't find that... perhaps 58 euros")."""
     return bool(gold) and mentions_any(answer, abstain_phrases) and matches_gold(answer, gold)
@@ -184,46 +190,95 @@ SET_METRICS = (
 )
 
 
-def rate_with_ci(hits: list[bool], seed: int, confidence: float = 0.95, resamples: int = 2000) -> tuple[float, list[float]]:
-    """Share of True in `hits` and its percentile bootstrap confidence interval (scipy.stats.bootstrap)."""
+def cluster_of(row: dict) -> str:
+    """The unit the bootstrap resamples: a question's fact (its questions are not independent), else the question."""
+    return row.get("fact_id") or row.get("qid") or str(id(row))
+
+
+def _clustered_ci(values: np.ndarray, clusters: list | None, seed: int, confidence: float, resamples: int) -> list[float]:
+    """Percentile bootstrap interval (scipy.stats.bootstrap) of sum(values) / len(values) when whole clusters are
+    resampled: the questions of one fact stay together, so the interval is not narrowed by asking a fact twice.
+    Without clusters every value is its own cluster (the ordinary bootstrap of a mean)."""
+    keys = list(range(len(values))) if clusters is None else clusters
+    _, inverse = np.unique(np.asarray([str(k) for k in keys]), return_inverse=True)
+    sums = np.bincount(inverse, weights=values)
+    counts = np.bincount(inverse).astype(float)
+    if len(sums) < 2:
+        mean = float(values.mean())
+        return [round(mean, 4)] * 2
+
+    def ratio(picked, axis=-1):
+        picked = picked.astype(int)
+        return sums[picked].sum(axis=axis) / counts[picked].sum(axis=axis)
+
+    result = bootstrap((np.arange(len(sums), dtype=float),), ratio, vectorized=True, confidence_level=confidence,
+                       n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+def rate_with_ci(hits: list[bool], seed: int, confidence: float = 0.95, resamples: int = 2000,
+                 clusters: list | None = None) -> tuple[float, list[float]]:
+    """Share of True in `hits` and its percentile bootstrap confidence interval, resampling whole `clusters` (one
+    key per hit, e.g. the fact asked about) where given."""
     values = np.asarray(hits, dtype=float)
     if len(values) == 0:
         return 0.0, [0.0, 0.0]
     mean = float(values.mean())
     if values.min() == values.max():  # degenerate sample: every resample has the same mean
         return mean, [mean, mean]
-    result = bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                       method="percentile", rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return mean, [round(float(low), 4), round(float(high), 4)]
+    return mean, _clustered_ci(values, clusters, seed, confidence, resamples)
 
 
-def set_figures(verdicts: list[str], seed: int, unanswerable: bool = False, resamples: int = 2000) -> dict:
-    """Accuracy, hallucination and abstention rates with 95% bootstrap intervals for one (arm, question set).
+def set_figures(verdicts: list[str], seed: int, unanswerable: bool = False, resamples: int = 2000,
+                clusters: list | None = None) -> dict:
+    """Accuracy, hallucination and abstention rates with 95% bootstrap intervals (resampled by `clusters`, one per
+    verdict, where given) for one (arm, question set).
 
     On unanswerable questions the right behaviour is to abstain, so there `accuracy` is the share abstained.
     """
     figures: dict = {"n": len(verdicts)}
     for metric in SET_METRICS:
         wanted = ABSTAINED if unanswerable and metric.name == "accuracy" else metric.verdict
-        value, ci = rate_with_ci([v == wanted for v in verdicts], seed, resamples=resamples)
+        value, ci = rate_with_ci([v == wanted for v in verdicts], seed, resamples=resamples, clusters=clusters)
         figures[metric.name] = round(value, 4)
         figures[f"{metric.name}_ci"] = ci
     return figures
 
 
+def context_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
+    """Context recall (share of questions whose shown text names the gold answer, `names_answer`) and context
+    utilisation (share correct among those) for one retrieving arm's answerable set, with clustered intervals: the
+    judge-free versions of what RAG evaluators call context recall and utilisation."""
+    shown = [r for r in rows if r.get("answer_shown") is not None]
+    if not shown:
+        return {}
+    recall, recall_ci = rate_with_ci([r["answer_shown"] for r in shown], seed, resamples=resamples,
+                                     clusters=[cluster_of(r) for r in shown])
+    named = [r for r in shown if r["answer_shown"]]
+    use, use_ci = rate_with_ci([r["verdict"] == CORRECT for r in named], seed, resamples=resamples,
+                               clusters=[cluster_of(r) for r in named])
+    return {"context_recall": round(recall, 4), "context_recall_ci": recall_ci, "shown_n": len(named),
+            "context_utilisation": round(use, 4) if named else None, "context_utilisation_ci": use_ci if named else None}
+
+
 def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
-    """results.json's "arms": per arm and question set the three rates with intervals, then style adherence,
-    prompt and generated tokens per query and seconds per query over all of the arm's answers."""
+    """results.json's "arms": per arm and question set the three rates with intervals resampled by fact (and, for
+    retrieving arms, context recall and utilisation), then style adherence with its interval, prompt and generated
+    tokens per query and seconds per query over all of the arm's answers."""
     arms: dict = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]
         figures: dict = {}
         for set_name in dict.fromkeys(r["set"] for r in mine):
-            verdicts = [r["verdict"] for r in mine if r["set"] == set_name]
-            figures[set_name] = set_figures(verdicts, seed, set_name == "unanswerable", resamples)
+            asked = [r for r in mine if r["set"] == set_name]
+            figures[set_name] = set_figures([r["verdict"] for r in asked], seed, set_name == "unanswerable", resamples,
+                                            [cluster_of(r) for r in asked]) | context_figures(asked, seed, resamples)
         n = len(mine)
-        figures["style_adherence"] = round(sum(r["style_ok"] for r in mine) / n, 4)
+        style, style_ci = rate_with_ci([bool(r["style_ok"]) for r in mine], seed, resamples=resamples,
+                                       clusters=[cluster_of(r) for r in mine])
+        figures["style_adherence"] = round(style, 4)
+        figures["style_adherence_ci"] = style_ci
         figures["prompt_tokens_per_query"] = round(sum(r["prompt_tokens"] for r in mine) / n, 1)
         figures["generated_tokens_per_query"] = round(sum(r["generated_tokens"] for r in mine) / n, 1)
         figures["seconds_per_query"] = round(sum(r["seconds"] for r in mine) / n, 4)
@@ -232,31 +287,32 @@ def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
 
 
 def rag_errors(rows: list[dict], gold_chunks: dict[str, set[str]], arm: str = "rag", set_name: str = "heldout") -> dict:
-    """Wrong RAG answers split into retrieval misses (no gold chunk retrieved) and reader errors (gold chunk
-    retrieved, answer still not correct)."""
+    """Wrong answers of a retrieving arm split by where the answer was lost: `retrieval_miss` (no gold chunk in the
+    top k retrieved), `not_shown` (a gold chunk retrieved, but the text shown does not name the answer) and `misread`
+    (the text shown names it, the answer is still wrong); `reader_error` = not_shown + misread."""
     wrong = [r for r in rows if r["arm"] == arm and r["set"] == set_name and r["verdict"] != CORRECT]
-    miss = sum(1 for r in wrong if not gold_chunks.get(r["fact_id"], set()) & set(r["retrieved"]))
-    return {"retrieval_miss": miss, "reader_error": len(wrong) - miss}
+    miss = [r for r in wrong if not gold_chunks.get(r["fact_id"], set()) & set(r["retrieved"])]
+    misread = sum(1 for r in wrong if r not in miss and r.get("answer_shown"))
+    not_shown = len(wrong) - len(miss) - misread
+    return {"retrieval_miss": len(miss), "reader_error": not_shown + misread, "not_shown": not_shown,
+            "misread": misread}
 
 
 def paired_difference(rows: list[dict], arm_a: str, arm_b: str, set_name: str, seed: int, resamples: int = 2000) -> dict | None:
-    """Accuracy of arm_a minus arm_b on the same questions, with a paired 95% bootstrap interval: tighter and more
-    honest than asking whether two separate intervals overlap. None when either arm did not answer the set."""
-    a = {r["qid"]: r["verdict"] == CORRECT for r in rows if r["arm"] == arm_a and r["set"] == set_name}
+    """Accuracy of arm_a minus arm_b on the same questions, with a paired 95% bootstrap interval that resamples whole
+    facts (a fact's questions together): tighter and more honest than asking whether two separate intervals overlap.
+    None when either arm did not answer the set."""
+    a = {r["qid"]: r for r in rows if r["arm"] == arm_a and r["set"] == set_name}
     b = {r["qid"]: r["verdict"] == CORRECT for r in rows if r["arm"] == arm_b and r["set"] == set_name}
     shared = sorted(a.keys() & b.keys())
     if not shared:
         return None
-    x = np.array([a[q] for q in shared], dtype=float)
-    y = np.array([b[q] for q in shared], dtype=float)
-    difference = float(x.mean() - y.mean())
-    if (x - y).min() == (x - y).max():  # every pair differs alike: every resample gives the same difference
-        return {"n": len(shared), "difference": round(difference, 4), "ci": [round(difference, 4)] * 2}
-    result = bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis), paired=True,
-                       vectorized=True, confidence_level=0.95, n_resamples=resamples, method="percentile",
-                       rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return {"n": len(shared), "difference": round(difference, 4), "ci": [round(float(low), 4), round(float(high), 4)]}
+    gaps = np.array([(a[q]["verdict"] == CORRECT) - b[q] for q in shared], dtype=float)
+    difference = round(float(gaps.mean()), 4)
+    if gaps.min() == gaps.max():  # every pair differs alike: every resample gives the same difference
+        return {"n": len(shared), "difference": difference, "ci": [difference] * 2}
+    ci = _clustered_ci(gaps, [cluster_of(a[q]) for q in shared], seed, 0.95, resamples)
+    return {"n": len(shared), "difference": difference, "ci": ci}
 
 
 COMPARISONS = (("rag", "lora"), ("lora_rag", "lora"), ("rag", "prompt"), ("lora_rag", "rag"), ("raft", "rag"),
