@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from ragvsft.precision import cpu_name  # noqa: E402
 from ragvsft.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ragvsft.claims import evaluate_claims  # noqa: E402
 from ragvsft.config import load_config  # noqa: E402
@@ -69,7 +70,17 @@ def run_profile(profile: str) -> dict:
     return {"profile": profile, "command": "ragvsft " + " ".join(profile_command("run", profile)), "wall_seconds": round(seconds, 1),
             "bar_seconds": BARS.get(profile), "stage_seconds": manifest["timings"], "questions": results["run"]["questions"],
             "arms": len(results["arms"]), "facts": results["corpus"]["facts"],
-            "training_examples": (results.get("training") or {}).get("examples"), "run_dir": str(out.relative_to(REPO))}
+            "training_examples": (results.get("training") or {}).get("examples"), "run_dir": str(out.relative_to(REPO)),
+            "cpu": cpu_label(results), "date": time.strftime("%Y-%m-%d")}
+
+
+def cpu_label(results: dict) -> str:
+    """The CPU a run was measured on, as its results.json records it: model name, AMX or not, the precision used."""
+    record = results.get("precision") or {}
+    if not record.get("cpu"):
+        return "not recorded"
+    amx = "AMX" if "amx_bf16" in (record.get("flags") or []) else "no AMX"
+    return f"{record['cpu']} ({amx}; {(record.get('chosen') or {}).get('models.dtype', '?')})"
 
 
 def run_sweep_file(name: str) -> dict:
@@ -250,20 +261,21 @@ def layers(variant: dict) -> str:
     return f"{first} and up" if first else "all"
 
 
-def readme_section(bench: dict) -> str:
+def readme_section(bench: dict, command: str = ".venv/bin/python experiments/benchmark.py --readme") -> str:
     machine = bench["machine"]
-    lines = [START, "", f"Measured on {machine['cpus']} CPU cores ({machine['processor']}, {machine['platform']}), "
-             f"{bench['date']}, with `.venv/bin/python experiments/benchmark.py --readme`:", "",
-             "| profile | facts | questions × arms | training examples | wall time | bar | index | fine-tune | RAFT reader "
-             "| probe | s per training example | training tokens/s | LoRA seen accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [START, "", f"Measured on {machine['cpus']} CPU cores ({machine.get('cpu', machine['processor'])}, "
+             f"{machine['platform']}), {bench['date']}, with `{command}` (each row names the CPU it ran on):", "",
+             "| profile | CPU (precision) | measured | facts | questions × arms | training examples | wall time | bar | index "
+             "| fine-tune | RAFT reader | probe | s per training example | training tokens/s | LoRA seen accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in bench["profiles"].values():
         s = p["stage_seconds"]
         results = json.loads((REPO / p["run_dir"] / "results.json").read_text())
         training, seen = results.get("training") or {}, results["arms"].get("lora", {}).get("seen", {})
         reader = f"{s['reader']:.0f} s" if "reader" in s else "–"
         bar = f"{p['bar_seconds'] / 60:.0f} min" if p["bar_seconds"] else "–"
-        lines.append(f"| `{p['command']}` | {p['facts']} | {p['questions']} × {p['arms']} | {p['training_examples']} | "
+        lines.append(f"| `{p['command']}` | {p.get('cpu', 'not recorded')} | {p.get('date', bench['date'])} | {p['facts']} | "
+                     f"{p['questions']} × {p['arms']} | {p['training_examples']} | "
                      f"{p['wall_seconds'] / 60:.1f} min | {bar} | {s.get('index', 0):.0f} s | "
                      f"{s.get('finetune', 0):.0f} s | {reader} | "
                      f"{s.get('probe', 0):.0f} s | "
@@ -271,6 +283,21 @@ def readme_section(bench: dict) -> str:
                      f"{100 * seen.get('accuracy', float('nan')):.0f}% |")
     lines += ["", "(s per training example and tokens/s: results.json `training`, the run's own LoRA training, learning "
                   "curve excluded; on this shared machine the quick training with LoRA on every layer measured between 0.12 and 0.155 s per example over ten runs of the same code; the quick profile now adapts layers 10 and up, see the next table.)"]
+    floors = [(p, json.loads((REPO / p["run_dir"] / "results.json").read_text()).get("performance"))
+              for p in bench["profiles"].values()]
+    floors = [(p, perf) for p, perf in floors if perf and perf.get("peak_gflops")]
+    if floors:
+        lines += ["", "The compute floor (results.json `performance`): per stage the tokens through the model, the work "
+                      "at 2 × parameters per forward token and 6 × per trained token, and the share of the matmul peak "
+                      "measured at start-up for the precision used (`precision.py`) that the stage achieved:", "",
+                  "| profile | CPU | peak GFLOP/s | stage | forward tokens | trained tokens | GFLOP | seconds | floor s | share of peak |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for p, perf in floors:
+            for stage, f in perf["stages"].items():
+                share = f"{100 * f['share_of_peak']:.0f}%" if f["share_of_peak"] is not None else "–"
+                lines.append(f"| {p['profile']} | {p.get('cpu', '')} | {perf['peak_gflops']:.0f} | {stage} | "
+                             f"{f['forward_tokens']:,} | {f['trained_tokens']:,} | {f['gflop']:,.0f} | "
+                             f"{f['seconds'] or 0:.0f} | {f['floor_seconds'] or 0:.0f} | {share} |")
     check = bench.get("dtype_check")
     if check:
         speedups = [a["float32"]["seconds_per_query"] / a["bfloat16"]["seconds_per_query"] for a in check["arms"].values()]
@@ -372,6 +399,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", action="append", choices=PROFILES, help="profile(s) to time (default quick and full)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's benchmark section")
+    parser.add_argument("--section", default="", help="a machine's own section: runs/benchmark-NAME.json and README "
+                        "markers <!-- benchmark-NAME:start/end --> (e.g. noamx), beside the main one")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
@@ -380,7 +409,9 @@ def main() -> None:
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
     args = parser.parse_args()
-    path = REPO / "runs" / "benchmark.json"
+    suffix = f"-{args.section}" if args.section else ""
+    start, end = f"<!-- benchmark{suffix}:start -->", f"<!-- benchmark{suffix}:end -->"
+    path = REPO / "runs" / f"benchmark{suffix}.json"
     bench = json.loads(path.read_text()) if path.is_file() else {"profiles": {}}
     if args.training:
         print("timing LoRA training ...", flush=True)
@@ -406,17 +437,18 @@ def main() -> None:
     if args.dtype_check:
         print("comparing bfloat16 with float32 on the quick run ...", flush=True)
         bench["dtype_check"] = dtype_check()
-    bench["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    bench["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu": cpu_name(),
                         "platform": platform.platform(terse=True)}
     bench["date"] = time.strftime("%Y-%m-%d")
     bench["profiles"] = {k: bench["profiles"][k] for k in PROFILES if k in bench["profiles"]}
     atomic_write_json(path, bench)
     if args.readme:
         readme = (REPO / "README.md").read_text()
-        if START not in readme or END not in readme:
-            sys.exit(f"README.md has no {START} ... {END} section to rewrite")
-        head, rest = readme.split(START, 1)
-        readme = head + readme_section(bench) + rest.split(END, 1)[1]
+        if start not in readme or end not in readme:
+            sys.exit(f"README.md has no {start} ... {end} section to rewrite")
+        head, rest = readme.split(start, 1)
+        command = " ".join([".venv/bin/python experiments/benchmark.py", *sys.argv[1:]])
+        readme = head + readme_section(bench, command).replace(START, start).replace(END, end) + rest.split(end, 1)[1]
         if bench.get("sweeps") and SWEEPS_START in readme and SWEEPS_END in readme:
             head, rest = readme.split(SWEEPS_START, 1)
             readme = head + sweeps_section(bench) + rest.split(SWEEPS_END, 1)[1]

@@ -140,7 +140,7 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
     """A config for the tiny model: every arm, every set, a few training steps."""
     from ragvsft.config import load_config
 
-    sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2",
+    sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2", "finetune.min_steps=0",
             "probe.max_new_tokens=6", "probe.batch_size=4", "probe.bootstrap_resamples=200", "index.chunk_tokens=16",
             "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "index.context_units=null",
             "reader.first_lora_layer=0", "reader.min_examples=0", "reader.min_steps=0", "reader.head_layers=[1, 2]",
@@ -160,7 +160,7 @@ def real_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real") / "run"
     corpus = REPO / "corpus"
     cfg = load_config(REPO / "experiments" / "quick.yaml",
-                      ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8",
+                      ["subset.facts=8", "subset.unanswerable=2", "finetune.epochs=8", "finetune.batch_size=8", "finetune.min_steps=0",
                        "finetune.curve_points=2", "finetune.curve_questions=4", "probe.bootstrap_resamples=200",
                        "reader.facts=24", "reader.questions_per_fact=2", "reader.min_examples=0", "reader.min_steps=0"],
                       corpus=str(corpus), out=str(out))

@@ -63,3 +63,43 @@ def test_a_module_list_naming_a_foreign_class_is_refused_before_anything_is_impo
         (folder / "modules.json").write_text(json.dumps(modules))
         with pytest.raises(InputError, match=f"modules.json:1: .*{message}".replace("(", "\\(").replace(")", "\\)")):
             SentenceEncoder(folder)
+
+
+def test_unit_pairs_add_the_sentence_that_names_the_answer_under_its_chunk(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    index = Index.build(corpus, MockEncoder(), 64, 4)
+    pairs, _ = tuning_pairs(corpus, index.chunks, units=True)
+    question = "How much is the meal allowance per day?"
+    assert [p[0] for p in pairs] == [question, question]
+    (_, chunk_text, chunk_id), (_, unit, unit_chunk) = pairs
+    assert unit_chunk == chunk_id and unit != chunk_text and "58 euros" in unit  # one batch never holds both
+    assert "Roamly" not in unit and unit.startswith("Travel\n")  # the one sentence, under its heading path
+
+
+def test_development_data_never_holds_a_scored_probe_question_or_an_unanswerable_one():
+    """A set assertion over both shipped profiles: what tunes the embedder (train questions of the scored facts, train
+    and probe questions of the facts the run does not score) never holds a scored fact's probe question, a reverse
+    question or an unanswerable question."""
+    from pathlib import Path
+
+    from ragvsft.config import load_config
+    from ragvsft.index import chunk_corpus
+    from ragvsft.run import development_facts
+    from ragvsft.score import normalize
+
+    repo = Path(__file__).resolve().parents[1]
+    corpus = load_corpus(repo / "corpus")
+    chunks = chunk_corpus(corpus, MockEncoder(), 96, 24)
+    for profile, expected_development in (("quick", 148), ("full", 0)):
+        cfg = load_config(repo / "experiments" / f"{profile}.yaml", corpus=str(repo / "corpus"))
+        sample = cfg.sample_of(corpus)
+        development = development_facts(corpus, sample)
+        assert len(development) == expected_development
+        pairs, validation = tuning_pairs(sample, chunks, True, True, development)
+        tuned = {normalize(q) for q, _, _ in pairs} | {normalize(q) for q, _ in validation}
+        scored = {normalize(q) for f in sample.facts for q in f.probe_questions}
+        scored |= {normalize(q) for f in sample.facts if f.reverse for q in f.reverse.questions}
+        unanswerable = {normalize(u.question) for u in corpus.unanswerable}
+        assert tuned and not tuned & scored and not tuned & unanswerable, profile
+        if development:  # the probe's question style does reach the embedder, through facts nobody scores
+            assert {normalize(q) for f in development for q in f.probe_questions} <= tuned

@@ -42,7 +42,7 @@ def test_labels_mask_the_prompt(tiny_lm):
 def test_lora_trains_and_saves_safetensors(tmp_path, toy_corpus, tiny_lm):
     model, tokenizer = load_lm(str(tiny_lm))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = load_config(None, ["finetune.epochs=3", "finetune.batch_size=2", "finetune.learning_rate=0.01"]).finetune
+    cfg = load_config(None, ["finetune.min_steps=0", "finetune.epochs=3", "finetune.batch_size=2", "finetune.learning_rate=0.01"]).finetune
     figures = train_lora(model, tokenizer, build_finetune_set(load_corpus(toy_corpus)), cfg, seed=0,
                          adapter_dir=tmp_path / "adapter", work_dir=tmp_path / "work")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
@@ -73,7 +73,7 @@ def test_bfloat16_base_learns_like_float32(tmp_path, toy_corpus, tiny_lm):
     rows = build_finetune_set(load_corpus(toy_corpus))
     losses = {}
     for precision in ("float32", "bfloat16"):
-        cfg = load_config(None, ["finetune.epochs=6", "finetune.batch_size=2", "finetune.learning_rate=0.01",
+        cfg = load_config(None, ["finetune.min_steps=0", "finetune.epochs=6", "finetune.batch_size=2", "finetune.learning_rate=0.01",
                                  f"finetune.precision={precision}"]).finetune
         figures = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / precision,
                              work_dir=tmp_path / f"work-{precision}")
@@ -101,7 +101,7 @@ def test_learning_curve_bookkeeping(tmp_path, toy_corpus, tiny_lm):
         calls.append(merged.model.layers[0].self_attn.q_proj.weight.detach().float().clone())
         return {"seen": len(calls) / 10, "heldout": 0.0, "unanswerable_hallucination": 1.0, "style": 0.5}
 
-    cfg = load_config(None, ["finetune.epochs=4", "finetune.batch_size=2", "finetune.curve_points=2"]).finetune
+    cfg = load_config(None, ["finetune.min_steps=0", "finetune.epochs=4", "finetune.batch_size=2", "finetune.curve_points=2"]).finetune
     figures = train_lora(model, tokenizer, build_finetune_set(load_corpus(toy_corpus)), cfg, seed=0,
                          adapter_dir=tmp_path / "adapter", work_dir=tmp_path / "work", evaluate=evaluate)
     assert [p["epoch"] for p in figures["curve"]] == [0.0, 2.0, 4.0]
@@ -121,7 +121,7 @@ def test_lora_from_a_first_layer_leaves_the_lower_layers_alone(tmp_path, toy_cor
 
     model, tokenizer = load_lm(str(tiny_lm))
     rows = build_finetune_set(load_corpus(toy_corpus))
-    cfg = load_config(None, ["finetune.epochs=1", "finetune.batch_size=2", "finetune.first_lora_layer=1"]).finetune
+    cfg = load_config(None, ["finetune.min_steps=0", "finetune.epochs=1", "finetune.batch_size=2", "finetune.first_lora_layer=1"]).finetune
     upper = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / "upper", work_dir=tmp_path / "w")
     every = train_lora(model, tokenizer, rows, cfg.model_copy(update={"first_lora_layer": 0}), seed=0,
                        adapter_dir=tmp_path / "every", work_dir=tmp_path / "w")
@@ -134,3 +134,47 @@ def test_lora_from_a_first_layer_leaves_the_lower_layers_alone(tmp_path, toy_cor
     with pytest.raises(ValueError, match="first_lora_layer: 2, but the model has 2 layers"):
         train_lora(model, tokenizer, rows, cfg.model_copy(update={"first_lora_layer": 2}), seed=0,
                    adapter_dir=tmp_path / "none", work_dir=tmp_path / "w")
+
+
+def test_a_small_set_trains_whole_epochs_until_the_minimum_steps():
+    from ragvsft.finetune import planned_epochs
+
+    cfg = load_config(None, ["finetune.epochs=4", "finetune.batch_size=16", "finetune.min_steps=40"]).finetune
+    assert planned_epochs(160, cfg) == 4  # the quick profile: 10 steps an epoch, 40 steps already
+    assert planned_epochs(62, cfg) == 10  # 31 facts x 2 questions: 4 steps an epoch, so 10 epochs
+    assert planned_epochs(62, cfg.model_copy(update={"min_steps": 0})) == 4
+
+
+def test_the_stopping_rule_stops_at_the_first_learnt_epoch_past_the_plan():
+    from transformers import TrainerControl, TrainerState
+
+    from ragvsft.finetune import _until_learnt
+
+    def run(shares, planned, budget, target=0.9):
+        tally, learnt = {"learnt": 0, "examples": 0}, []
+        rule, state, control = _until_learnt(tally, learnt, planned, budget, target), TrainerState(), TrainerControl()
+        for epoch, share in enumerate(shares, start=1):
+            tally.update(learnt=round(share * 100), examples=100)
+            state.epoch = float(epoch)
+            rule.on_epoch_end(None, state, control)
+            if control.should_training_stop:
+                return epoch, learnt
+        return None, learnt
+
+    assert run([0.2, 0.95, 0.99], planned=2, budget=6) == (2, [[1.0, 0.2], [2.0, 0.95]])
+    assert run([0.95, 0.5, 0.92], planned=2, budget=6)[0] == 3  # never before the planned epochs
+    assert run([0.2, 0.5, 0.7], planned=2, budget=3)[0] is None  # the budget runs out
+    assert run([0.99, 0.99], planned=2, budget=2)[0] is None  # no budget beyond the plan: the plan is trained
+
+
+def test_training_records_why_it_stopped_and_what_it_learnt(tmp_path, toy_corpus, tiny_lm):
+    model, tokenizer = load_lm(str(tiny_lm))
+    rows = build_finetune_set(load_corpus(toy_corpus))
+    cfg = load_config(None, ["finetune.min_steps=6", "finetune.epochs=1", "finetune.batch_size=2", "finetune.curve_points=0",
+                             "finetune.max_epochs=4", "finetune.until_learnt=1.0"]).finetune
+    figures = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / "a", work_dir=tmp_path / "w")
+    assert figures["planned_epochs"] == 2 and figures["epochs"] == 4 and figures["stopped"] == "budget"
+    assert [e for e, _ in figures["learnt"]] == [1.0, 2.0, 3.0, 4.0] and 0 <= figures["learnt_share"] <= 1
+    plain = cfg.model_copy(update={"max_epochs": None, "min_steps": 0})
+    figures = train_lora(model, tokenizer, rows, plain, seed=0, adapter_dir=tmp_path / "b", work_dir=tmp_path / "w")
+    assert figures["epochs"] == 1 and figures["stopped"] == "epochs" and figures["steps"] == 3

@@ -28,6 +28,10 @@ def without_timings(results):
     # claims that read timings, or costs (which include the training time), move with the machine
     results["claims"] = [c for c in results["claims"] if not any(w in (c["test"] or "") for w in ("seconds", "cost."))]
     results["config"] = {k: v for k, v in results["config"].items() if k != "out"}  # copies live elsewhere
+    # the compute floor's work stays; what it took is a timing
+    results["performance"] = dict(results["performance"], stages={
+        stage: {k: v for k, v in f.items() if k not in ("seconds", "gflops", "share_of_peak")}
+        for stage, f in results["performance"]["stages"].items()})
     return results
 
 
@@ -615,3 +619,17 @@ def test_the_learning_curve_draws_its_facts_across_the_sample(tmp_path):
     assert picked(1) == picked(1) and picked(1) != picked(2)  # reproducible, and drawn by the seed
     documents = {f.document for f in sample.facts if f.id in picked(1)}
     assert len(documents) > 1 and picked(1) != [f.id for f in sample.facts[:6]]
+
+
+def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
+    _, out = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    perf, rows = results["performance"], read_jsonl(out / "predictions.jsonl")
+    probe = perf["stages"]["probe"]
+    assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows)
+    assert probe["gflop"] == round(2 * perf["parameters"] * probe["forward_tokens"] / 1e9, 1)
+    trained = perf["stages"]["finetune (training)"]
+    assert trained["trained_tokens"] == results["training"]["tokens"] > 0
+    assert perf["precision"] == results["config"]["models"]["dtype"] == results["precision"]["chosen"]["models.dtype"]
+    if perf["peak_gflops"]:  # measured where the precision was chosen by `auto`
+        assert 0 < probe["share_of_peak"] and probe["floor_seconds"] <= probe["seconds"] / probe["share_of_peak"] + 1

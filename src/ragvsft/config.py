@@ -46,6 +46,8 @@ class IndexConfig(_Section):
     retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     context_units: int | None = Field(default=1, ge=1, le=50)
     tune_embedder: bool = True
+    tune_units: bool = True
+    tune_development: bool = False
     tune_epochs: int = Field(default=2, ge=1, le=50)
     tune_learning_rate: float = Field(default=5e-5, gt=0)
     tune_batch_size: int = Field(default=32, ge=2)
@@ -79,6 +81,9 @@ class FinetuneConfig(_Section):
     curve_points: int = Field(default=4, ge=0, le=50)
     curve_questions: int = Field(default=20, ge=1)
     curve_max_new_tokens: int = Field(default=40, ge=1)
+    min_steps: int = Field(default=40, ge=0)
+    max_epochs: float | None = Field(default=None, gt=0)
+    until_learnt: float = Field(default=0.9, gt=0, le=1)
 
 
 class ReaderConfig(_Section):

@@ -2,8 +2,9 @@
 
     index.tune_embedder: true       # defaults.yaml; the run folder keeps the tuned model in embedder/
 
-The pairs come from the sample's train questions (the data the LoRA adapter sees too); probe and unanswerable
-questions never enter. Loss: sentence-transformers' MultipleNegativesRankingLoss (the other chunks of a batch are
+The pairs come from the sample's train questions (the data the LoRA adapter sees too): each with its gold chunk and
+(`index.tune_units`) the sentence or table row of it that names the answer; probe and unanswerable questions never
+enter. Loss: sentence-transformers' MultipleNegativesRankingLoss (the other chunks of a batch are
 the negatives), in batches that never hold the same chunk twice (a duplicate would be a false negative). Each fact's
 first train question is held back as validation: the tuned embedder is kept only when its MRR on those rises.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .corpus import Corpus
-from .index import Chunk, Index, gold_chunk_map, retrieval_metrics
+from .index import Chunk, Index, chunk_units, gold_chunk_map, retrieval_metrics
+from .score import names_answer
 from .models import SentenceEncoder, load_encoder
 
 TUNED = Path("embedder") / "model"  # where a run folder keeps its tuned embedder
@@ -42,18 +44,31 @@ def run_encoder(run_dir: Path, spec: str) -> SentenceEncoder:
     return load_encoder(spec)
 
 
-def tuning_pairs(sample: Corpus, chunks: list[Chunk]) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
+def tuning_pairs(sample: Corpus, chunks: list[Chunk], units: bool = False, headed: bool = True,
+                 development: tuple = ()) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
     """(question, gold chunk text, chunk id) training pairs from every train question but each fact's first, and
-    (first train question, gold chunk ids) for validation."""
-    gold = gold_chunk_map(sample.facts, chunks, sample.documents)
+    (first train question, gold chunk ids) for validation. With `units`, each such question also gets its evidence
+    unit (the first sentence or table row of its gold chunks that names the answer, as `index.chunk_units` cuts them)
+    as a second pair under the same chunk id: the embedder learns to rank the unit a reader is shown, not only the
+    chunk, and a chunk and its own unit never meet in one batch as each other's negatives. `development`: facts the
+    run does not score (development data), whose train and probe questions all become pairs too: they bring the
+    probe's question style, and no scored fact's probe question is among them."""
+    gold = gold_chunk_map((*sample.facts, *development), chunks, sample.documents)
     text = {c.id: c.text for c in chunks}
     pairs, validation = [], []
-    for fact in sample.facts:
+    asked = [(fact, True) for fact in sample.facts] + [(fact, False) for fact in development]
+    for fact, scored in asked:
         ids = sorted(gold[fact.id].ids)
         if not ids:
             continue
-        validation.append((fact.train_questions[0], set(ids)))
-        pairs += [(q, text[ids[0]], ids[0]) for q in fact.train_questions[1:]]
+        if scored:
+            validation.append((fact.train_questions[0], set(ids)))
+        for question in (fact.train_questions[1:] if scored else (*fact.train_questions, *fact.probe_questions)):
+            pairs.append((question, text[ids[0]], ids[0]))
+            evidence = next(((cid, unit) for cid in ids for unit in chunk_units(text[cid], headed)
+                             if names_answer([unit], fact.gold, question)), None) if units else None
+            if evidence:
+                pairs.append((question, evidence[1], evidence[0]))
     return pairs, validation
 
 

@@ -73,11 +73,13 @@ class _Collator:
         }
 
 
-def _answer_loss_trainer():
+def _answer_loss_trainer(tally: dict | None = None):
     from transformers import Trainer
 
     class AnswerLossTrainer(Trainer):
-        """Cross-entropy on the answer tokens, with logits computed for those positions only."""
+        """Cross-entropy on the answer tokens, with logits computed for those positions only. `tally` counts the
+        examples whose every answer token is the most likely next token (teacher-forced greedy: the model would
+        generate the answer): the "learnt" share of an epoch, for free from the same logits."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -85,10 +87,43 @@ def _answer_loss_trainer():
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = targets != IGNORE  # position t predicts token t + 1
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-            loss = F.cross_entropy(outputs.logits.float(), targets[targets != IGNORE])
+            wanted = targets[targets != IGNORE]
+            loss = F.cross_entropy(outputs.logits.float(), wanted)
+            if tally is not None:
+                with torch.no_grad():
+                    missed = (outputs.logits.argmax(dim=-1) != wanted).float()
+                    rows = keep.nonzero()[:, 0]
+                    per_example = torch.zeros(labels.shape[0]).index_add_(0, rows.cpu(), missed.cpu())
+                    answered = torch.zeros(labels.shape[0]).index_add_(0, rows.cpu(), torch.ones_like(missed).cpu())
+                    tally["learnt"] += int(((per_example == 0) & (answered > 0)).sum())
+                    tally["examples"] += int((answered > 0).sum())
             return (loss, outputs) if return_outputs else loss
 
     return AnswerLossTrainer
+
+
+def planned_epochs(examples: int, cfg: FinetuneConfig) -> float:
+    """`finetune.epochs`, raised to whole epochs until training takes at least `finetune.min_steps` optimizer steps
+    (a small corpus otherwise stops before it has learnt its set)."""
+    per_epoch = max(1, math.ceil(examples / cfg.batch_size))
+    return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch)) if cfg.min_steps else cfg.epochs
+
+
+def _until_learnt(tally: dict, learnt: list, planned: float, budget: float, target: float):
+    from transformers import TrainerCallback
+
+    class UntilLearnt(TrainerCallback):
+        """At each epoch's end: the share of examples learnt in it; past the planned epochs, within a larger budget,
+        training stops at the first epoch whose share reaches the target."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            share = tally["learnt"] / tally["examples"] if tally["examples"] else 0.0
+            learnt.append([round(state.epoch, 3), round(share, 4)])
+            tally.update(learnt=0, examples=0)
+            if budget > planned and state.epoch >= planned - 1e-9 and share >= target:
+                control.should_training_stop = True
+
+    return UntilLearnt()
 
 
 def curve_epochs(epochs: float, points: int) -> list[int]:
@@ -114,13 +149,18 @@ def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshot
             if epochs_at:
                 self._snapshot(0.0, model, None)
 
+        last = time.perf_counter()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            # Every tenth of training, and at least every 10 s where steps are slow: never a silent stretch.
             every = max(1, state.max_steps // 10)
-            if log and logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
+            due = state.global_step % every == 0 or state.global_step == state.max_steps
+            if log and logs and "loss" in logs and (due or time.perf_counter() - self.last > 10):
+                self.last = time.perf_counter()
                 log(f"finetune: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            finished = state.global_step >= state.max_steps
+            finished = state.global_step >= state.max_steps or control.should_training_stop
             if epochs_at and (math.ceil(state.epoch - 1e-9) in epochs_at or finished):
                 losses = [e["loss"] for e in state.log_history if "loss" in e]
                 self._snapshot(round(state.epoch, 3), model, losses[-1] if losses else None)
@@ -178,20 +218,25 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     trainee = fresh_copy(model, torch_dtype(cfg.precision), attention="eager").train()
     peft_model = get_peft_model(trainee, lora, autocast_adapter_dtype=True)
     trainable, total = peft_model.get_nb_trainable_parameters()
+    planned = planned_epochs(len(examples), cfg)
+    budget = max(planned, cfg.max_epochs or planned)
     args = TrainingArguments(
         output_dir=str(work_dir or Path(adapter_dir).parent / ".trainer"),
-        num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=budget, learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to=[], seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length", dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=True, log_level="warning",
     )
-    trainer = _answer_loss_trainer()(model=peft_model, args=args, train_dataset=examples,
-                                     data_collator=_Collator(tokenizer.pad_token_id))
+    tally, learnt = {"learnt": 0, "examples": 0}, []
+    trainer = _answer_loss_trainer(tally)(model=peft_model, args=args, train_dataset=examples,
+                                          data_collator=_Collator(tokenizer.pad_token_id))
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     snapshots: list = []
-    epochs_at = curve_epochs(cfg.epochs, cfg.curve_points) if evaluate is not None else []
+    epochs_at = curve_epochs(planned, cfg.curve_points) if evaluate is not None else []
+    # The stopping rule first: the curve's last snapshot must see the stop it decides.
+    trainer.add_callback(_until_learnt(tally, learnt, planned, budget, cfg.until_learnt))
     for callback in _callbacks(log, epochs_at, snapshots):
         trainer.add_callback(callback)
     start = time.perf_counter()
@@ -202,14 +247,23 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     curve = _measure_curve(peft_model, snapshots, evaluate, log) if snapshots else []
     curve_seconds = time.perf_counter() - start
     loss = [[entry["step"], round(entry["loss"], 4)] for entry in trainer.state.log_history if "loss" in entry]
-    tokens = sum(len(e["input_ids"]) for e in examples) * cfg.epochs
-    figures = {"examples": len(examples), "epochs": cfg.epochs, "steps": trainer.state.global_step,
+    trained = trainer.state.epoch or planned
+    tokens = round(sum(len(e["input_ids"]) for e in examples) * trained)
+    share = learnt[-1][1] if learnt else None
+    stopped = ("learnt" if trained < budget - 1e-9 else "budget" if budget > planned
+               else "min_steps" if planned > cfg.epochs else "epochs")
+    if log and share is not None and share < cfg.until_learnt:
+        log(f"finetune: after {trained:g} epochs the model reproduces {100 * share:.0f}% of its training answers "
+            f"(target {100 * cfg.until_learnt:.0f}%); finetune.max_epochs lets it train on until it does")
+    figures = {"examples": len(examples), "epochs": round(trained, 3), "planned_epochs": planned, "stopped": stopped,
+               "learnt": learnt, "learnt_share": share, "steps": trainer.state.global_step,
                "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
                "precision": cfg.precision, "trainable_params": int(trainable), "total_params": int(total),
                "trainable_share": round(trainable / total, 5), "seconds": round(train_seconds, 2),
                "curve_seconds": round(curve_seconds, 2),
                "seconds_per_example": round(train_seconds / max(1, len(examples) * cfg.epochs), 4),
-               "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1), "loss": loss, "curve": curve}
+               "tokens": tokens, "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1), "loss": loss,
+               "curve": curve}
     atomic_write_json(Path(adapter_dir) / "training_log.json", figures)
     return figures
 

@@ -180,13 +180,18 @@ def chunk_units(text: str, headed: bool) -> list[str]:
 def select_units(encoder: Encoder, questions: list[str], contexts: list[list[tuple[str, str]]], n: int,
                  headed: bool) -> list[list[tuple[str, str]]]:
     """For each question, the `n` sentences or table rows of its retrieved chunks most similar to it (cosine), best
-    first, as (source chunk id, unit text)."""
+    first, as (source chunk id, unit text). Adding the cosine of the unit's whole chunk to its score was measured
+    and bought nothing once the embedder is tuned on units (index.tune_units)."""
     flat = [(qi, cid, unit) for qi, context in enumerate(contexts) for cid, text in context
             for unit in chunk_units(text, headed)]
     out: list[list[tuple[str, str]]] = [[] for _ in questions]
     if not flat:
         return out
-    units, queries = encoder.encode([u for _, _, u in flat]), encoder.encode(questions)
+    # A chunk's units recur for every question that retrieves it: each distinct unit is embedded once.
+    distinct = list(dict.fromkeys(u for _, _, u in flat))
+    position = {u: i for i, u in enumerate(distinct)}
+    units = encoder.encode(distinct)[[position[u] for _, _, u in flat]]
+    queries = encoder.encode(questions)
     scores = (units * queries[[qi for qi, _, _ in flat]]).sum(axis=1)
     for i in sorted(range(len(flat)), key=lambda i: -scores[i]):
         qi, cid, unit = flat[i]

@@ -123,3 +123,24 @@ def torch_dtype(name: str, cache: Path | None = None) -> torch.dtype:
 
         name = resolve({"dtype": AUTO}, cache or cache_dir() / "precision.json")[0]["dtype"]
     return getattr(torch, name)
+
+
+def performance(work: dict[str, dict], params: int, record: dict) -> dict:
+    """results.json `performance`: per stage the work done (tokens through the model, forward and backward), its
+    FLOPs at about 2 x parameters per forward token and 6 x per trained token (attention and the LoRA weights left out:
+    a floor, not a count), the stage's seconds, the achieved GFLOP/s and their share of the peak measured for the
+    precision used. `work` maps a stage to {"forward_tokens": n, "trained_tokens": n, "seconds": s}."""
+    used = (record.get("chosen") or {}).get("models.dtype")
+    peak = (record.get("gflops") or {}).get(used)
+    stages = {}
+    for stage, tokens in work.items():
+        forward, trained = tokens.get("forward_tokens", 0), tokens.get("trained_tokens", 0)
+        flops = 2 * params * forward + 6 * params * trained
+        took = tokens.get("seconds")
+        rate = flops / took / 1e9 if took else None
+        stages[stage] = {"forward_tokens": forward, "trained_tokens": trained, "gflop": round(flops / 1e9, 1),
+                         "seconds": took, "gflops": round(rate, 1) if rate is not None else None,
+                         "share_of_peak": round(rate / peak, 4) if rate is not None and peak else None,
+                         "floor_seconds": round(flops / (peak * 1e9), 1) if peak else None}
+    return {"parameters": params, "precision": used, "peak_gflops": peak, "cpu": record.get("cpu"),
+            "amx": "amx_bf16" in (record.get("flags") or []), "stages": stages}

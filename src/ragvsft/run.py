@@ -35,7 +35,7 @@ from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_wr
 from .finetune import build_finetune_set, merged_model, train_lora
 from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
 from .embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
-from .precision import cpu_flags, cpu_name, resolve as resolve_precision, torch_dtype
+from .precision import cpu_flags, cpu_name, performance, resolve as resolve_precision, torch_dtype
 from .models import (SentenceEncoder, cache_dir, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256,
                      load_encoder, load_lm)
 from .probe import (Question, answerable, evaluate_retrieval, question_sets, reader_models, retrieve, run_probe,
@@ -145,7 +145,8 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
     began = time.perf_counter()
     # The key needs the chunks only: embedding them is left to the branch that tunes.
     chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
-    pairs, validation = tuning_pairs(sample, chunks)
+    development = development_facts(corpus, sample) if cfg.index.tune_development else ()
+    pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
     settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
     key = sha256_json({"embedder": run.hashes["embedder"], "pairs": [[q, cid] for q, _, cid in pairs],
                        "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
@@ -166,6 +167,7 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
         tuned = Index(chunks, encoder.encode(texts))
         after = validation_figures(tuned, encoder, validation)
         figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
+                   "development_facts": len(development),
                    "validation_before": before, "validation_after": after, "kept": after["mrr"] > before["mrr"]}
         tmp = run.run_dir / ".embedder.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -180,6 +182,13 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
         run.stages.done("embedder", key)
     run.finish("embedder", began)
     return encoder, key if figures["kept"] else run.hashes["embedder"], figures, built
+
+
+def development_facts(corpus: Corpus, sample: Corpus) -> tuple:
+    """The development data of a run: the corpus facts it does not score. Their train and probe questions may tune
+    any arm; a scored fact's probe questions and the unanswerable questions never do."""
+    scored = {f.id for f in sample.facts}
+    return tuple(f for f in corpus.facts if f.id not in scored)
 
 
 def _index_stage(run: _Run, corpus: Corpus, encoder: Encoder, embedder_key: str,
@@ -351,7 +360,8 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
     training = cfg.finetune.model_copy(update={
         "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
         "lora_r": cfg.reader.lora_r, "first_lora_layer": cfg.reader.first_lora_layer, "max_length": cfg.reader.max_length,
-        "curve_points": 0, "include_passages": False})
+        "curve_points": 0, "include_passages": False,
+        "min_steps": 0, "max_epochs": None})  # the reader's own rule: reader.min_steps (reader_epochs)
     by_head = cfg.reader.abstain_by == "head"
     head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
     key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
@@ -403,6 +413,7 @@ def _reader_stage(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encod
                "seconds_per_example": round(sum(log["seconds"] for log in logs) /
                                             max(1, sum(log["examples"] * log["epochs"] for log in logs)), 4),
                "final_loss": [log["loss"][-1][1] if log["loss"] else None for log in logs],
+               "trained_tokens": sum(log.get("tokens", 0) for log in logs),
                "abstain_by": cfg.reader.abstain_by, "head": [log.get("head") for log in logs] if by_head else None,
                # Abstention where the context is silent, on the answered facts' first train questions (never the probe's)
                "silent_abstained": _silent_abstained(logs, corpus.abstain_phrases)}
@@ -645,6 +656,20 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     return results
 
 
+def _performance(results: dict, predictions: list[dict], params: int, precision: dict) -> dict:
+    """The compute floor of the stages that run the language model (precision.performance): their token counts as
+    this run saw them, against the matmul peak measured for the precision used."""
+    work = {"probe": {"forward_tokens": sum(r["prompt_tokens"] + r["generated_tokens"] for r in predictions),
+                      "seconds": results["timings"].get("probe")}}
+    if results.get("training"):
+        work["finetune (training)"] = {"trained_tokens": results["training"].get("tokens", 0),
+                                       "seconds": results["training"]["seconds"]}
+    if results.get("reader"):
+        work["reader (training)"] = {"trained_tokens": results["reader"].get("trained_tokens", 0),
+                                     "seconds": results["reader"]["seconds"]}
+    return performance(work, params, precision)
+
+
 def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
     """`auto` in models.dtype / finetune.precision replaced by the precision measured fastest here (precision.py):
     the stage keys, config.yaml and every later reader see the precision that was used."""
@@ -701,6 +726,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
                                       {"index": index_key, "finetune": ft_key, "reader": reader.key if reader else None},
                                       reader)
     results["timings"] = dict(run.timings)
+    results["performance"] = _performance(results, predictions, sum(p.numel() for p in model.parameters()), precision)
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     began = time.perf_counter()
     write_reports(run_dir, results, predictions)  # results.json with the claims ledger decided, then the reports
