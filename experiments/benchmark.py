@@ -282,14 +282,16 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                      f"{training.get('seconds_per_example', float('nan')):.3f} | {training.get('tokens_per_second', 0):.0f} | "
                      f"{100 * seen.get('accuracy', float('nan')):.0f}% |")
     lines += ["", "(s per training example and tokens/s: results.json `training`, the run's own LoRA training, learning "
-                  "curve excluded; on this shared machine the quick training with LoRA on every layer measured between 0.12 and 0.155 s per example over ten runs of the same code; the quick profile now adapts layers 10 and up, see the next table.)"]
+                  "curve excluded.)"]
     floors = [(p, json.loads((REPO / p["run_dir"] / "results.json").read_text()).get("performance"))
               for p in bench["profiles"].values()]
     floors = [(p, perf) for p, perf in floors if perf and perf.get("peak_gflops")]
     if floors:
         lines += ["", "The compute floor (results.json `performance`): per stage the tokens through the model, the work "
                       "at 2 × parameters per forward token and 6 × per trained token, and the share of the matmul peak "
-                      "measured at start-up for the precision used (`precision.py`) that the stage achieved:", "",
+                      "measured at start-up for the precision used (`precision.py`) that the stage achieved. The work is an "
+                      "upper estimate for training: LoRA from a first layer (`first_lora_layer`) stops the backward pass "
+                      "there, so a share above 100% means less work than 6 × parameters per token, not a faster machine:", "",
                   "| profile | CPU | peak GFLOP/s | stage | forward tokens | trained tokens | GFLOP | seconds | floor s | share of peak |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for p, perf in floors:

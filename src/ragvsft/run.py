@@ -158,7 +158,7 @@ def _embedder_stage(run: _Run, corpus: Corpus, sample: Corpus,
             encoder = SentenceEncoder(run.run_dir / TUNED)
     else:
         run.stages.forget("embedder")
-        run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk) pairs")
+        run.console.log(f"embedder: tuning on {len(pairs)} (train question, gold chunk or evidence unit) pairs")
         texts = [c.text for c in chunks]
         untuned = Index(chunks, encoder.encode(texts))
         before = validation_figures(untuned, encoder, validation)
