@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .corpus import Corpus
+from .files import InputError, read_json
 from .index import Chunk, Index, chunk_units, gold_chunk_map, retrieval_metrics
 from .score import names_answer
 from .models import SentenceEncoder, load_encoder
@@ -29,8 +30,6 @@ def run_encoder(run_dir: Path, spec: str) -> SentenceEncoder:
     """The embedder a run's index was built with, as its index records it (index/meta.json `encoder`): the tuned
     copy in embedder/, or the configured one. A tuned copy left from an earlier run of the folder is not used when
     the index was built without it."""
-    from .files import InputError, read_json
-
     meta_path, tuned = Path(run_dir) / "index" / "meta.json", Path(run_dir) / TUNED
     meta = read_json(meta_path, "run `ragvsft run` with its config again") if meta_path.is_file() else {}
     which = meta.get("encoder") if isinstance(meta, dict) else None
