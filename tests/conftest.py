@@ -151,6 +151,25 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_lm):
+    """One run of every arm with the tiny model and the mock encoder: (config, run folder). Tests that change the
+    folder work on a copy (`copy_tree`) or rerun into it only to check reuse."""
+    from ragvsft.run import run_experiment
+
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = write_corpus(root / "corpus")
+    out = root / "run"
+    cfg = tiny_config(corpus, tiny_lm, out)
+    run_experiment(cfg, encoder=MockEncoder())
+    return cfg, out
+
+
+@pytest.fixture
+def tiny_run_dir(tiny_run) -> Path:
+    return tiny_run[1]
+
+
+@pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
     """One small run with the real SmolLM2 and MiniLM: 8 facts, 2 unanswerable questions, trained long enough to
     learn its 32 examples, a RAFT reader on 2 questions of 24 other facts (the quick profile's settings otherwise)."""

@@ -35,18 +35,6 @@ def without_timings(results):
     return results
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_lm):
-    from conftest import MockEncoder
-
-    root = tmp_path_factory.mktemp("pipeline")
-    corpus = write_corpus(root / "corpus")
-    out = root / "run"
-    cfg = tiny_config(corpus, tiny_lm, out)
-    run_experiment(cfg, encoder=MockEncoder())
-    return cfg, out
-
-
 def test_run_folder_has_every_file(tiny_run):
     _, out = tiny_run
     for name in ("config.yaml", "finetune_set.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
