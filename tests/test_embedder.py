@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from conftest import MockEncoder
 from ragvsft.corpus import load_corpus
 from ragvsft.embedder import tune_encoder, tuning_pairs, unique_chunk_batches, validation_figures
@@ -28,6 +30,7 @@ def test_batches_never_hold_a_chunk_twice():
     assert all(len(b) <= 4 and len({p[2] for p in b}) == len(b) for b in batches)
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     import torch
 

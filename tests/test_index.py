@@ -6,7 +6,7 @@ import pytest
 
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
-from ragvsft.index import Index, chunk_document, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
+from ragvsft.index import UNIT_CHOICES, _joined, Chunk, Index, chunk_document, unit_choices, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -84,6 +84,28 @@ def test_units_keep_heading_and_table_header(mock_encoder):
     assert chunk_units("Plain window text. Second one.", headed=False) == ["Plain window text.", "Second one."]
     picked = select_units(mock_encoder, ["What is the car allowance per km?"], [[(table.id, table.text)]], 1, True)
     assert picked == [[(table.id, "Travel Policy > Allowances\n| Item | Domestic | Abroad |\n| Car per km | 0.31 euros | 0.31 euros |")]]
+
+
+def test_unit_choices_show_what_each_rule_picks(mock_encoder):
+    first = Chunk("a#0", "a.md", 0, 1, "Leave\nSick leave needs a doctor's note. From the fourth day the note is due.")
+    second = Chunk("b#0", "b.md", 0, 1, "Rules\n| Item | Limit |\n|---|---|\n| Doctor note | fourth sick day |\n| Hotel | 155 euros |")
+    query = "When is a doctor's note due for sick leave?"
+    shown = unit_choices(mock_encoder, [query], [[(first, 0.2), (second, 0.9)]], headed=True)
+    assert set(shown) == set(UNIT_CHOICES)
+    cosine = {u: float(mock_encoder.encode([u])[0] @ mock_encoder.encode([query])[0])
+              for c in (first, second) for u in chunk_units(c.text, True)}
+    best = max(cosine, key=cosine.get)
+    assert shown["best unit"] == [[best]]
+    assert shown["best two units"][0] == sorted(cosine, key=cosine.get, reverse=True)[:2]
+    assert shown["best unit of the first chunk"][0][0].startswith("Leave\n")
+    assert shown["whole chunks"] == [[first.text, second.text]]
+    # The chunk's score lifts the second chunk's units above the first's.
+    assert shown["best unit, chunk score added"][0][0].startswith("Rules\n")
+    # The unit before is joined under one heading line (and, for a row, one table header).
+    assert _joined("Rules\n| Item | Limit |\n| A | 1 |", "Rules\n| Item | Limit |\n| B | 2 |") == \
+        "Rules\n| Item | Limit |\n| A | 1 |\n| B | 2 |"
+    assert _joined("Leave\nOne.", "Leave\nTwo.") == "Leave\nOne.\nTwo."
+    assert unit_choices(mock_encoder, ["q"], [[]], headed=True)["best unit"] == [[]]
 
 
 def test_search_finds_the_document_with_the_keywords(toy_corpus, mock_encoder):

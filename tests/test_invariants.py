@@ -57,6 +57,10 @@ def assert_results_match_predictions(run_dir: Path) -> None:
         assert errors["retrieval_miss"] + errors["not_shown"] + errors["misread"] == len(wrong)
         assert errors["misread"] == sum(bool(r["answer_shown"]) for r in wrong)
         assert errors["reader_error"] == errors["not_shown"] + errors["misread"]
+    # The text the arms were shown is the unit choice marked used: its context recall is the RAG arm's.
+    used = [v for v in (results["retrieval"].get("unit_choices") or {}).values() if v["used"]]
+    if used and "rag" in counted and "context_recall" in counted["rag"].get("heldout", {}):
+        assert used[0]["heldout"] == pytest.approx(counted["rag"]["heldout"]["context_recall"], abs=1e-4)
     # Paired differences: accuracy of one arm minus the other's on the same questions.
     for name, comparison in results["comparisons"].items():
         if comparison is None:

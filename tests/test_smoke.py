@@ -43,6 +43,10 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     # examples were retrieval misses beyond the abstain share drops out — and picked up the house style.
     reader, trained = results["reader"], {r["fact_id"] for r in read_jsonl(real_run / "reader_set.jsonl")}
     assert 12 <= reader["trained_on_facts"][0] == len(trained) <= 24 and not set(reader["fold_facts"][0]) & trained
+    # The development record: the corpus's facts outside the 8 scored, of which the reader read exactly its own.
+    development = results["development"]
+    assert development["facts"] == results["corpus"]["facts_in_corpus"] - 8
+    assert development["reader_trained_on"] == len(trained) and development["embedder_tuned_on"] == 0
     assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # measured 0.32 after 8 steps
 
 

@@ -200,6 +200,56 @@ def select_units(encoder: Encoder, questions: list[str], contexts: list[list[tup
     return out
 
 
+UNIT_CHOICES = {  # how a reader's text is chosen from the top-k chunks; the names are the report's row labels
+    "best unit": "the unit most similar to the question (cosine), what `index.context_units: 1` shows",
+    "best two units": "the two most similar units",
+    "best unit and the one before it": "the best unit led by the sentence or row before it in its chunk",
+    "best unit of the first chunk": "the most similar unit of the best-ranked chunk only",
+    "best unit, chunk score added": "unit cosine plus its chunk's retrieval score",
+    "whole chunks": "the k chunks whole: the ceiling of any choice of units",
+}
+
+
+def _joined(before: str, unit: str) -> str:
+    """Two units of one chunk as one text: the lines they share (heading, table header) once, then both bodies."""
+    first, second = before.split("\n"), unit.split("\n")
+    shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return "\n".join(first + second[shared:])
+
+
+def unit_choices(encoder: Encoder, queries: list[str], chunks: list[list[tuple[Chunk, float]]],
+                 headed: bool) -> dict[str, list[list[str]]]:
+    """What each way of choosing units (UNIT_CHOICES) would show for each query, given its top-k (chunk, score)
+    pairs: the texts only, for measuring context recall side by side (`retrieval.unit_choices`)."""
+    candidates = [[(rank, score, j, units) for rank, (chunk, score) in enumerate(row)
+                   for units in [chunk_units(chunk.text, headed)] for j in range(len(units))] for row in chunks]
+    distinct = list(dict.fromkeys(units[j] for row in candidates for *_, j, units in row))
+    if not distinct:
+        return {name: [[] for _ in queries] for name in UNIT_CHOICES}
+    vectors = dict(zip(distinct, encoder.encode(distinct)))
+    queried = encoder.encode(queries)
+    out: dict[str, list[list[str]]] = {name: [] for name in UNIT_CHOICES}
+    for row, query, hits in zip(candidates, queried, chunks):
+        out["whole chunks"].append([chunk.text for chunk, _ in hits])
+        if not row:
+            for name in UNIT_CHOICES:
+                if name != "whole chunks":
+                    out[name].append([])
+            continue
+        cosine = np.array([vectors[units[j]] @ query for *_, j, units in row])
+        order = np.argsort(-cosine, kind="stable")
+        _, _, j, units = row[order[0]]
+        out["best unit"].append([units[j]])
+        out["best two units"].append([row[i][3][row[i][2]] for i in order[:2]])
+        out["best unit and the one before it"].append([_joined(units[j - 1], units[j]) if j > 0 else units[j]])
+        first = [i for i in order if row[i][0] == 0]
+        out["best unit of the first chunk"].append([row[first[0]][3][row[first[0]][2]]] if first else [])
+        combined = cosine + np.array([score for _, score, *_ in row])
+        best = int(np.argmax(combined))
+        out["best unit, chunk score added"].append([row[best][3][row[best][2]]])
+    return out
+
+
 def contexts(chunks: list[list[Chunk]], encoder: Encoder, queries: list[str], units: int | None,
              headed: bool) -> list[list[tuple[str, str]]]:
     """What a reader is shown for each query: its chunks whole, or with `units` the best sentences/rows of them."""

@@ -33,7 +33,7 @@ from .corpus import Corpus, load_corpus
 from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
                     read_jsonl, sha256_json)
 from .finetune import build_finetune_set, merged_model, train_lora
-from .index import RETRIEVERS, Encoder, Index, chunk_corpus, gold_chunk_map
+from .index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, chunk_corpus, gold_chunk_map, unit_choices
 from .embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
 from .precision import cpu_flags, cpu_name, performance, resolve as resolve_precision, torch_dtype
 from .models import (SentenceEncoder, cache_dir, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256,
@@ -43,7 +43,7 @@ from .probe import (Question, answerable, evaluate_retrieval, question_sets, rea
 from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
                      reader_plan, silent_questions)
 from .publish import write_reports
-from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, rag_errors, verdict
+from .score import ABSTAINED, CORRECT, HALLUCINATED, arm_figures, comparisons, names_answer, rag_errors, verdict
 from .update import changed_questions, update_figures, update_verdict
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
@@ -617,6 +617,44 @@ def _retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Inde
     return variants
 
 
+def _unit_choices(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list) -> dict:
+    """Context recall of every way of choosing the reader's text from the top-k chunks (index.UNIT_CHOICES), side by
+    side: on the scored held-out questions (measured, never used to choose) and on the development facts' probe
+    questions (where a choice may be made), with the words each shows. The arms read the one marked used."""
+    asked = {"heldout": [(q.question, q.gold) for q in questions if q.set == "heldout"],
+             "development": [(q, f.gold) for f in development_facts(corpus, sample) for q in f.probe_questions]}
+    used = {1: "best unit", 2: "best two units", None: "whole chunks"}.get(cfg.index.context_units)
+    figures: dict = {name: {"used": name == used} for name in UNIT_CHOICES}
+    for set_name, pairs in asked.items():
+        texts = [q for q, _ in pairs]
+        shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed) if pairs else {}
+        for name, entry in figures.items():
+            named = [names_answer(t, list(gold), q) for t, (q, gold) in zip(shown.get(name, []), pairs)]
+            entry[set_name] = round(float(np.mean(named)), 4) if named else None
+            entry[f"{set_name}_n"] = len(pairs)
+            if set_name == "heldout":
+                entry["words"] = round(float(np.mean([len(" ".join(t).split()) for t in shown[name]])), 1) if pairs else None
+    return figures
+
+
+def _development_record(run: _Run, corpus: Corpus, sample: Corpus) -> dict:
+    """What the run's development data holds (facts it does not score, unanswerable questions it does not ask) and
+    which stage read it: the embedder (index.tune_development), the RAFT readers (train questions of facts outside
+    their fold) and the unit-choice measurement (nothing is chosen by it)."""
+    development = development_facts(corpus, sample)
+    ids = {f.id for f in development}
+    reader_set = run.run_dir / "reader_set.jsonl"
+    # Only a reader this run has (a stage it ran or reused records a time): a leftover set says nothing.
+    trained = reader_set.is_file() and run.timings.get("reader") is not None
+    reader_facts = {r["fact_id"] for r in read_jsonl(reader_set)} if trained else set()
+    cfg = run.cfg
+    return {"facts": len(development), "train_questions": sum(len(f.train_questions) for f in development),
+            "probe_questions": sum(len(f.probe_questions) for f in development),
+            "unanswerable_not_asked": len(corpus.unanswerable) - len(sample.unanswerable),
+            "embedder_tuned_on": len(development) if cfg.index.tune_embedder and cfg.index.tune_development else 0,
+            "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development)}
+
+
 def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
              predictions: list[dict], training: dict | None) -> dict:
     """Every figure of the run: the contents of results.json (tables and plots read only this)."""
@@ -634,7 +672,8 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
     retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing,
                   "chunking": cfg.index.chunking, "variants": _retriever_variants(cfg, corpus, sample, index, encoder,
-                                                                                   questions, retrieval)}
+                                                                                   questions, retrieval),
+                  "unit_choices": _unit_choices(cfg, corpus, sample, index, encoder, questions)}
     if "rag" in cfg.probe.arms:
         retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
     results = {
@@ -648,6 +687,7 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
         "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "retrieval": retrieval,
+        "development": _development_record(run, corpus, sample),
         "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
         "curves": training.get("curve", []) if training else [],
     }
