@@ -53,22 +53,31 @@ def profile_command(verb: str, name: str) -> list[str]:
     return [verb, f"experiments/{name}.yaml"]
 
 
-def timed_command(verb: str, name: str) -> tuple[Path, float]:
-    """`profile_command` from scratch into runs/bench-NAME (nothing reused); (folder, seconds)."""
+def timed_command(verb: str, name: str) -> tuple[Path, float, float]:
+    """`profile_command` from scratch into runs/bench-NAME (nothing reused); (folder, seconds, the longest stretch
+    in seconds without a line of output, start and end included: what a workshop sees as a silent wait)."""
     out = REPO / "runs" / f"bench-{name}"
     shutil.rmtree(out, ignore_errors=True)
     command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command(verb, name), "--out", str(out)]
     began = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return out, time.perf_counter() - began
+    last, silence = began, 0.0
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+        for _ in process.stdout:  # type: ignore[union-attr]
+            now = time.perf_counter()
+            silence, last = max(silence, now - last), now
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    ended = time.perf_counter()
+    return out, ended - began, max(silence, ended - last)
 
 
 def run_profile(profile: str) -> dict:
-    out, seconds = timed_command("run", profile)
+    out, seconds, silence = timed_command("run", profile)
     manifest = json.loads((out / "manifest.json").read_text())
     results = json.loads((out / "results.json").read_text())
     return {"profile": profile, "command": "ragvsft " + " ".join(profile_command("run", profile)), "wall_seconds": round(seconds, 1),
-            "bar_seconds": BARS.get(profile), "stage_seconds": manifest["timings"], "questions": results["run"]["questions"],
+            "longest_silence_seconds": round(silence, 1), "bar_seconds": BARS.get(profile), "stage_seconds": manifest["timings"], "questions": results["run"]["questions"],
             "arms": len(results["arms"]), "facts": results["corpus"]["facts"],
             "training_examples": (results.get("training") or {}).get("examples"), "run_dir": str(out.relative_to(REPO)),
             "cpu": cpu_label(results), "date": time.strftime("%Y-%m-%d")}
@@ -85,7 +94,7 @@ def cpu_label(results: dict) -> str:
 
 def run_sweep_file(name: str) -> dict:
     """`ragvsft sweep experiments/<name>.yaml` from scratch in runs/bench-<name>, timed."""
-    out, seconds = timed_command("sweep", name)
+    out, seconds, _ = timed_command("sweep", name)
     return {"command": "ragvsft " + " ".join(profile_command("sweep", name)), "wall_seconds": round(seconds, 1),
             "run_dir": str(out.relative_to(REPO))}
 
@@ -252,23 +261,26 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
     lines = [START, "", f"Measured on {machine['cpus']} CPU cores ({machine.get('cpu', machine['processor'])}, "
              f"{machine['platform']}), {bench['date']}, with `{command}` (each row names the CPU it ran on):", "",
              "| profile | CPU (precision) | measured | facts | questions × arms | training examples | wall time | bar | index "
-             "| fine-tune | RAFT reader | probe | s per training example | training tokens/s | LoRA seen accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fine-tune | RAFT reader | probe | longest silence | s per training example | training tokens/s "
+             "| LoRA seen accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in bench["profiles"].values():
         s = p["stage_seconds"]
         results = json.loads((REPO / p["run_dir"] / "results.json").read_text())
         training, seen = results.get("training") or {}, results["arms"].get("lora", {}).get("seen", {})
         reader = f"{s['reader']:.0f} s" if "reader" in s else "–"
         bar = f"{p['bar_seconds'] / 60:.0f} min" if p["bar_seconds"] else "–"
+        silence = f"{p['longest_silence_seconds']:.0f} s" if "longest_silence_seconds" in p else "not recorded"
         lines.append(f"| `{p['command']}` | {p.get('cpu', 'not recorded')} | {p.get('date', bench['date'])} | {p['facts']} | "
                      f"{p['questions']} × {p['arms']} | {p['training_examples']} | "
                      f"{p['wall_seconds'] / 60:.1f} min | {bar} | {s.get('index', 0):.0f} s | "
                      f"{s.get('finetune', 0):.0f} s | {reader} | "
-                     f"{s.get('probe', 0):.0f} s | "
+                     f"{s.get('probe', 0):.0f} s | {silence} | "
                      f"{training.get('seconds_per_example', float('nan')):.3f} | {training.get('tokens_per_second', 0):.0f} | "
                      f"{100 * seen.get('accuracy', float('nan')):.0f}% |")
     lines += ["", "(s per training example and tokens/s: results.json `training`, the run's own LoRA training, learning "
-                  "curve excluded.)"]
+                  "curve excluded. Longest silence: the longest stretch of the run's output without a new line, start "
+                  "and end included.)"]
     floors = [(p, json.loads((REPO / p["run_dir"] / "results.json").read_text()).get("performance"))
               for p in bench["profiles"].values()]
     floors = [(p, perf) for p, perf in floors if perf and perf.get("peak_gflops")]

@@ -99,3 +99,20 @@ def test_progress_reports_every_batch_and_changes_no_answer(tiny_lm, toy_corpus)
     counts = []
     assert (prompt_states(model, tokenizer, conversations, [1, 2], 3, lambda d, t: counts.append((d, t))) == states).all()
     assert counts == [(3, 8), (6, 8), (8, 8)]
+
+
+def test_a_long_batch_beats_between_decoding_steps_and_changes_no_answer(tiny_lm, toy_corpus, monkeypatch):
+    from ragvsft import arms
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    corpus = load_corpus(toy_corpus)
+    conversations = [build_messages("prompt", f.train_questions[0], corpus) for f in corpus.facts]
+    quiet = generate(model, tokenizer, conversations, 6, 8)
+    monkeypatch.setattr(arms, "HEARTBEAT_SECONDS", 0.0)  # every decoding step beats
+    calls: list[tuple[int, int]] = []
+    beaten = generate(model, tokenizer, conversations, 6, 8, lambda done, total: calls.append((done, total)))
+    assert [g.answer for g in beaten] == [g.answer for g in quiet]
+    assert [g.generated_tokens for g in beaten] == [g.generated_tokens for g in quiet]
+    # one batch: beats report the 0 batches done before it, then the batch's own end
+    assert len(calls) > 1 and calls[-1] == (len(conversations), len(conversations))
+    assert set(calls[:-1]) == {(0, len(conversations))}

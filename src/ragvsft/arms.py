@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .catalogue import NAMES, RETRIEVING
 from .corpus import Corpus
@@ -137,10 +138,28 @@ def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: lis
     return rows
 
 
+HEARTBEAT_SECONDS = 10.0  # the longest a batch of generation goes without a progress line
+
+
+class _Heartbeat(StoppingCriteria):
+    """A stopping criterion that never stops: between decoding steps it calls `beat` at most every
+    HEARTBEAT_SECONDS, so one long batch is not a silent stretch. Greedy decoding is untouched."""
+
+    def __init__(self, beat: Callable[[], None]):
+        self.beat, self.last = beat, time.perf_counter()
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        if time.perf_counter() - self.last >= HEARTBEAT_SECONDS:
+            self.last = time.perf_counter()
+            self.beat()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
              progress: Progress | None = None) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
-    length so little compute goes to padding. Seconds are the batch's wall time shared equally by its queries.
+    length so little compute goes to padding. `progress` is called after each batch and, during a long one, every
+    HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
     ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
     lengths = [len(x) for x in ids]
@@ -153,9 +172,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         batch = order[start:start + size]
         encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
         began = time.perf_counter()
+        # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
+        beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats)
         seconds = (time.perf_counter() - began) / len(batch)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
         for row, i in zip(new_tokens, batch):
