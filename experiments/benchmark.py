@@ -60,16 +60,21 @@ def timed_command(verb: str, name: str) -> tuple[Path, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command(verb, name), "--out", str(out)]
     began = time.perf_counter()
-    last, silence = began, 0.0
+    last, silence, after, line = began, 0.0, "(start)", "(start)"
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
-        for _ in process.stdout:  # type: ignore[union-attr]
+        for text in process.stdout:  # type: ignore[union-attr]
             now = time.perf_counter()
-            silence, last = max(silence, now - last), now
+            if now - last > silence:
+                silence, after = now - last, line
+            last, line = now, text.strip()[:120] or line
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
     ended = time.perf_counter()
-    return out, ended - began, max(silence, ended - last)
+    if ended - last > silence:
+        silence, after = ended - last, line
+    print(f"longest silence {silence:.1f} s, after: {after}", flush=True)
+    return out, ended - began, silence
 
 
 def run_profile(profile: str) -> dict:

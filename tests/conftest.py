@@ -143,7 +143,7 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
     sets = [f"corpus={corpus}", f"out={out}", f"models.lm={lm}", "finetune.epochs=2", "finetune.batch_size=2", "finetune.min_steps=0",
             "probe.max_new_tokens=6", "probe.batch_size=4", "probe.bootstrap_resamples=200", "index.chunk_tokens=16",
             "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "index.context_units=null",
-            "reader.first_lora_layer=0", "reader.min_examples=0", "reader.min_steps=0", "reader.head_layers=[1, 2]",
+            "reader.min_examples=0", "reader.min_steps=0",  # layers: the defaults, fitted to 2 layers
             "reader.abstain_share=0.3", "reader.abstain_by=head",
             "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
     sets += [f"{k}={v}" for k, v in overrides.items()]

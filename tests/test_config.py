@@ -97,3 +97,46 @@ def test_yaml_bombs_and_deep_nesting_get_a_line_not_a_hang(tmp_path):
         load_yaml_with_lines(deep)
     with pytest.raises(InputError, match="is a folder"):
         load_yaml_with_lines(tmp_path)
+
+
+def test_null_layer_settings_fit_the_model_depth():
+    from ragvsft.config import resolve_layers
+
+    quick = load_config(REPO / "experiments" / "quick.yaml")
+    assert quick.finetune.first_lora_layer is None and quick.reader.head_layers is None
+    layers = lambda cfg: (cfg.finetune.first_lora_layer, cfg.reader.first_lora_layer, cfg.reader.head_layers)  # noqa: E731
+    assert layers(resolve_layers(quick, 30)) == (10, 10, [15, 30])  # SmolLM2: the settings measured in "Measured"
+    assert layers(resolve_layers(quick, 2)) == (0, 0, [1, 2])
+    assert layers(resolve_layers(quick, 1)) == (0, 0, [1])
+    explicit = load_config(None, ["reader.head_layers=[3]", "finetune.first_lora_layer=5", "reader.first_lora_layer=4"])
+    assert layers(resolve_layers(explicit, 30)) == (5, 4, [3])
+    assert layers(resolve_layers(load_config(None), 30))[0] == 0  # the full profile adapts every layer
+
+
+def test_an_experiment_file_builds_on_another_with_extends(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nfinetune:\n  epochs: 3\n  lora_r: 4\nprobe:\n  heldout_per_fact: 1\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nfinetune:\n  epochs: 5\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.finetune.epochs, cfg.finetune.lora_r, cfg.probe.heldout_per_fact) == (5, 4, 1)
+    assert cfg.name == "child"  # a run is named after its own file, never its base
+    # The shipped files that extend the quick profile hold exactly its settings plus their own.
+    quick, update = (load_config(REPO / "experiments" / f"{n}.yaml") for n in ("quick", "update"))
+    assert update.update.enabled and update.finetune == quick.finetune and update.subset == quick.subset
+
+
+def test_extends_problems_name_the_file_and_line(tmp_path):
+    (tmp_path / "loop-a.yaml").write_text("extends: loop-b.yaml\n")
+    (tmp_path / "loop-b.yaml").write_text("finetune:\n  epochs: 2\nextends: loop-a.yaml\n")
+    with pytest.raises(InputError, match=r"loop-b.yaml:3: 'extends: loop-a.yaml' goes round in a circle"):
+        load_config(tmp_path / "loop-a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(InputError, match=r"orphan.yaml:1: 'extends' must name an experiment file"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "swept.yaml").write_text("sweep:\n  seeds: [1, 2]\n")
+    (tmp_path / "on-sweep.yaml").write_text("extends: swept.yaml\n")
+    with pytest.raises(InputError, match=r"swept.yaml:1: a file that others extend cannot hold a sweep section"):
+        load_config(tmp_path / "on-sweep.yaml")
+    (tmp_path / "typo.yaml").write_text("finetune:\n  epochz: 2\n")
+    (tmp_path / "on-typo.yaml").write_text("extends: typo.yaml\n")
+    with pytest.raises(InputError, match=r"typo.yaml:2: unknown key: 'finetune.epochz'"):
+        load_config(tmp_path / "on-typo.yaml")

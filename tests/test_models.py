@@ -1,6 +1,7 @@
 """The model cache: the shipped GGUF is converted once per content, and a new version replaces the old one."""
 
 import os
+from pathlib import Path
 
 from ragvsft import models
 
@@ -28,3 +29,32 @@ def test_the_gguf_conversion_is_cached_by_content(tmp_path, monkeypatch):
     second = models.lm_folder("smollm2")
     assert second != first and len(conversions) == 2
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [second.name]  # nothing piles up
+
+
+def test_the_model_hash_covers_weights_tokenizer_and_template(tiny_lm, tmp_path):
+    import json
+    import shutil
+
+    from ragvsft.models import lm_sha256
+
+    folder = Path(shutil.copytree(tiny_lm, tmp_path / "lm"))
+    first = lm_sha256(str(folder))
+    (folder / "README.md").write_text("a model card changes no answer")
+    assert lm_sha256(str(folder)) == first
+    template = folder / "chat_template.jinja"  # where transformers saves it; older versions: tokenizer_config.json
+    if template.is_file():
+        template.write_text(template.read_text() + " ")
+    else:
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings["chat_template"] += " "
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert lm_sha256(str(folder)) != first  # a changed template must not reuse cached answers
+    # Weights in .bin files count like .safetensors ones: two folders that differ only there differ.
+    hashes = []
+    for name, weights in (("a", b"one"), ("b", b"two")):
+        other = tmp_path / name
+        other.mkdir()
+        (other / "config.json").write_text("{}")
+        (other / "pytorch_model.bin").write_bytes(weights)
+        hashes.append(lm_sha256(str(other)))
+    assert hashes[0] != hashes[1]

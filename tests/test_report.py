@@ -270,3 +270,20 @@ def test_the_rag_error_finding_splits_where_answers_were_lost():
     text = " ".join(findings(results))
     assert "2 were not retrieved" in text and "6 were retrieved but the text shown did not name the answer" in text
     assert "3 were shown the answer and still got it wrong" in text
+
+
+def test_the_unit_choice_finding_names_what_was_shown_and_the_best_other_choice():
+    results = make_results()
+    results["retrieval"]["k"] = 3
+    entry = lambda used, heldout, development, words: {"used": used, "heldout": heldout, "development": development,  # noqa: E731
+                                                       "words": words}
+    results["retrieval"]["unit_choices"] = {
+        "best unit": entry(True, 0.7, 0.64, 28.2), "best two units": entry(False, 0.82, 0.77, 55.1),
+        "best unit of the first chunk": entry(False, 0.8, 0.63, 28.3), "whole chunks": entry(False, 0.98, 0.86, 146.8)}
+    text = " ".join(findings(results))
+    assert "(best unit, 28 words) named the answer for 70% of held-out questions" in text
+    assert "top-3 chunks whole held it for 98% (147 words)" in text
+    # chosen by the development figure, not the held-out one (where the first chunk's unit would win)
+    assert "best other choice of units, best two units (55 words), named it for 77% against 64%" in text
+    del results["retrieval"]["unit_choices"]
+    assert "named the answer" not in " ".join(findings(results))

@@ -385,6 +385,19 @@ def test_a_run_folder_works_from_any_directory(tiny_run, tmp_path, monkeypatch):
     assert 0 <= result["answers"][1]["answerable"] <= 1  # ask declines by the same head as the probe
 
 
+def test_the_quick_profile_passes_its_checks_on_a_two_layer_model(tmp_path, tiny_lm):
+    """The shipped profile's layer settings (null) fit the model: no 'head_layers [15, 30] but ... 0 to 2' refusal."""
+    from conftest import REPO
+    from ragvsft.config import load_config
+    from ragvsft.run import prepare
+
+    corpus = write_corpus(tmp_path / "corpus")
+    cfg = load_config(REPO / "experiments" / "quick.yaml", [f"models.lm={tiny_lm}"], corpus=str(corpus),
+                      out=str(tmp_path / "run"))
+    fitted, _ = prepare(cfg)
+    assert (fitted.finetune.first_lora_layer, fitted.reader.first_lora_layer, fitted.reader.head_layers) == (0, 0, [1, 2])
+
+
 def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path, tiny_lm):
     import shutil
 

@@ -73,7 +73,7 @@ class FinetuneConfig(_Section):
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(ge=0, lt=1)
     target_modules: list[str]
-    first_lora_layer: int = Field(default=0, ge=0)
+    first_lora_layer: int | None = Field(default=0, ge=0)  # null: a third of the model's depth (resolve_layers)
     questions_per_fact: int | None = Field(default=None, ge=1)
     include_passages: bool = False
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
@@ -96,12 +96,12 @@ class ReaderConfig(_Section):
     abstain_share: float = Field(default=0.0, ge=0, lt=1)
     abstain_by: Literal["head", "reader"] = "head"
     head_questions: int = Field(default=2, ge=1)
-    head_layers: list[int] = Field(default=[15, 30], min_length=1)
+    head_layers: list[int] | None = Field(default=None, min_length=1)  # null: the middle and last (resolve_layers)
     epochs: float = Field(default=2, gt=0)
     learning_rate: float = Field(default=0.002, gt=0)
     batch_size: int = Field(default=16, ge=1)
     lora_r: int = Field(default=8, ge=1)
-    first_lora_layer: int = Field(default=10, ge=0)
+    first_lora_layer: int | None = Field(default=None, ge=0)  # null: a third of the model's depth
     max_length: int = Field(default=512, ge=32)
 
 
@@ -130,6 +130,21 @@ class CostConfig(_Section):
     compute_per_hour: float = Field(ge=0, allow_inf_nan=False)
     finetuned_hosting_per_month: float = Field(ge=0, allow_inf_nan=False)
     retrains_per_month: float = Field(ge=0, allow_inf_nan=False)
+
+
+def resolve_layers(cfg: "Config", depth: int) -> "Config":
+    """The layer settings left null filled in for a model of `depth` decoder layers, so the shipped defaults fit any
+    model: `finetune.first_lora_layer` and `reader.first_lora_layer` a third of the depth (10 of 30), and
+    `reader.head_layers` the middle and the last hidden state ([15, 30]; 0 is the embeddings). The run records the
+    numbers used (config.yaml, stage keys)."""
+    third = depth // 3
+    return cfg.model_copy(update={
+        "finetune": cfg.finetune.model_copy(update={"first_lora_layer": (third if cfg.finetune.first_lora_layer is None
+                                                                         else cfg.finetune.first_lora_layer)}),
+        "reader": cfg.reader.model_copy(update={
+            "first_lora_layer": third if cfg.reader.first_lora_layer is None else cfg.reader.first_lora_layer,
+            "head_layers": (sorted({max(1, depth // 2), depth}) if cfg.reader.head_layers is None
+                            else cfg.reader.head_layers)})})
 
 
 def default_cost() -> CostConfig:
@@ -212,18 +227,19 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None, swe
     data = dict(defaults)
     if path is not None:
         path = Path(path)
-        experiment, lines = load_yaml_with_lines(path)
-        experiment = experiment or {}
-        if not isinstance(experiment, dict):
-            raise InputError([f"{path}:1: an experiment file must be a mapping of overrides"])
-        experiment.setdefault("name", path.stem)
-        if "sweep" in experiment:
-            if not allow_sweep:
-                raise InputError([f"{path}:{lines.get(('sweep',), 1)}: this file has a sweep section: run it with "
-                                  f"`ragvsft sweep {path}`"])
-            experiment = {k: v for k, v in experiment.items() if k != "sweep"}
-        sources.append((str(path), experiment, lines))
-        data = _merge(data, experiment)
+        layers = _experiment_files(path)
+        for layer, (experiment, lines) in layers:
+            if "sweep" in experiment:
+                if layer != path:
+                    raise InputError([f"{layer}:{lines.get(('sweep',), 1)}: a file that others extend cannot hold a "
+                                      "sweep section"])
+                if not allow_sweep:
+                    raise InputError([f"{path}:{lines.get(('sweep',), 1)}: this file has a sweep section: run it "
+                                      f"with `ragvsft sweep {path}`"])
+                experiment = {k: v for k, v in experiment.items() if k != "sweep"}
+            sources.append((str(layer), experiment, lines))
+            data = _merge(data, experiment)
+        data["name"] = layers[-1][1][0].get("name", path.stem)
     cli = parse_overrides(overrides or [])
     for key, value in (sweep_values or {}).items():
         _set_dotted(cli, key, value)
@@ -242,6 +258,27 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None, swe
                 where = _locate(sources, loc)
             problems.append(f"{where}: {message}: '{key}'")
         raise InputError(problems) from None
+
+
+def _experiment_files(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, tuple[dict, dict]]]:
+    """An experiment file and the files it builds on (`extends: other.yaml`, relative to it), the base first, each
+    as (path, (settings without `extends`, line map)). A file's `name` is its own: a base's name is not inherited."""
+    experiment, lines = load_yaml_with_lines(path)
+    experiment = experiment or {}
+    if not isinstance(experiment, dict):
+        raise InputError([f"{path}:1: an experiment file must be a mapping of overrides"])
+    base = experiment.pop("extends", None)
+    if seen:  # a base file's name would name the run after the base
+        experiment.pop("name", None)
+    if base is None:
+        return [(path, (experiment, lines))]
+    where = f"{path}:{lines.get(('extends',), 1)}"
+    target = (path.parent / str(base)).resolve()
+    if not isinstance(base, str) or not target.is_file():
+        raise InputError([f"{where}: 'extends' must name an experiment file next to it (got {base!r})"])
+    if target in seen or target == path.resolve():
+        raise InputError([f"{where}: 'extends: {base}' goes round in a circle"])
+    return _experiment_files(target, (*seen, path.resolve())) + [(path, (experiment, lines))]
 
 
 def _has_path(data: dict, loc: tuple) -> bool:

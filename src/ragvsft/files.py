@@ -102,8 +102,17 @@ def sha256_tree(root: Path, paths: list[Path] | None = None) -> str:
     digest = hashlib.sha256()
     for p in files:
         digest.update(str(Path(p).relative_to(root)).encode("utf-8") + b"\0")
-        digest.update(hashlib.sha256(Path(p).read_bytes()).digest())
+        digest.update(sha256_file(Path(p)))
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> bytes:
+    """A file's SHA-256, read in 1 MiB blocks: a model's weight shards are never held in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for part in iter(lambda: handle.read(block), b""):
+            digest.update(part)
+    return digest.digest()
 
 
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:

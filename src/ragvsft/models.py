@@ -128,6 +128,13 @@ def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: 
     return problems
 
 
+def lm_depth(spec: str) -> int:
+    """The language model's number of decoder layers, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(lm_folder(spec), local_files_only=True).num_hidden_layers)
+
+
 def load_lm(spec: str, dtype: str = "float32"):
     """(model, tokenizer) in eval mode, with left padding for batched generation."""
     import torch
@@ -164,8 +171,16 @@ def fresh_copy(model, dtype, attention: str = "sdpa"):
 
 
 def lm_sha256(spec: str) -> str:
+    """What changes a model's answers, hashed: every file of its folder (weights in any format, config, generation
+    config, tokenizer, chat template) except documentation and hidden files."""
     folder = lm_folder(spec)
-    return sha256_tree(folder, sorted(folder.glob("*.safetensors")))
+    return sha256_tree(folder, sorted(p for p in folder.rglob("*") if p.is_file() and _answers_depend_on(p, folder)))
+
+
+def _answers_depend_on(path: Path, folder: Path) -> bool:
+    parts = path.relative_to(folder).parts
+    return not (any(part.startswith(".") for part in parts) or path.suffix.lower() == ".md"
+                or path.name.upper().startswith(("LICENSE", "NOTICE")))
 
 
 def embedder_folder(spec: str) -> Path:

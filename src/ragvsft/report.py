@@ -254,6 +254,25 @@ def _finding_rag_errors(results: dict) -> list[str]:
             f"answer, and {errors['misread']} were shown the answer and still got it wrong."]
 
 
+def _finding_unit_choice(results: dict) -> list[str]:
+    """How much of what retrieval found the reader is shown, and the best other way of choosing it on development
+    questions (retrieval.unit_choices): measured, never used to choose."""
+    choices = results.get("retrieval", {}).get("unit_choices") or {}
+    used = next((name for name, v in choices.items() if v["used"]), None)
+    if used is None or choices[used].get("heldout") is None:
+        return []
+    whole = choices.get("whole chunks", {})
+    sentence = (f"The text the retrieving arms were shown ({used}, {choices[used]['words']:.0f} words) named the answer "
+                f"for {pct(choices[used]['heldout'])} of held-out questions; the top-{results['retrieval']['k']} chunks "
+                f"whole held it for {pct(whole.get('heldout'))} ({whole.get('words', 0):.0f} words).")
+    others = {n: v for n, v in choices.items() if n not in (used, "whole chunks") and v.get("development") is not None}
+    if others and choices[used].get("development") is not None:
+        name, best = max(others.items(), key=lambda item: item[1]["development"])
+        sentence += (f" On development questions the best other choice of units, {name} ({best['words']:.0f} words), "
+                     f"named it for {pct(best['development'])} against {pct(choices[used]['development'])}.")
+    return [sentence]
+
+
 def _finding_verdict(results: dict) -> list[str]:
     arms = results["arms"]
     if not (_held(results, "rag") and _held(results, "lora") and "base" in arms):
@@ -295,6 +314,7 @@ def _finding_update(results: dict) -> list[str]:
 # Each rule reads results.json and returns its sentences, or none when the arms it needs were not run.
 FINDINGS = [_finding_rag_vs_lora, _finding_lora_rag, _finding_raft, _finding_style, _finding_memorised, _finding_curve,
             _finding_reverse, _finding_base, _finding_abstention, _finding_prompt_tokens, _finding_rag_errors,
+            _finding_unit_choice,
             _finding_update, _finding_verdict]
 
 

@@ -28,7 +28,7 @@ import torch
 
 from .arms import RAG_ARMS, build_messages, fewshot_pairs, generate, progress_line, prompt_states, reader_messages
 from .catalogue import ARMS, model_of, uses
-from .config import Config, config_dict
+from .config import Config, config_dict, resolve_layers
 from .corpus import Corpus, load_corpus
 from .files import (InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder, read_json,
                     read_jsonl, sha256_json)
@@ -36,8 +36,8 @@ from .finetune import build_finetune_set, merged_model, train_lora
 from .index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, chunk_corpus, gold_chunk_map, unit_choices
 from .embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
 from .precision import cpu_flags, cpu_name, performance, resolve as resolve_precision, torch_dtype
-from .models import (SentenceEncoder, cache_dir, embedder_folder, embedder_sha256, fresh_copy, lm_folder, lm_problems, lm_sha256,
-                     load_encoder, load_lm)
+from .models import (SentenceEncoder, cache_dir, embedder_folder, embedder_sha256, fresh_copy, lm_depth, lm_folder, lm_problems,
+                     lm_sha256, load_encoder, load_lm)
 from .probe import (Question, answerable, evaluate_retrieval, question_sets, reader_models, retrieve, run_probe,
                     score_rows)
 from .reader import (HEAD_THRESHOLD, AnswerabilityHead, build_reader_set, fold_of_question, head_examples, reader_epochs,
@@ -100,10 +100,12 @@ class _Stages:
         return entry["seconds"]
 
 
-def prepare(cfg: Config) -> Corpus:
-    """Everything that can fail on bad input, checked before the run folder is created."""
+def prepare(cfg: Config) -> tuple[Config, Corpus]:
+    """Everything that can fail on bad input, checked before the run folder is created; the config with its null
+    layer settings fitted to the model's depth (config.resolve_layers), and the corpus."""
     corpus = load_corpus(cfg.corpus)
     embedder_folder(cfg.models.embedder)
+    cfg = resolve_layers(cfg, lm_depth(cfg.models.lm))
     layers = {f"{section}.first_lora_layer": getattr(cfg, section).first_lora_layer
               for section, model in (("finetune", "closed_book"), ("reader", "reader")) if uses(cfg.probe.arms, model)}
     heads = ({"reader.head_layers": cfg.reader.head_layers}
@@ -114,7 +116,7 @@ def prepare(cfg: Config) -> Corpus:
                         "document versions and updates/facts.jsonl; README, \"Bring your own corpus\")")
     if problems:
         raise InputError(problems)
-    return corpus
+    return cfg, corpus
 
 
 @dataclass
@@ -669,6 +671,7 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
                         f"most of it count as gold: {', '.join(split[:10])}{' ...' if len(split) > 10 else ''}")
     if missing:
         run.console.log(f"retrieval: no chunk holds any of the evidence of: {', '.join(missing)}")
+    run.console.log("score: retrieval figures, the other retrievers and chunking, the unit choices")
     retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
     retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing,
                   "chunking": cfg.index.chunking, "variants": _retriever_variants(cfg, corpus, sample, index, encoder,
@@ -676,6 +679,8 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
                   "unit_choices": _unit_choices(cfg, corpus, sample, index, encoder, questions)}
     if "rag" in cfg.probe.arms:
         retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
+    run.console.log("score: rates and comparisons with intervals resampled by fact")
+    arms = arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples)
     results = {
         "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
                    "documents": len(corpus.documents), "facts": len(sample.facts),
@@ -684,7 +689,7 @@ def _results(run: _Run, corpus: Corpus, sample: Corpus, index: Index, encoder: E
                 "dtype": cfg.models.dtype, "questions": len(questions),
                 "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
         "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file
-        "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+        "arms": arms,
         "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
         "retrieval": retrieval,
         "development": _development_record(run, corpus, sample),
@@ -732,7 +737,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     started = datetime.now(timezone.utc)
     # The run folder records where its corpus is as an absolute path, so `ask` and `demo` work from any directory.
     cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
-    corpus = prepare(cfg)
+    cfg, corpus = prepare(cfg)
     sample = cfg.sample_of(corpus)
     for key, wanted, available in (("subset.facts", cfg.subset.facts, len(corpus.facts)),
                                    ("subset.unanswerable", cfg.subset.unanswerable, len(corpus.unanswerable))):
