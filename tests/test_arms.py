@@ -116,3 +116,17 @@ def test_a_long_batch_beats_between_decoding_steps_and_changes_no_answer(tiny_lm
     # one batch: beats report the 0 batches done before it, then the batch's own end
     assert len(calls) > 1 and calls[-1] == (len(conversations), len(conversations))
     assert set(calls[:-1]) == {(0, len(conversations))}
+
+
+def test_each_arm_declares_what_its_prompt_reads(toy_corpus):
+    """The catalogue's system_prompt / examples flags decide which arms are regenerated when the system prompt or
+    the few-shot examples change (run._arm_key): each must match what the arm's message builder puts in the prompt."""
+    from ragvsft.catalogue import CATALOGUE
+
+    corpus = load_corpus(toy_corpus)
+    example = ("EXAMPLE-QUESTION-7731?", "EXAMPLE-ANSWER-7731")
+    for arm in CATALOGUE:
+        messages = build_messages(arm.name, "What is asked?", corpus, ["A retrieved passage."], [example])
+        text = "\n".join(m["content"] for m in messages)
+        assert (corpus.style.system_prompt in text) == arm.system_prompt, arm.name
+        assert (example[0] in text) == arm.examples, arm.name

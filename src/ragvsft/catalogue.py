@@ -21,14 +21,18 @@ class Arm:
     short: str  # on plot axes
     model: Model  # which weights answer
     retrieves: bool  # retrieved chunks (or their best units, index.context_units) are put in the prompt
+    # What else its prompt reads, so a change to it regenerates the arm's answers (run._arm_key); a test checks each
+    # declaration against what the message builder really puts in the prompt.
+    system_prompt: bool = False  # the corpus's system prompt (style.yaml)
+    examples: bool = False  # few-shot (train question, styled answer) pairs of other facts (probe.fewshot_k)
 
 
 # What each arm's model sees is its message builder's docstring (arms.build_messages) and the README's arm table.
 CATALOGUE: tuple[Arm, ...] = (
     Arm("base", "base model", "base", "base", False),
-    Arm("prompt", "prompting", "prompt", "base", False),
-    Arm("fewshot", "few-shot", "few-shot", "base", False),
-    Arm("rag", "RAG", "RAG", "base", True),
+    Arm("prompt", "prompting", "prompt", "base", False, system_prompt=True),
+    Arm("fewshot", "few-shot", "few-shot", "base", False, system_prompt=True, examples=True),
+    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True),
     Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False),
     Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True),
     Arm("raft", "RAFT reader", "RAFT", "reader", True),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .precision import torch_dtype
 from .arms import RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states
-from .catalogue import model_of
+from .catalogue import ARMS, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .finetune import merged_model
@@ -157,7 +157,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         for q in questions:
             context = retrieved.get(q.qid) if arm in RAG_ARMS else None
             chunks = [text for _, text in context.shown] if context else None
-            examples = fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if arm == "fewshot" else None
+            examples = (fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if ARMS[arm].examples
+                        else None)
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
         began = time.perf_counter()
         which = model_of(arm)

@@ -441,7 +441,7 @@ def _update_actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tup
     for arm in arms:
         if ARMS[arm].retrieves:
             actions[arm] = ("re-index", seconds["reindex"])
-        elif arm == "fewshot":
+        elif ARMS[arm].examples:  # its examples are facts: drawn again from the new version
             actions[arm] = ("rebuild the prompt", seconds["prompt"])
         elif model_of(arm) == "closed_book":
             actions[arm] = ("none: the adapter stays as trained", 0.0)
@@ -542,9 +542,9 @@ def _arm_key(run: _Run, arm: str, sample: Corpus, questions: list, index_key: st
     inputs = {"arm": arm, "lm": run.hashes["lm"], "dtype": cfg.models.dtype,
               "questions": [[q.set, q.qid, q.question] for q in questions],
               "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
-    if arm in ("prompt", "fewshot", "rag"):
+    if ARMS[arm].system_prompt:
         inputs["system_prompt"] = sample.style.system_prompt
-    if arm == "fewshot":
+    if ARMS[arm].examples:
         inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
                               for q in questions]
     if arm in RAG_ARMS:
