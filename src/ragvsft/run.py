@@ -105,12 +105,13 @@ def prepare(cfg: Config) -> tuple[Config, Corpus]:
     layer settings fitted to the model's depth (config.resolve_layers), and the corpus."""
     corpus = load_corpus(cfg.corpus)
     embedder_folder(cfg.models.embedder)
-    cfg = resolve_layers(cfg, lm_depth(cfg.models.lm))
+    lm = str(lm_folder(cfg.models.lm))  # found (for the shipped model: its GGUF hashed) once for both checks
+    cfg = resolve_layers(cfg, lm_depth(lm))
     layers = {f"{section}.first_lora_layer": getattr(cfg, section).first_lora_layer
               for section, model in (("finetune", "closed_book"), ("reader", "reader")) if uses(cfg.probe.arms, model)}
     heads = ({"reader.head_layers": cfg.reader.head_layers}
              if uses(cfg.probe.arms, "reader") and cfg.reader.abstain_by == "head" else None)
-    problems = lm_problems(cfg.models.lm, list(cfg.finetune.target_modules) if layers else None, layers, heads)
+    problems = lm_problems(lm, list(cfg.finetune.target_modules) if layers else None, layers, heads)
     if cfg.update.enabled and not corpus.updates:
         problems.append(f"{Path(cfg.corpus) / 'updates'}:0: update.enabled needs the corpus's updates/ part (new "
                         "document versions and updates/facts.jsonl; README, \"Bring your own corpus\")")
