@@ -120,7 +120,7 @@ def test_a_long_batch_beats_between_decoding_steps_and_changes_no_answer(tiny_lm
 
 def test_each_arm_declares_what_its_prompt_reads(toy_corpus):
     """The catalogue's system_prompt / examples flags decide which arms are regenerated when the system prompt or
-    the few-shot examples change (run._arm_key): each must match what the arm's message builder puts in the prompt."""
+    the few-shot examples change (stages.probe.arm_key): each must match what the arm's message builder puts in the prompt."""
     from ragvsft.catalogue import CATALOGUE
 
     corpus = load_corpus(toy_corpus)

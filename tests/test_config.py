@@ -93,8 +93,14 @@ def test_yaml_bombs_and_deep_nesting_get_a_line_not_a_hang(tmp_path):
     assert time.perf_counter() - began < 2
     deep = tmp_path / "deep.yaml"
     deep.write_text("[" * 50000 + "]" * 50000 + "\n")
-    with pytest.raises(InputError, match="deep.yaml:1:"):
+    began = time.perf_counter()
+    with pytest.raises(InputError, match="deep.yaml:1: nested more than 64 levels"):
         load_yaml_with_lines(deep)
+    assert time.perf_counter() - began < 10  # composing it whole took minutes
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("a:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, 70)) + "  " * 70 + "v: 1\n")
+    with pytest.raises(InputError, match="nested.yaml:65: nested more than 64"):
+        load_yaml_with_lines(nested)
     with pytest.raises(InputError, match="is a folder"):
         load_yaml_with_lines(tmp_path)
 

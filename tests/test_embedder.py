@@ -87,7 +87,7 @@ def test_development_data_never_holds_a_scored_probe_question_or_an_unanswerable
 
     from ragvsft.config import load_config
     from ragvsft.index import chunk_corpus
-    from ragvsft.run import development_facts
+    from ragvsft.probe import development_facts
     from ragvsft.score import normalize
 
     repo = Path(__file__).resolve().parents[1]

@@ -234,11 +234,11 @@ def test_a_corrected_alias_rescores_stored_answers_without_generating_them(tiny_
 
 def test_a_stage_that_raises_leaves_no_manifest_and_is_recomputed(tiny_run, tmp_path, monkeypatch):
     from conftest import MockEncoder
-    import ragvsft.run
+    import ragvsft.stages.probe
 
     cfg, out = _copy_of(tiny_run, tmp_path)
     changed = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_new_tokens": 3})})
-    real, calls = ragvsft.run.run_probe, []
+    real, calls = ragvsft.stages.probe.run_probe, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -246,11 +246,11 @@ def test_a_stage_that_raises_leaves_no_manifest_and_is_recomputed(tiny_run, tmp_
             raise RuntimeError("killed during the third arm")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ragvsft.run, "run_probe", failing)
+    monkeypatch.setattr(ragvsft.stages.probe, "run_probe", failing)
     with pytest.raises(RuntimeError):
         run_experiment(changed, encoder=MockEncoder())
     assert not (out / "manifest.json").exists()
-    monkeypatch.setattr(ragvsft.run, "run_probe", real)
+    monkeypatch.setattr(ragvsft.stages.probe, "run_probe", real)
     run_experiment(changed, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["reused_stages"] == ["index", "finetune", "reader"] and manifest["reused_arms"] == ARMS[:2]
@@ -593,7 +593,8 @@ def test_stored_curve_answers_and_silent_answers_are_scored_at_results_time(tiny
 
 def test_curve_figures_and_silent_declines_follow_the_current_gold_and_phrases(tiny_run, toy_corpus):
     from ragvsft.corpus import load_corpus
-    from ragvsft.run import _silent_abstained, curve_figures, curve_questions
+    from ragvsft.stages.finetune import curve_figures, curve_questions
+    from ragvsft.stages.reader import silent_abstained
 
     sample = load_corpus(toy_corpus)
     questions = curve_questions(sample, 2, seed=1)
@@ -606,14 +607,14 @@ def test_curve_figures_and_silent_declines_follow_the_current_gold_and_phrases(t
                  for q in questions]
     assert len(seen) == 2 and curve_figures([point], corrected, sample)[0]["seen"] == 1.0
     logs = [{"silent": [{"answer": "Sorry, no clue.", "answerable": None}, {"answer": "It is 3.", "answerable": 0.2}]}]
-    assert _silent_abstained(logs, ["i can't find"]) == 0.5
-    assert _silent_abstained(logs, ["i can't find", "no clue"]) == 1.0
+    assert silent_abstained(logs, ["i can't find"]) == 0.5
+    assert silent_abstained(logs, ["i can't find", "no clue"]) == 1.0
 
 
 def test_the_learning_curve_draws_its_facts_across_the_sample(tmp_path):
     from conftest import FACTS
     from ragvsft.corpus import load_corpus
-    from ragvsft.run import curve_questions
+    from ragvsft.stages.finetune import curve_questions
 
     facts = [dict(FACTS[i % 4], id=f"{FACTS[i % 4]['id']}-{i}",
                   train_questions=[f"{q} ({chr(97 + i)})" for q in FACTS[i % 4]["train_questions"]],

@@ -21,7 +21,7 @@ class Arm:
     short: str  # on plot axes
     model: Model  # which weights answer
     retrieves: bool  # retrieved chunks (or their best units, index.context_units) are put in the prompt
-    # What else its prompt reads, so a change to it regenerates the arm's answers (run._arm_key); a test checks each
+    # What else its prompt reads, so a change to it regenerates the arm's answers (stages.probe.arm_key); a test checks each
     # declaration against what the message builder really puts in the prompt.
     system_prompt: bool = False  # the corpus's system prompt (style.yaml)
     examples: bool = False  # few-shot (train question, styled answer) pairs of other facts (probe.fewshot_k)

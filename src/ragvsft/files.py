@@ -115,6 +115,9 @@ def sha256_file(path: Path, block: int = 1 << 20) -> bytes:
     return digest.digest()
 
 
+MAX_YAML_DEPTH = 64
+
+
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse a YAML file; return the data and a map from key path (tuple of keys) to its 1-based line number.
 
@@ -130,12 +133,18 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
     except IsADirectoryError:
         raise InputError([f"{path}:0: is a folder, not a YAML file"]) from None
     try:
-        # No config or corpus.yaml needs anchors; refusing aliases (*name) first makes an alias bomb — a few lines
-        # that expand to billions of items — an error instead of a hang. Parsing events is linear in the text.
+        # No config or corpus.yaml needs anchors or deep nesting; refusing aliases (*name) and nesting past
+        # MAX_YAML_DEPTH while reading the events makes an alias bomb (a few lines that expand to billions of items)
+        # or a file of brackets an error in a second instead of a hang (composing 50,000 levels took minutes).
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise InputError([f"{path}:{event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
                                   "allowed; write the value out"])
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_YAML_DEPTH:
+                raise InputError([f"{path}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels "
+                                  "deep; a config or corpus.yaml needs a few"])
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

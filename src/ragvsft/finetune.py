@@ -199,7 +199,7 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
 
     The caller's model is not changed: training runs on a fresh copy whose frozen weights are in `cfg.precision`.
     `evaluate(model) -> dict` (optional) measures the learning curve at `cfg.curve_points` epochs (the run stores
-    its answers; see run.curve_figures)."""
+    its answers; see stages.finetune.curve_figures)."""
     from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 

@@ -35,6 +35,13 @@ class Question:
     gold: tuple[str, ...] | None  # None: unanswerable
 
 
+def development_facts(corpus: Corpus, sample: Corpus) -> tuple:
+    """The development data of a run: the corpus facts it does not score. Their train and probe questions may tune
+    any arm; a scored fact's probe questions and the unanswerable questions never do."""
+    scored = {f.id for f in sample.facts}
+    return tuple(f for f in corpus.facts if f.id not in scored)
+
+
 def question_sets(corpus: Corpus, cfg: ProbeConfig) -> list[Question]:
     """The probe's questions, in a fixed order, for the sets named in the config."""
     questions: list[Question] = []

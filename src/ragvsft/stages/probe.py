@@ -1,0 +1,87 @@
+"""Stage `probe/<arm>`: ask every arm every question (probe.py). Each arm is its own cached stage: adding an arm or
+changing k regenerates only the arms that read it, and an interrupted probe resumes at the arm it stopped in."""
+
+from __future__ import annotations
+
+import time
+
+from ..arms import RAG_ARMS, fewshot_pairs
+from ..catalogue import ARMS, model_of, uses
+from ..config import Config
+from ..corpus import Corpus
+from ..files import atomic_write_jsonl, read_jsonl, sha256_json
+from ..finetune import merged_model
+from ..index import Encoder, Index
+from ..models import fresh_copy
+from ..precision import torch_dtype
+from ..probe import reader_models, retrieve, run_probe
+from ..reader import fold_of_question
+from .cache import Run
+from .reader import ReaderPlan
+
+
+def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
+            reader_key: str | None = None) -> str:
+    """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
+    style marker only re-scores."""
+    inputs = {"arm": arm, "lm": lm_hash, "dtype": cfg.models.dtype,
+              "questions": [[q.set, q.qid, q.question] for q in questions],
+              "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
+    if ARMS[arm].system_prompt:
+        inputs["system_prompt"] = sample.style.system_prompt
+    if ARMS[arm].examples:
+        inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
+                              for q in questions]
+    if arm in RAG_ARMS:
+        inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
+    if model_of(arm) == "closed_book":
+        inputs["finetune"] = ft_key
+    if model_of(arm) == "reader":
+        inputs["reader"] = reader_key
+    return sha256_json(inputs)
+
+
+def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer, questions: list,
+          index_key: str, ft_key: str | None, reader: ReaderPlan | None) -> list[dict]:
+    """predictions.jsonl's rows, arm by arm in the config's order (unscored: scoring reads the current gold)."""
+    cfg = run.cfg
+    path = run.run_dir / "predictions.jsonl"
+    stored = read_jsonl(path) if path.is_file() else []
+    by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
+    keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, questions, index_key, ft_key, reader and reader.key)
+            for arm in cfg.probe.arms}
+    todo = [arm for arm in cfg.probe.arms if not (by_arm[arm] and run.records.fresh(f"probe/{arm}", keys[arm], path))]
+    models: dict = {}
+    folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions} if reader else None
+    if todo:
+        dtype = torch_dtype(cfg.models.dtype)
+        if uses(todo, "base"):
+            models["base"] = fresh_copy(model, dtype)
+        if uses(todo, "closed_book"):
+            models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype)
+        if uses(todo, "reader"):
+            models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype,
+                                    cfg.reader.abstain_by == "head")
+        needs_k = any(arm in RAG_ARMS for arm in todo)
+        retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
+                              cfg.index.headed) if needs_k else {})
+        run.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
+    seconds = 0.0
+    for arm in cfg.probe.arms:
+        began = time.perf_counter()
+
+        def ask(_, arm=arm):
+            by_arm[arm] = run_probe(models, tokenizer, sample, questions, retrieved,
+                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.log, folds)
+            # Written after every arm, so a stopped probe keeps the arms it finished.
+            atomic_write_jsonl(path, [r for a in cfg.probe.arms for r in by_arm[a]])
+
+        if arm in todo:  # forgotten first: an arm whose rows are missing is asked again whatever its record says
+            run.records.forget(f"probe/{arm}")
+            run.stage(f"probe/{arm}", keys[arm], None, (), ask)
+        seconds += run.records.seconds(f"probe/{arm}", round(time.perf_counter() - began, 2))
+    run.timings["probe"] = round(seconds, 2)
+    run.reused_arms = [arm for arm in cfg.probe.arms if arm not in todo]
+    if not todo:
+        run.reused.append("probe")
+    return [r for a in cfg.probe.arms for r in by_arm[a]]

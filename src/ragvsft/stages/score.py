@@ -1,0 +1,129 @@
+"""Stage `score`: every figure of the run from its predictions (score.py), the contents of results.json: rates with
+intervals, comparisons, retrieval (recall@k, the other retrievers and chunking, the unit choices, RAG's errors), the
+development record and the compute floor. Never cached: scoring reads the current gold, so a corrected alias
+re-scores stored answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import Config, config_dict
+from ..corpus import Corpus
+from ..files import read_jsonl
+from ..index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, gold_chunk_map, unit_choices
+from ..precision import performance
+from ..probe import development_facts, evaluate_retrieval, score_rows
+from ..score import arm_figures, comparisons, names_answer, rag_errors
+from .cache import Run
+
+
+def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
+                       questions: list, current: dict) -> dict:
+    """Held-out recall@k and MRR of each retriever on the run's chunks, and of dense retrieval on the other chunking
+    (built in memory, never used by an arm), side by side, so `index.retriever` and `index.chunking` are measured in
+    every run."""
+    other = "window" if cfg.index.chunking == "section" else "section"
+    built = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, other)
+    variants = {}
+    for retriever, chunking, searched in [*((r, cfg.index.chunking, index.using(r)) for r in RETRIEVERS),
+                                          ("dense", other, built)]:
+        used = (retriever, chunking) == (cfg.index.retriever, cfg.index.chunking)
+        figures = current if used else evaluate_retrieval(
+            searched, encoder, gold_chunk_map(sample.facts, searched.chunks, corpus.documents), questions, cfg.index.k)
+        variants[f"{retriever}, {chunking} chunks"] = {"chunks": len(searched.chunks), "recall_at": figures["recall_at"],
+                                                       "mrr": figures["mrr"], "used": used}
+    return variants
+
+
+def unit_choice_figures(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
+                        questions: list) -> dict:
+    """Context recall of every way of choosing the reader's text from the top-k chunks (index.UNIT_CHOICES), side by
+    side: on the scored held-out questions (measured, never used to choose) and on the development facts' probe
+    questions (where a choice may be made), with the words each shows. The arms read the one marked used."""
+    asked = {"heldout": [(q.question, q.gold) for q in questions if q.set == "heldout"],
+             "development": [(q, f.gold) for f in development_facts(corpus, sample) for q in f.probe_questions]}
+    used = {1: "best unit", 2: "best two units", None: "whole chunks"}.get(cfg.index.context_units)
+    figures: dict = {name: {"used": name == used} for name in UNIT_CHOICES}
+    for set_name, pairs in asked.items():
+        texts = [q for q, _ in pairs]
+        shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed) if pairs else {}
+        for name, entry in figures.items():
+            named = [names_answer(t, list(gold), q) for t, (q, gold) in zip(shown.get(name, []), pairs)]
+            entry[set_name] = round(float(np.mean(named)), 4) if named else None
+            entry[f"{set_name}_n"] = len(pairs)
+            if set_name == "heldout":
+                entry["words"] = round(float(np.mean([len(" ".join(t).split()) for t in shown[name]])), 1) if pairs else None
+    return figures
+
+
+def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
+    """What the run's development data holds (facts it does not score, unanswerable questions it does not ask) and
+    which stage read it: the embedder (index.tune_development), the RAFT readers (train questions of facts outside
+    their fold) and the unit-choice measurement (nothing is chosen by it)."""
+    development = development_facts(corpus, sample)
+    ids = {f.id for f in development}
+    reader_set = run.run_dir / "reader_set.jsonl"
+    # Only a reader this run has (a stage it ran or reused records a time): a leftover set says nothing.
+    trained = reader_set.is_file() and run.timings.get("reader") is not None
+    reader_facts = {r["fact_id"] for r in read_jsonl(reader_set)} if trained else set()
+    cfg = run.cfg
+    return {"facts": len(development), "train_questions": sum(len(f.train_questions) for f in development),
+            "probe_questions": sum(len(f.probe_questions) for f in development),
+            "unanswerable_not_asked": len(corpus.unanswerable) - len(sample.unanswerable),
+            "embedder_tuned_on": len(development) if cfg.index.tune_embedder and cfg.index.tune_development else 0,
+            "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development)}
+
+
+def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
+          predictions: list[dict], training: dict | None) -> dict:
+    """results.json's figures (the rows of `predictions` are scored in place)."""
+    cfg = run.cfg
+    with run.timing("score"):
+        score_rows(predictions, questions, sample)
+        gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
+        split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
+        missing = sorted(fact for fact, g in gold.items() if not g.ids)
+        if split:
+            run.log(f"retrieval: the evidence of {len(split)} facts straddles a chunk boundary; the chunks holding "
+                    f"most of it count as gold: {', '.join(split[:10])}{' ...' if len(split) > 10 else ''}")
+        if missing:
+            run.log(f"retrieval: no chunk holds any of the evidence of: {', '.join(missing)}")
+        run.log("score: retrieval figures, the other retrievers and chunking, the unit choices")
+        retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
+        retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing,
+                      "chunking": cfg.index.chunking,
+                      "variants": retriever_variants(cfg, corpus, sample, index, encoder, questions, retrieval),
+                      "unit_choices": unit_choice_figures(cfg, corpus, sample, index, encoder, questions)}
+        if "rag" in cfg.probe.arms:
+            retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
+        run.log("score: rates and comparisons with intervals resampled by fact")
+        results = {
+            "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
+                       "documents": len(corpus.documents), "facts": len(sample.facts),
+                       "unanswerable": len(sample.unanswerable), "facts_in_corpus": len(corpus.facts)},
+            "run": {"name": cfg.name, "seed": cfg.seed, "lm": cfg.models.lm, "embedder": cfg.models.embedder,
+                    "dtype": cfg.models.dtype, "questions": len(questions),
+                    "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
+            "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file
+            "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+            "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+            "retrieval": retrieval,
+            "development": development_record(run, corpus, sample),
+            "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
+            "curves": training.get("curve", []) if training else [],
+        }
+    return results
+
+
+def performance_figures(results: dict, predictions: list[dict], params: int, precision: dict) -> dict:
+    """The compute floor of the stages that run the language model (precision.performance): their token counts as
+    this run saw them, against the matmul peak measured for the precision used."""
+    work = {"probe": {"forward_tokens": sum(r["prompt_tokens"] + r["generated_tokens"] for r in predictions),
+                      "seconds": results["timings"].get("probe")}}
+    if results.get("training"):
+        work["finetune (training)"] = {"trained_tokens": results["training"].get("tokens", 0),
+                                       "seconds": results["training"]["seconds"]}
+    if results.get("reader"):
+        work["reader (training)"] = {"trained_tokens": results["reader"].get("trained_tokens", 0),
+                                     "seconds": results["reader"]["seconds"]}
+    return performance(work, params, precision)
