@@ -192,19 +192,54 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"reader.abstain_by": "reader"}, ["index", "finetune"], ARMS[:-1]),
     ({"reader.head_layers": "[2]"}, ["index", "finetune"], ARMS[:-1]),
 ])
-def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, tmp_path, override, stages, arms):
-    from conftest import MockEncoder
+def test_stage_keys_hold_exactly_what_each_stage_reads(tiny_run, override, stages, arms):
+    """The stages' own key functions (run.stage_keys), compared across configs without running anything: the
+    stages a rerun would reuse, as the manifest names them, and the arms whose answers it would keep."""
+    cfg, _ = tiny_run
+    before, after = _keys(cfg), _keys(_changed(cfg, override))
+    assert _reused(before, after) == (stages, arms)
+
+
+def _changed(cfg, override: dict):
+    """`cfg` with `override` applied as `--set`s would apply it (so a list is written the way a user writes it)."""
     from ragvsft.config import load_config
 
-    cfg, out = _copy_of(tiny_run, tmp_path)
     data = cfg.model_dump(mode="json")
     keep = [f"{section}.{k}={json.dumps(v)}" for section in ("models", "index", "finetune", "reader", "probe", "subset")
             for k, v in data[section].items() if f"{section}.{k}" not in override]
-    changed = load_config(None, keep + [f"{k}={v}" for k, v in override.items()] + [f"seed={cfg.seed}"],
-                          corpus=cfg.corpus, out=str(out))
+    return load_config(None, keep + [f"{k}={v}" for k, v in override.items()] + [f"seed={cfg.seed}"],
+                       corpus=cfg.corpus, out=cfg.out)
+
+
+def _keys(cfg) -> dict:
+    from conftest import MockEncoder
+    from rich.console import Console
+    from ragvsft.run import model_hashes, resolved, stage_keys
+
+    cfg, corpus, _ = resolved(cfg, Console(quiet=True))
+    return stage_keys(cfg, corpus, MockEncoder(), model_hashes(cfg, corpus))
+
+
+def _reused(before: dict, after: dict) -> tuple[list, list]:
+    """What a run with keys `after` in a folder made with keys `before` reuses: (stages, arms), as the manifest says."""
+    same = lambda name: after.get(name) is not None and after[name] == before.get(name)  # noqa: E731
+    arms = [name.split("/", 1)[1] for name in after if name.startswith("probe/") and same(name)]
+    stages = [s for s in ("embedder", "index", "finetune", "reader") if same(s)]
+    return stages + (["probe"] if len(arms) == sum(n.startswith("probe/") for n in after) else []), arms
+
+
+def test_a_rerun_uses_the_keys_the_stages_compute(tiny_run, tmp_path):
+    """The keys a run records (stages.json) are run.stage_keys', and a changed setting reruns what its keys say."""
+    from conftest import MockEncoder
+
+    cfg, out = _copy_of(tiny_run, tmp_path)
+    recorded = lambda: {k: v["key"] for k, v in json.loads((out / "stages.json").read_text()).items()}  # noqa: E731
+    assert recorded() == {k: v for k, v in _keys(cfg).items() if v is not None}
+    changed = _changed(cfg, {"finetune.epochs": 1})
     run_experiment(changed, encoder=MockEncoder())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["reused_stages"] == stages and manifest["reused_arms"] == arms
+    assert (manifest["reused_stages"], manifest["reused_arms"]) == (["index", "reader"], NOT_LORA)
+    assert recorded() == {k: v for k, v in _keys(changed).items() if v is not None}
 
 
 def test_a_corrected_alias_rescores_stored_answers_without_generating_them(tiny_run, tmp_path):

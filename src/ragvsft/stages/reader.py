@@ -32,6 +32,45 @@ class ReaderPlan:
     figures: dict | None = None
 
 
+@dataclass
+class Inputs:
+    """What training the readers reads: per fold, its training facts, its set and its silent-context questions."""
+
+    plan: list  # (probed fact ids, training facts) per fold
+    sets: list[list[dict]]
+    silent: list
+    training: Config
+    key: str
+
+    @property
+    def folds(self) -> list[list[str]]:
+        return [fold for fold, _ in self.plan]
+
+
+def inputs(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, lm_hash: str,
+           index_key: str) -> Inputs:
+    """The readers' folds, training sets and silent contexts, and the stage's key over them."""
+    plan = reader_plan(corpus, sample, cfg.reader, cfg.seed)
+    folds = [fold for fold, _ in plan]
+    sets = [build_reader_set(facts, corpus, index, encoder, cfg.index.k, cfg.reader, cfg.seed,
+                             cfg.index.context_units, cfg.index.headed) for _, facts in plan]
+    by_id = {f.id: f for f in sample.facts}
+    silent = [silent_questions([by_id[i] for i in fold], index, encoder, cfg.index.k, cfg.index.context_units,
+                               cfg.index.headed) for fold in folds]
+    training = cfg.finetune.model_copy(update={
+        "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
+        "lora_r": cfg.reader.lora_r, "first_lora_layer": cfg.reader.first_lora_layer,
+        "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False,
+        "min_steps": 0, "max_epochs": None})  # the reader's own rule: reader.min_steps (reader_epochs)
+    by_head = cfg.reader.abstain_by == "head"
+    head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
+    key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": lm_hash, "index": index_key,
+                       "training": training.model_dump(mode="json"), "seed": cfg.seed,
+                       # the head reads the reader's states in the generation dtype
+                       **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {})})
+    return Inputs(plan, sets, silent, training, key)
+
+
 def check(cfg: Config, corpus: Corpus, sample: Corpus) -> None:
     """Before anything is loaded: every cross-fitted reader must have facts of its own to train on."""
     if not uses(cfg.probe.arms, "reader"):
@@ -82,24 +121,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     if not uses(cfg.probe.arms, "reader"):
         return None
     with run.timing("reader"):
-        plan = reader_plan(corpus, sample, cfg.reader, cfg.seed)
-        folds = [fold for fold, _ in plan]
-        sets = [build_reader_set(facts, corpus, index, encoder, cfg.index.k, cfg.reader, cfg.seed,
-                                 cfg.index.context_units, cfg.index.headed) for _, facts in plan]
-        by_id = {f.id: f for f in sample.facts}
-        silent = [silent_questions([by_id[i] for i in fold], index, encoder, cfg.index.k, cfg.index.context_units,
-                                   cfg.index.headed) for fold in folds]
-        training = cfg.finetune.model_copy(update={
-            "epochs": cfg.reader.epochs, "learning_rate": cfg.reader.learning_rate, "batch_size": cfg.reader.batch_size,
-            "lora_r": cfg.reader.lora_r, "first_lora_layer": cfg.reader.first_lora_layer,
-            "max_length": cfg.reader.max_length, "curve_points": 0, "include_passages": False,
-            "min_steps": 0, "max_epochs": None})  # the reader's own rule: reader.min_steps (reader_epochs)
+        read = inputs(cfg, corpus, sample, index, encoder, run.hashes["lm"], index_key)
+        plan, folds, sets, silent, training, key = read.plan, read.folds, read.sets, read.silent, read.training, read.key
         by_head = cfg.reader.abstain_by == "head"
-        head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
-        key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": run.hashes["lm"], "index": index_key,
-                           "training": training.model_dump(mode="json"), "seed": cfg.seed,
-                           # the head reads the reader's states in the generation dtype
-                           **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {})})
 
         def train(tmp):
             atomic_write_jsonl(run.run_dir / "reader_set.jsonl",

@@ -7,7 +7,7 @@ import time
 
 from ..arms import build_messages, fewshot_pairs
 from ..catalogue import ARMS, model_of, uses
-from ..config import config_dict
+from ..config import Config, config_dict
 from ..corpus import Corpus
 from ..files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_json
 from ..finetune import build_finetune_set, merged_model, train_lora
@@ -37,6 +37,14 @@ def actions(arms: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, 
     return taken
 
 
+def update_key(cfg: Config, corpus: Corpus, asked: list, keys: dict, lm_hash: str) -> str:
+    """What the update stage reads: the corpus's new version, the earlier stages' keys, every setting that changes
+    an answer, the questions asked again. The corpus's path is not an input (a moved run folder reuses)."""
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("name", "out", "cost", "corpus")}
+    return sha256_json({"updates": corpus.updates_sha256, "stages": keys, "settings": settings, "lm": lm_hash,
+                        "questions": [[q.qid, q.question, q.gold] for q in asked]})
+
+
 def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tokenizer, questions: list,
           predictions: list[dict], keys: dict, reader: ReaderPlan | None) -> dict | None:
     """results.json `update`: the changed facts' answers before, after the switch and after retraining."""
@@ -47,10 +55,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
         sample_after = sample.updated()
         asked = changed_questions(questions, sample)
         old_gold = {f.id: f.gold for f in sample.facts}
-        # The corpus's contents are in the hashes and questions; its path is not an input (a moved run folder reuses).
-        settings = {k: v for k, v in config_dict(cfg).items() if k not in ("name", "out", "cost", "corpus")}
-        key = sha256_json({"updates": corpus.updates_sha256, "stages": keys, "settings": settings,
-                           "lm": run.hashes["lm"], "questions": [[q.qid, q.question, q.gold] for q in asked]})
+        key = update_key(cfg, corpus, asked, keys, run.hashes["lm"])
 
         def measure(tmp):
             run.log(f"update: {len(sample.updates)} changed facts, {len(asked)} questions; re-indexing the new version")
