@@ -146,3 +146,42 @@ def test_extends_problems_name_the_file_and_line(tmp_path):
     (tmp_path / "on-typo.yaml").write_text("extends: typo.yaml\n")
     with pytest.raises(InputError, match=r"typo.yaml:2: unknown key: 'finetune.epochz'"):
         load_config(tmp_path / "on-typo.yaml")
+
+
+def test_defaults_yaml_is_the_one_place_a_default_is_written():
+    """Every config field is required (no default beside defaults.yaml), and defaults.yaml sets every one of them."""
+    import yaml
+    from pydantic import BaseModel
+
+    from ragvsft.config import DEFAULTS_PATH, Config, config_dict, flatten
+
+    def defaults_in(model: type[BaseModel], prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            if not field.is_required():
+                found.append(prefix + name)
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += defaults_in(kind, f"{prefix}{name}.")
+        return found
+
+    assert defaults_in(Config) == []
+    written = yaml.safe_load(DEFAULTS_PATH.read_text())
+    assert set(flatten(written)) == set(flatten(config_dict(load_config(None))))
+    # a key removed from the defaults is refused by name, not filled in silently
+    without = {k: v for k, v in written.items() if k != "update"}
+    with pytest.raises(Exception, match="update"):
+        Config.model_validate(without)
+
+
+def test_ask_refuses_a_run_config_that_lacks_a_key_instead_of_filling_it(tiny_run, copy_tree, tmp_path):
+    import yaml
+
+    from ragvsft import live
+
+    run = copy_tree(tiny_run[1], tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["index"]["context_units"]  # an older run: the key did not exist when it was made
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError, match=r"config.yaml:1: .*it lacks index.context_units: made by an older ragvsft"):
+        live.Session.open(run)

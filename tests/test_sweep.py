@@ -164,3 +164,14 @@ def test_compare_never_writes_over_a_run_folder_and_refuses_a_damaged_sweep_reco
         (tmp_path / "sweep" / "sweep.json").write_text(record)
         result = CliRunner().invoke(app, ["compare", str(tmp_path / "sweep")])
         assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_a_key_an_older_run_did_not_record_is_shown_as_such_not_as_todays_default(tmp_path):
+    new = fake_run(tmp_path / "new", 1, 2, 0.4, 0.2)
+    results = json.loads((new / "results.json").read_text())
+    results["config"]["index"] = {"context_units": 1}
+    (new / "results.json").write_text(json.dumps(results))
+    old = fake_run(tmp_path / "old", 1, 2, 0.3, 0.2)  # made before index.context_units existed
+    table = write_comparison(tmp_path / "out", [old, new])
+    assert table["settings"] == ["index.context_units"]
+    assert [row["setting"]["index.context_units"] for row in table["rows"]] == ["not recorded", 1]

@@ -25,14 +25,13 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pydantic import ValidationError  # noqa: E402
-
 from .catalogue import SHORT_LABELS, label  # noqa: E402
-from .config import Config, config_dict, flatten  # noqa: E402
+from .config import flatten  # noqa: E402
 from .files import InputError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, require_complete_run  # noqa: E402
 
 SETS = ("heldout", "seen", "unanswerable")
 SET_NAMES = {"heldout": "held-out", "seen": "seen", "unanswerable": "unanswerable (abstained)"}
+NOT_RECORDED = "not recorded"
 IGNORED = ("name", "out", "seed")  # never a setting: names, places, and the seed (repeats of one setting)
 IGNORED_SECTIONS = ("cost.",)  # the cost table's assumptions change no figure that is compared
 
@@ -75,10 +74,6 @@ def load_runs(folders: list[Path]) -> list[dict]:
                 config = None
             if not isinstance(config, dict):
                 raise InputError([f"{folder / 'config.yaml'}:1: missing or damaged; run the experiment again"])
-        try:  # keys added since the run was made take their defaults, so they do not show up as a setting
-            config = config_dict(Config.model_validate(config))
-        except ValidationError:
-            pass
         flat = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(config).items()}  # lists: one value
         runs.append({"folder": str(folder), "results": results, "config": flat})
     return runs
@@ -92,10 +87,11 @@ def _mean_sd(values: list[float]) -> dict:
 def comparison(runs: list[dict]) -> dict:
     """Settings that differ, and per setting (in the runs' order) the mean ± sd of every arm's accuracy per set."""
     keys = sorted(k for k in {k for run in runs for k in run["config"]} - set(IGNORED) if not k.startswith(IGNORED_SECTIONS))
-    varying = [k for k in keys if len({json.dumps(run["config"].get(k), sort_keys=True) for run in runs}) > 1]
+    varying = [k for k in keys if len({json.dumps(run["config"].get(k, NOT_RECORDED), sort_keys=True) for run in runs}) > 1]
     groups: dict[str, dict] = {}
     for run in runs:
-        setting = {k: run["config"].get(k) for k in varying}
+        # A key the run did not record (made before the key existed) is shown as such, never as today's default.
+        setting = {k: run["config"].get(k, NOT_RECORDED) for k in varying}
         group = groups.setdefault(json.dumps(setting, sort_keys=True), {"setting": setting, "runs": []})
         group["runs"].append(run)
     arms = list(dict.fromkeys(arm for run in runs for arm in run["results"]["arms"]))

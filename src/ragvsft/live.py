@@ -57,7 +57,12 @@ class Session:
         try:
             config = Config.model_validate(yaml.safe_load(config_path.read_text(encoding="utf-8")))
         except (ValidationError, yaml.YAMLError) as exc:
-            raise InputError([f"{config_path}:1: not the config of a ragvsft run ({str(exc).splitlines()[0][:120]})"]) from None
+            # A key the run did not record is not filled with today's default: the run may have been made under another.
+            missing = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "missing"] \
+                if isinstance(exc, ValidationError) else []
+            detail = (f"it lacks {', '.join(missing[:6])}: made by an older ragvsft; run the experiment again" if missing
+                      else str(exc).splitlines()[0][:120])
+            raise InputError([f"{config_path}:1: not the config of a ragvsft run ({detail})"]) from None
         unknown = [a for a in arms or [] if a not in config.probe.arms]
         if unknown:
             raise InputError([f"--arms: {', '.join(unknown)} not in this run (arms: {', '.join(config.probe.arms)})"])
