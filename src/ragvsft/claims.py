@@ -17,12 +17,12 @@ from pathlib import Path
 
 from .catalogue import ARMS, label
 from .files import InputError, load_yaml_with_lines
+from .metrics import SET, SHARES
 
 LEDGER_PATH = Path(__file__).with_name("claims.yaml")
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
 _TEST = re.compile(r"^(\S+)\s*(>=|<=|>|<)\s*(?:([0-9.]+)\s*\*\s*)?(\S+)$")
 TIMING_NOISE = 0.10  # the same run timed twice on the 2-core machine differed by up to ~10%
-_RATES = ("accuracy", "hallucination_rate", "abstention_rate", "style_adherence", "current", "stale", "other")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _format(path: str, value: float) -> str:
     metric = path.rsplit(".", 1)[-1]
     if math.isinf(value):
         return "never" if path.startswith("cost.") else "infinity"
-    if metric in _RATES or metric.endswith("_rate"):
+    if metric in SHARES:
         return f"{100 * value:.0f}%"
     if metric.startswith("break_even") or path.startswith("cost."):
         return f"{value:,.0f} queries/month"
@@ -90,7 +90,7 @@ def _format(path: str, value: float) -> str:
 def _name(path: str) -> str:
     """A reader's name for a figure path: "RAG held-out accuracy", "update: LoRA fine-tuned current (retrained)"."""
     parts = path.split(".")
-    words = [label(p) if p in ARMS else {"heldout": "held-out"}.get(p, p.replace("_", " ")) for p in parts]
+    words = [label(p) if p in ARMS else (SET[p].label if p in SET else p.replace("_", " ")) for p in parts]
     if parts[0] == "update" and parts[1] in ("arms", "retrained"):
         return f"{words[2]} {words[3]} after the update" + (" and retraining" if parts[1] == "retrained" else "")
     if parts[0] == "update":

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .catalogue import NAMES as ARMS
 from .files import InputError, load_yaml_with_lines
+from .metrics import SET_NAMES
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-SETS = ("heldout", "seen", "unanswerable", "reverse")
+SETS = SET_NAMES
 
 
 class _Section(BaseModel):

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .catalogue import SHORT_LABELS  # noqa: E402
 from .files import atomic_write_bytes  # noqa: E402
+from .metrics import METRIC, SET, plotted  # noqa: E402
 
 LABELS = SHORT_LABELS  # from the catalogue
 COLOURS = {"accuracy": "#2e7d32", "hallucination_rate": "#c62828", "abstention_rate": "#757575"}
@@ -37,20 +38,19 @@ def plot_rates(results: dict, set_name: str, path: Path) -> bool:
     figures = [results["arms"][a][set_name] for a in arms]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     # On unanswerable questions accuracy is the share abstained (score.set_figures): one bar, not the same bar twice.
-    keys = (("abstention_rate", "hallucination_rate") if set_name == "unanswerable"
-            else ("accuracy", "hallucination_rate", "abstention_rate"))
+    keys = plotted(set_name)
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
         xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(arms))]
-        name = "abstained (right)" if set_name == "unanswerable" and key == "abstention_rate" else key.replace("_rate", "").replace("_", " ")
+        name = "abstained (right)" if not SET[set_name].answerable and key == "abstention_rate" else METRIC[key].label
         ax.bar(xs, [f[key] for f in figures], width, yerr=_errorbars(figures, key), capsize=3, color=COLOURS[key],
                label=name)
     ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
     ax.set_ylim(0, 1.22)  # headroom so the legend sits above the bars
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("share of answers")
-    title = {"unanswerable": "Unanswerable questions (abstaining is right)",
-             "heldout": "Held-out questions"}.get(set_name, f"{set_name.capitalize()} questions")
+    title = (f"{SET[set_name].label.capitalize()} questions" + ("" if SET[set_name].answerable else
+                                                               " (abstaining is right)"))
     ax.set_title(f"{title}, 95% bootstrap intervals")
     ax.legend(ncols=3, fontsize=8, loc="upper center")
     _save(fig, path)

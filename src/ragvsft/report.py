@@ -18,9 +18,10 @@ from tabulate import tabulate
 from .catalogue import LABELS, label
 from .claims import CONTRADICTED, SUPPORTED, Claim, decide, evaluate_claims
 from .files import InputError, read_json, read_jsonl, require_complete_run
+from .metrics import METRIC, METRICS, SETS, TABLE, column_label
 
 ARM_LABELS = LABELS  # from the catalogue
-SET_LABELS = {"heldout": "held-out", "seen": "seen in training", "unanswerable": "unanswerable", "reverse": "reverse"}
+SET_LABELS = {s.name: s.long for s in SETS}
 
 # Published reference points (../shared/docs/literature.md); shown beside the run's figures, never mixed into them.
 LITERATURE = [
@@ -45,22 +46,20 @@ def pct_ci(figures: dict | None, key: str = "accuracy") -> str:
 
 def comparison_rows(results: dict) -> list[dict]:
     """One row per arm with the figures every report shows (strings, ready for any table renderer)."""
-    rows = []
-    for arm, f in results["arms"].items():
-        rows.append({
-            "arm": label(arm),
-            "held-out accuracy": pct_ci(f.get("heldout")),
-            "held-out hallucination": pct_ci(f.get("heldout"), "hallucination_rate"),
-            "seen accuracy": pct_ci(f.get("seen")),
-            "reverse accuracy": pct_ci(f.get("reverse")),
-            "held-out: abstained": pct_ci(f.get("heldout"), "abstention_rate"),
-            "unanswerable: abstained": pct_ci(f.get("unanswerable")),
-            "house style": pct(f["style_adherence"]),
-            "prompt tokens": f"{f['prompt_tokens_per_query']:.0f}",
-            "generated tokens": f"{f['generated_tokens_per_query']:.0f}",
-            "s/query": f"{f['seconds_per_query']:.2f}",
-        })
-    return rows
+    return [{"arm": label(arm), **{column_label(metric, set_name): _cell(f, metric, set_name) for metric, set_name in TABLE}}
+            for arm, f in results["arms"].items()]
+
+
+def _cell(figures: dict, metric: str, set_name: str | None) -> str:
+    """One figure as the comparison table writes it: a share with its interval per set, an arm's share alone, counts
+    and seconds in their units."""
+    m = METRIC[metric]
+    if set_name is not None:
+        return pct_ci(figures.get(set_name), metric)
+    value = figures.get(metric)
+    if value is None:
+        return "–"
+    return pct(value) if m.unit == "share" else f"{value:.2f}" if m.unit == "seconds" else f"{value:.0f}"
 
 
 def claims_of(results: dict) -> list[dict]:
@@ -81,12 +80,17 @@ def context_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _separation(results: dict, a: str, b: str) -> int:
-    """+1 when arm a is clearly more accurate on held-out questions than arm b, -1 when clearly less, 0 when this run
-    cannot tell: decided by the claims ledger's one rule (`claims.decide`: the paired interval of the difference
-    where results.json has it, else whether the two arms' own intervals overlap)."""
-    verdict = decide(results, Claim(f"{a} beats {b}", "", f"{a}.heldout.accuracy > {b}.heldout.accuracy"))["verdict"]
+def _side(results: dict, test: str) -> int:
+    """+1 when `test` ("A > B", as in claims.yaml) clearly holds, -1 when clearly not, 0 when this run cannot tell:
+    decided by the claims ledger's one rule (`claims.decide`: the paired interval of the difference where results.json
+    has it, else whether the two figures' own intervals overlap, else the exact figures)."""
+    verdict = decide(results, Claim(test, "", test))["verdict"]
     return {SUPPORTED: 1, CONTRADICTED: -1}.get(verdict, 0)
+
+
+def _separation(results: dict, a: str, b: str) -> int:
+    """+1 when arm a is clearly more accurate on held-out questions than arm b, -1 when clearly less, 0 when unclear."""
+    return _side(results, f"{a}.heldout.accuracy > {b}.heldout.accuracy")
 
 
 def _compare(results: dict, a: str, b: str) -> str:
@@ -278,7 +282,7 @@ def _finding_verdict(results: dict) -> list[str]:
     if not (_held(results, "rag") and _held(results, "lora") and "base" in arms):
         return []
     rag_vs_lora = _separation(results, "rag", "lora")
-    style_gain = arms["lora"]["style_adherence"] > arms["base"]["style_adherence"]
+    style_gain = _side(results, "lora.style_adherence > base.style_adherence") > 0
     if style_gain and rag_vs_lora > 0:
         return ["Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
                 "supplies the facts."]
@@ -347,16 +351,16 @@ def results_csv(results: dict) -> str:
     """One line per (arm, set) plus the arm-level figures, for spreadsheets."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["arm", "set", "n", "accuracy", "accuracy_low", "accuracy_high", "hallucination_rate",
-                     "hallucination_low", "hallucination_high", "abstention_rate", "abstention_low", "abstention_high",
-                     "style_adherence", "prompt_tokens_per_query", "generated_tokens_per_query", "seconds_per_query"])
+    per_set = [m for m in METRICS if m.per_set]
+    per_arm = [m for m in METRICS if not m.per_set]
+    writer.writerow(["arm", "set", "n", *(c for m in per_set for c in (m.name, f"{m.column}_low", f"{m.column}_high")),
+                     *(m.name for m in per_arm)])
     for arm, f in results["arms"].items():
         for set_name, s in f.items():
             if isinstance(s, dict):
-                writer.writerow([arm, set_name, s["n"], s["accuracy"], *s["accuracy_ci"], s["hallucination_rate"],
-                                 *s["hallucination_rate_ci"], s["abstention_rate"], *s["abstention_rate_ci"],
-                                 f["style_adherence"], f["prompt_tokens_per_query"], f["generated_tokens_per_query"],
-                                 f["seconds_per_query"]])
+                writer.writerow([arm, set_name, s["n"],
+                                 *(v for m in per_set for v in (s.get(m.name), *(s.get(f"{m.name}_ci") or [None, None]))),
+                                 *(f.get(m.name) for m in per_arm)])
     return buffer.getvalue()
 
 
