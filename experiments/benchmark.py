@@ -36,7 +36,7 @@ from ragvsft.precision import cpu_name, matmul_rate  # noqa: E402
 from ragvsft.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ragvsft.claims import evaluate_claims  # noqa: E402
 from ragvsft.config import load_config  # noqa: E402
-from ragvsft.report import cell, findings, markdown_table, update_rows  # noqa: E402
+from ragvsft.presentation.report import cell, findings, markdown_table, update_rows  # noqa: E402
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 SWEEPS_START, SWEEPS_END = "<!-- sweeps:start -->", "<!-- sweeps:end -->"

@@ -104,15 +104,26 @@ def mock_encoder():
     return MockEncoder()
 
 
-def build_tiny_lm(folder: Path) -> Path:
+# A Gemma-style template: no system role (it raises), "model" turns closed by <end_of_turn>.
+SYSTEMLESS_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def build_tiny_lm(folder: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
     """A 2-layer Llama (hidden size 16) with a byte-level BPE tokenizer trained on the toy corpus, saved as a
-    Hugging Face model folder, so every code path that loads a model folder can be tested without weights."""
+    Hugging Face model folder, so every code path that loads a model folder can be tested without weights.
+    `chat_template`: SmolLM2's style (default), SYSTEMLESS_TEMPLATE, or None for a base model without one."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>"]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -121,7 +132,7 @@ def build_tiny_lm(folder: Path) -> Path:
                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     config = LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,

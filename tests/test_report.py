@@ -5,10 +5,10 @@ import json
 import pytest
 
 from ragvsft.cost import cost_table, run_costs
-from ragvsft.html import render_html
-from ragvsft.plots import write_plots
-from ragvsft.publish import write_reports
-from ragvsft.report import findings, render_markdown, results_csv
+from ragvsft.presentation.html import render_html
+from ragvsft.presentation.plots import write_plots
+from ragvsft.presentation.publish import write_reports
+from ragvsft.presentation.report import findings, render_markdown, results_csv
 
 
 def set_figs(acc, n=40, width=0.1, unanswerable=False):
@@ -237,7 +237,7 @@ def test_the_raft_finding_says_whether_the_reader_tells_silent_text_apart(silent
 def test_the_unanswerable_plot_draws_each_rate_once(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from ragvsft.plots import plot_rates
+    from ragvsft.presentation.plots import plot_rates
 
     drawn = []
     real_bar = matplotlib.axes.Axes.bar

@@ -434,7 +434,6 @@ def test_the_quick_profile_passes_its_checks_on_a_two_layer_model(tmp_path, tiny
 
 
 def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path, tiny_lm):
-    import shutil
 
     corpus = write_corpus(tmp_path / "corpus")
     with pytest.raises(InputError, match="finetune.target_modules: qkv_proj name no module"):
@@ -447,14 +446,7 @@ def test_a_model_problem_is_found_before_anything_is_loaded_or_written(tmp_path,
     with pytest.raises(InputError, match=r"reader.head_layers: \[1, 3\], but .*hidden states are 0 \(embeddings\) to 2"):
         run_experiment(tiny_config(corpus, tiny_lm, tmp_path / "r1", **{"reader.head_layers": "[1, 3]",
                                                                          "probe.arms": "[rag, raft]"}))
-    no_template = shutil.copytree(tiny_lm, tmp_path / "no-template")
-    config = json.loads((no_template / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
-    (no_template / "chat_template.jinja").unlink(missing_ok=True)
-    with pytest.raises(InputError, match="has no chat template"):
-        run_experiment(tiny_config(corpus, no_template, tmp_path / "r2"))
-    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    assert not (tmp_path / "r1").exists()  # a model without a chat template runs in the plain format (test_chat.py)
 
 
 def test_ask_checks_the_arms_before_loading_a_model(tiny_run, monkeypatch):

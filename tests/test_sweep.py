@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import MockEncoder, write_corpus
 from ragvsft.cli import app
-from ragvsft.compare import comparison, comparison_latex, latex_escape, write_comparison
+from ragvsft.presentation.compare import comparison, comparison_latex, latex_escape, write_comparison
 from ragvsft.files import InputError
 from ragvsft.sweep import load_sweep, run_sweep
 
@@ -100,7 +100,7 @@ def csv_rows(path):
 
 def test_the_latex_table_is_valid_booktabs(tmp_path):
     folders = [fake_run(tmp_path / f"r{q}", 1, q, 0.25, 0.5) for q in (1, 2)]
-    tex = comparison_latex(comparison(__import__("ragvsft.compare", fromlist=["load_runs"]).load_runs(folders)))
+    tex = comparison_latex(comparison(__import__("ragvsft.presentation.compare", fromlist=["load_runs"]).load_runs(folders)))
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     columns = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1))
     body = tex.split(r"\toprule", 1)[1].split(r"\bottomrule", 1)[0].replace(r"\midrule", "")

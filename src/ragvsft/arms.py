@@ -1,8 +1,9 @@
 """How each arm asks its question (one message builder per arm of `catalogue.CATALOGUE`), and batched greedy
-generation through the chat template.
+generation through the model's prompt format (chat.py: its chat template, or plain question/answer lines).
 
 The arms that use an adapter (lora, lora_rag, raft) and the fine-tuning sets use an empty system message: without
-one, SmolLM2's chat template inserts its own ~20-token default system prompt into every training example and prompt.
+one, SmolLM2's chat template inserts its own ~20-token default system prompt into every training example and prompt
+(a template without a system role, and the plain format, leave an empty one out).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .catalogue import NAMES, RETRIEVING
+from .chat import cut_answer, render, stop_ids as model_stop_ids, stop_strings
 from .corpus import Corpus
 from .score import matches_gold
 
@@ -90,8 +92,8 @@ class Generation:
 
 
 def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
-    """Token ids of each conversation's prompt through the chat template, ending with the assistant's turn."""
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    """Token ids of each conversation's prompt in the model's format (chat.render), ending where the answer begins."""
+    prompts = [render(tokenizer, c) for c in conversations]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     budget = getattr(model.config, "max_position_embeddings", None)
     budget = budget - max_new_tokens if budget else None
@@ -165,7 +167,10 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     lengths = [len(x) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: lengths[i])
     results: list[Generation | None] = [None] * len(ids)
-    stop_ids = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    # The model's own end-of-sequence and end-of-turn tokens (chat.stop_ids); padding is never part of an answer.
+    stop_ids = model_stop_ids(model, tokenizer)
+    dropped = set(stop_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+    strings = {"stop_strings": stop_strings(tokenizer), "tokenizer": tokenizer} if stop_strings(tokenizer) else {}
     # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
     for start in range(0, len(order), size):
@@ -176,13 +181,14 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats)
+                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
+                                    **strings)
         seconds = (time.perf_counter() - began) / len(batch)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
         for row, i in zip(new_tokens, batch):
-            produced = [t for t in row.tolist() if t not in stop_ids]
-            results[i] = Generation(tokenizer.decode(produced, skip_special_tokens=True).strip(), lengths[i],
-                                    len(produced), seconds)
+            produced = [t for t in row.tolist() if t not in dropped]
+            results[i] = Generation(cut_answer(tokenizer, tokenizer.decode(produced, skip_special_tokens=True)),
+                                    lengths[i], len(produced), seconds)
         if progress:
             progress(min(start + size, len(order)), len(order))
     return results  # type: ignore[return-value]

@@ -25,6 +25,9 @@ class Arm:
     # declaration against what the message builder really puts in the prompt.
     system_prompt: bool = False  # the corpus's system prompt (style.yaml)
     examples: bool = False  # few-shot (train question, styled answer) pairs of other facts (probe.fewshot_k)
+    # The arms its held-out accuracy is compared with, pair by pair (results.json `comparisons`: paired differences
+    # with intervals), the pairs the claims and findings are about.
+    compared_with: tuple[str, ...] = ()
 
 
 # What each arm's model sees is its message builder's docstring (arms.build_messages) and the README's arm table.
@@ -32,10 +35,10 @@ CATALOGUE: tuple[Arm, ...] = (
     Arm("base", "base model", "base", "base", False),
     Arm("prompt", "prompting", "prompt", "base", False, system_prompt=True),
     Arm("fewshot", "few-shot", "few-shot", "base", False, system_prompt=True, examples=True),
-    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True),
+    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True, compared_with=("lora", "prompt")),
     Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False),
-    Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True),
-    Arm("raft", "RAFT reader", "RAFT", "reader", True),
+    Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True, compared_with=("lora", "rag")),
+    Arm("raft", "RAFT reader", "RAFT", "reader", True, compared_with=("rag", "lora")),
 )
 ARMS: dict[str, Arm] = {arm.name: arm for arm in CATALOGUE}
 NAMES: tuple[str, ...] = tuple(ARMS)
@@ -43,6 +46,7 @@ LABELS: dict[str, str] = {arm.name: arm.label for arm in CATALOGUE}
 SHORT_LABELS: dict[str, str] = {arm.name: arm.short for arm in CATALOGUE}
 TRAINED: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.model != "base")
 RETRIEVING: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.retrieves)
+COMPARISONS: tuple[tuple[str, str], ...] = tuple((arm.name, other) for arm in CATALOGUE for other in arm.compared_with)
 
 
 def label(name: str) -> str:

@@ -53,7 +53,7 @@ def run(config: Path = typer.Argument(..., help="experiment file, e.g. experimen
         set_: list[str] = typer.Option([], "--set", help="override a config key: --set finetune.epochs=1")):
     """Run every arm on the probe and write the run folder (predictions, results, reports, manifest)."""
     from .config import load_config
-    from .report import markdown_table
+    from .presentation.report import markdown_table
     from .run import run_experiment
 
     cfg = load_config(config, set_, corpus=str(corpus) if corpus else None, out=str(out_dir) if out_dir else None)
@@ -83,7 +83,7 @@ def compare(folders: list[Path] = typer.Argument(..., help="run folders and/or s
             out_dir: Path = typer.Option(None, "--out", help="where to write comparison.* (default: the one sweep "
                                                              "folder given, else runs/comparison)")):
     """One table across run folders from their results.json: a row per setting, mean ± sd over seeds."""
-    from .compare import write_comparison
+    from .presentation.compare import write_comparison
 
     if out_dir is None:
         out_dir = folders[0] if len(folders) == 1 and (folders[0] / "sweep.json").is_file() else Path("runs/comparison")
@@ -137,8 +137,8 @@ def corpus_stats_command(folder: Path = typer.Argument(..., help="corpus folder"
 @input_errors
 def report(run_dir: Path = typer.Argument(..., help="a finished run folder")):
     """Regenerate results.csv, report.md, report.html and plots from the run's results.json."""
-    from .publish import write_reports
-    from .report import load_run
+    from .presentation.publish import write_reports
+    from .presentation.report import load_run
 
     results, predictions = load_run(run_dir)
     write_reports(run_dir, results, predictions)
@@ -157,7 +157,7 @@ def cost(run_dir: Path = typer.Argument(..., help="a finished run folder"),
     """Monthly cost of each arm from the run's measured tokens, and fine-tuning's break-even volume against RAG.
     Unset flags keep the run's `cost:` section (defaults.yaml)."""
     from .cost import cost_table, run_costs
-    from .report import cost_markdown, load_run
+    from .presentation.report import cost_markdown, load_run
 
     flags = {"--input-price": input_price, "--output-price": output_price, "--compute-price": compute_price,
              "--hosting": hosting, "--retrains": retrains}

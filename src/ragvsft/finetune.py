@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .precision import torch_dtype
 from .arms import closed_book_messages, reader_messages
+from .chat import render, training_answer
 from .config import FinetuneConfig
 from .corpus import Corpus
 from .files import atomic_write_json
@@ -47,13 +48,13 @@ def encode_example(row: dict, tokenizer, max_length: int) -> dict:
     """Token ids and labels; labels mask the prompt (-100) so the loss covers the answer tokens only. Kinds: "qa"
     (closed-book question), "reader" (retrieved chunks + question, see reader.py), "passage" (plain text)."""
     if row["kind"] == "passage":
-        ids = tokenizer(row["text"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
+        ids = tokenizer(row["text"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"][:max_length]
         return {"input_ids": ids, "labels": list(ids)}
     messages = (reader_messages(row["question"], row["chunks"]) if row["kind"] == "reader"
                 else closed_book_messages(row["question"]))
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(row["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(render(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    # The answer ends with the template's own end of turn (SmolLM2: <|im_end|>, its end-of-sequence token too).
+    answer_ids = tokenizer(training_answer(tokenizer, row["answer"]), add_special_tokens=False)["input_ids"]
     ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
     return {"input_ids": ids, "labels": labels}

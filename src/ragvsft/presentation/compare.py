@@ -25,10 +25,10 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .catalogue import SHORT_LABELS, label  # noqa: E402
-from .config import flatten  # noqa: E402
-from .metrics import SETS as ALL_SETS  # noqa: E402
-from .files import InputError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, require_complete_run  # noqa: E402
+from ..catalogue import SHORT_LABELS, label  # noqa: E402
+from ..config import flatten  # noqa: E402
+from ..metrics import SETS as ALL_SETS  # noqa: E402
+from ..files import InputError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, require_complete_run  # noqa: E402
 
 SETS = tuple(s.name for s in ALL_SETS if s.compared)
 SET_NAMES = {s.name: s.label + ("" if s.answerable else " (abstained)") for s in ALL_SETS if s.compared}

@@ -15,10 +15,10 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader
 from tabulate import tabulate
 
-from .catalogue import LABELS, label
-from .claims import CONTRADICTED, SUPPORTED, Claim, decide, evaluate_claims
-from .files import InputError, read_json, read_jsonl, require_complete_run
-from .metrics import METRIC, METRICS, SETS, TABLE, column_label
+from ..catalogue import LABELS, label
+from ..claims import CONTRADICTED, SUPPORTED, Claim, decide, evaluate_claims
+from ..files import InputError, read_json, read_jsonl, require_complete_run
+from ..metrics import METRIC, METRICS, SETS, TABLE, column_label
 
 ARM_LABELS = LABELS  # from the catalogue
 SET_LABELS = {s.name: s.long for s in SETS}
@@ -371,13 +371,13 @@ def markdown_table(results: dict) -> str:
 
 def _environment(autoescape: bool) -> Environment:
     # autoescape is a plain bool: select_autoescape() goes by file extension and would miss "report.html.j2".
-    return Environment(loader=PackageLoader("ragvsft", "templates"), autoescape=autoescape,
+    return Environment(loader=PackageLoader("ragvsft.presentation", "templates"), autoescape=autoescape,
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
 def cost_markdown(table: dict) -> str:
     """The cost table (see cost.py) as Markdown, shared by report.md and `ragvsft cost`."""
-    from .cost import break_even_sentence
+    from ..cost import break_even_sentence
 
     rows = [[label(arm), f"{c['prompt_tokens_per_query']:.0f}", f"{c['generated_tokens_per_query']:.0f}",
              f"{1000 * c['cost_per_query']:.4f}", f"{c['fixed_per_month']:.2f}", f"{c['monthly']:.2f}"]
@@ -388,7 +388,7 @@ def cost_markdown(table: dict) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    from .cost import cost_table
+    from ..cost import cost_table
 
     costs = cost_table(results)
     return _environment(False).get_template("report.md.j2").render(

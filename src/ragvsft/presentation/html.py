@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from .cost import break_even_sentence, cost_table
-from .files import read_jsonl
-from .catalogue import label
+from ..cost import break_even_sentence, cost_table
+from ..files import read_jsonl
+from ..catalogue import label
 from .report import ARM_LABELS, LITERATURE, SET_LABELS, _environment, claims_of, comparison_rows, context_rows, findings, pct, update_rows
 
 
