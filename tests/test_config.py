@@ -20,7 +20,7 @@ def test_every_experiment_file_loads_and_names_its_command(path):
     assert cfg.name == path.stem and cfg.run_dir == Path("runs") / path.stem
     assert path.read_text().splitlines()[0] == f"# ragvsft {command} experiments/{path.name}"
     if command == "sweep":
-        assert len(load_sweep(path)[1]) >= 3  # every combination checked
+        assert len(load_sweep(path)[1]) >= 2  # every combination checked
 
 
 def test_quick_profile_is_a_subset_of_at_least_40_facts():

@@ -178,3 +178,48 @@ def test_training_records_why_it_stopped_and_what_it_learnt(tmp_path, toy_corpus
     plain = cfg.model_copy(update={"max_epochs": None, "min_steps": 0})
     figures = train_lora(model, tokenizer, rows, plain, seed=0, adapter_dir=tmp_path / "b", work_dir=tmp_path / "w")
     assert figures["epochs"] == 1 and figures["stopped"] == "epochs" and figures["steps"] == 3
+
+
+def test_the_adapter_loads_elsewhere_and_the_sets_read_as_trl_prompt_completion(tiny_run, tiny_lm, tmp_path,
+                                                                               monkeypatch):
+    """The saved adapter names its base by name (not this machine's path), carries a model card, and loads from
+    another folder with peft given the base model's folder; the TRL export holds exactly the prompts trained on."""
+    import json
+    import shutil
+
+    import torch
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragvsft.arms import closed_book_messages, reader_messages
+    from ragvsft.chat import render, training_answer
+    from ragvsft.files import read_jsonl
+    from ragvsft.finetune import encode_example, merged_model
+
+    _, out = tiny_run
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_lm.name
+    card = (out / "adapter" / "README.md").read_text()
+    assert f"base_model: {tiny_lm.name}" in card and "PeftModel.from_pretrained" in card
+    elsewhere = tmp_path / "elsewhere"  # another machine: the adapter and a copy of its base, under the base's name
+    moved = shutil.copytree(out / "adapter", elsewhere / "adapter")
+    shutil.copytree(tiny_lm, elsewhere / tiny_lm.name)
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    expected = merged_model(base, out / "adapter", torch.float32)(ids).logits
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(elsewhere / tiny_lm.name), str(moved))
+    monkeypatch.chdir(elsewhere)
+    auto = AutoPeftModelForCausalLM.from_pretrained("adapter")
+    for model in (loaded, auto):
+        assert torch.allclose(model.eval()(ids).logits, expected, atol=1e-4)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    for name, build in (("finetune_set", lambda r: closed_book_messages(r["question"])),
+                        ("reader_set", lambda r: reader_messages(r["question"], r["chunks"]))):
+        rows, trl = read_jsonl(out / f"{name}.jsonl"), read_jsonl(out / f"{name}.trl.jsonl")
+        qa = [r for r in rows if r["kind"] != "passage"]
+        assert len(trl) == len(qa) > 0
+        for row, exported in zip(qa, trl):
+            assert exported["prompt"] == build(row) and exported["completion"][0]["content"] == row["answer"]
+            text = render(tokenizer, exported["prompt"]) + training_answer(tokenizer, exported["completion"][0]["content"])
+            assert tokenizer(text, add_special_tokens=False)["input_ids"][:512] == encode_example(row, tokenizer, 512)["input_ids"]

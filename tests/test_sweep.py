@@ -1,6 +1,7 @@
 """Sweeps and cross-run comparisons: expansion into run folders, mean ± sd, valid LaTeX, and bad sweep sections."""
 
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from conftest import MockEncoder, write_corpus
 from ragvsft.cli import app
 from ragvsft.presentation.compare import comparison, comparison_latex, latex_escape, write_comparison
+from ragvsft.config import load_config
 from ragvsft.files import InputError
 from ragvsft.sweep import load_sweep, run_sweep
 
@@ -175,3 +177,27 @@ def test_a_key_an_older_run_did_not_record_is_shown_as_such_not_as_todays_defaul
     table = write_comparison(tmp_path / "out", [old, new])
     assert table["settings"] == ["index.context_units"]
     assert [row["setting"]["index.context_units"] for row in table["rows"]] == ["not recorded", 1]
+
+
+def test_devices_place_each_run_in_its_own_process_and_a_multi_rank_launch_is_refused(tmp_path, tiny_lm, monkeypatch):
+    from ragvsft.run import run_experiment
+    from ragvsft.sweep import parse_devices
+
+    assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"] and parse_devices(None) == []
+    with pytest.raises(InputError, match="--devices: gpu0: name devices as cuda:0"):
+        parse_devices("gpu0")
+    path = experiment(tmp_path, {"finetune.questions_per_fact": [1, 2]}, tiny_lm)
+    folder = run_sweep(path, devices=["cpu", "cpu"])  # two runs at once, each a `ragvsft run` process
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["status"] == "complete"
+    for run in record["runs"]:
+        manifest = json.loads((folder / run["folder"] / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["config"]["models"]["device"] == "cpu"
+        assert (folder / "logs" / f"{run['folder']}.log").is_file()
+    assert len(json.loads((folder / "comparison.json").read_text())["rows"]) == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    cfg = load_config(path, allow_sweep=True, out=str(tmp_path / "ranked"))
+    with pytest.raises(InputError, match="WORLD_SIZE=2: a ragvsft run is one process"):
+        run_experiment(cfg)
+    assert not (tmp_path / "ranked").exists()

@@ -131,10 +131,11 @@ def prompt_states(model, tokenizer, conversations: list[list[dict]], layers: lis
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")  # left padding
+        # left padding; the inputs go where the model is (models.device)
+        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device)
         with torch.inference_mode():  # the transformer without its vocabulary projection: no logits are needed
             hidden = model.base_model(**encoded, output_hidden_states=True).hidden_states
-        rows[batch] = torch.cat([hidden[layer][:, -1, :].float() for layer in layers], dim=1).numpy()
+        rows[batch] = torch.cat([hidden[layer][:, -1, :].float() for layer in layers], dim=1).cpu().numpy()
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
     return rows
@@ -175,7 +176,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
     for start in range(0, len(order), size):
         batch = order[start:start + size]
-        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device)
         began = time.perf_counter()
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
         beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])

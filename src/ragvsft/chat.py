@@ -92,12 +92,18 @@ def _plain(messages: list[dict], generation: bool) -> str:
     return "\n\n".join(parts)
 
 
+def _bos(tokenizer) -> str:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    added = tokenizer("x")["input_ids"] if bos is not None else []
+    return tokenizer.bos_token if added and added[0] == bos else ""
+
+
 def render(tokenizer, messages: list[dict], generation: bool = True) -> str:
     """The prompt text of `messages`, ending where the assistant's answer begins (`generation`), or with the last
     assistant message written out (generation=False)."""
     kind = prompt_format(tokenizer)
-    if kind == PLAIN:
-        return _plain(messages, generation)
+    if kind == PLAIN:  # with the start-of-sequence token the tokenizer would add (Gemma's <bos>; a template writes it)
+        return _bos(tokenizer) + _plain(messages, generation)
     if kind == FOLDED:
         messages = _folded(messages)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)

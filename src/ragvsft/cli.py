@@ -68,11 +68,14 @@ def run(config: Path = typer.Argument(..., help="experiment file, e.g. experimen
 def sweep(config: Path = typer.Argument(..., help="experiment file with a sweep: section, e.g. experiments/paraphrases.yaml"),
           corpus: Path = typer.Option(None, help="corpus folder (overrides the config's 'corpus')"),
           out_dir: Path = typer.Option(None, "--out", help="sweep folder (default runs/<name>)"),
-          set_: list[str] = typer.Option([], "--set", help="override a config key in every run: --set finetune.epochs=1")):
+          set_: list[str] = typer.Option([], "--set", help="override a config key in every run: --set finetune.epochs=1"),
+          devices: str = typer.Option(None, help="place the runs on these devices, one run each at a time, e.g. "
+                                                 "cuda:0,cuda:1")):
     """Run one run folder per combination of the sweep section's values and seeds, then compare them."""
-    from .sweep import run_sweep
+    from .sweep import parse_devices, run_sweep
 
-    folder = run_sweep(config, set_, err, corpus=str(corpus) if corpus else None, out=str(out_dir) if out_dir else None)
+    folder = run_sweep(config, set_, err, corpus=str(corpus) if corpus else None, out=str(out_dir) if out_dir else None,
+                       devices=parse_devices(devices))
     out.print((folder / "comparison.md").read_text(encoding="utf-8"), highlight=False, soft_wrap=True)
     out.print(f"Comparison: {folder / 'comparison.md'} (.csv, .tex, .png) and {folder / 'report.html'}", highlight=False)
 

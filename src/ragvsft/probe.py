@@ -123,12 +123,13 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
     return out
 
 
-def reader_models(run_dir: Path, model, folds: int, dtype: str, by_head: bool) -> dict:
+def reader_models(run_dir: Path, model, folds: int, dtype: str, by_head: bool, device: str = "cpu") -> dict:
     """A run's cross-fitted readers merged for generation ("reader") and, when they decline by head, their
     answerability heads ("reader_heads"), as `run_probe` takes them."""
     width, depth = model.config.hidden_size, model.config.num_hidden_layers
     heads = load_heads(run_dir, folds, width, depth) if by_head else None  # checked before any merge
-    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", torch_dtype(dtype)) for i in range(folds)]
+    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", torch_dtype(dtype), device)
+               for i in range(folds)]
     return {"reader": readers, **({"reader_heads": heads} if by_head else {})}
 
 

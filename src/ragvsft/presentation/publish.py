@@ -1,4 +1,5 @@
-"""Write every report of a run folder from its results: results.csv, report.md, plots/*.png and report.html.
+"""Write every report of a run folder from its results: results.csv, report.md, plots/*.png, report.html and the
+closed-book adapter's model card (adapter/README.md).
 
     ragvsft report runs/quick      # the same from a finished run's results.json
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from ..claims import evaluate_claims
 from ..files import atomic_write_json, atomic_write_text
+from .card import adapter_card
 from .html import render_html
 from .plots import write_plots
 from .report import render_markdown, results_csv
@@ -28,3 +30,5 @@ def write_reports(run_dir: Path, results: dict, predictions: list[dict]) -> None
     atomic_write_text(run_dir / "report.md", render_markdown(results))
     plots = write_plots(run_dir / "plots", results)
     atomic_write_text(run_dir / "report.html", render_html(results, predictions, plots, run_dir))
+    if (run_dir / "adapter" / "adapter_config.json").is_file() and results.get("training"):
+        atomic_write_text(run_dir / "adapter" / "README.md", adapter_card(results))

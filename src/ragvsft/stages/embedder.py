@@ -52,7 +52,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[E
             if figures["kept"]:
                 encoder.model.save(str(tmp / TUNED.name))
             else:  # no better on the held-back train questions: the original weights, untouched
-                encoder = load_encoder(cfg.models.embedder)
+                encoder = load_encoder(cfg.models.embedder, cfg.models.device)
             built = tuned if figures["kept"] else untuned  # what the index stage would embed again
             atomic_write_json(tmp / "figures.json", figures)
             return figures
@@ -61,5 +61,5 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[E
         if figures is None:
             figures = read_json(run.run_dir / "embedder" / "figures.json", "delete the embedder folder to tune it again")
             if figures["kept"]:
-                encoder = SentenceEncoder(run.run_dir / TUNED)
+                encoder = SentenceEncoder(run.run_dir / TUNED, cfg.models.device)
     return encoder, key if figures["kept"] else run.hashes["embedder"], figures, built

@@ -11,7 +11,8 @@ from ..catalogue import uses
 from ..config import Config, config_dict
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, sha256_json
-from ..finetune import build_finetune_set, train_lora
+from ..finetune import build_finetune_set, portable_adapter, train_lora, trl_rows
+from ..models import lm_name
 from ..index import Index
 from ..probe import Question, score_rows
 from ..score import CORRECT, HALLUCINATED
@@ -93,9 +94,12 @@ def stage(run: Run, sample: Corpus, index: Index, model, tokenizer) -> tuple[dic
             run.log(f"finetune: LoRA on {len(rows)} examples, {cfg.finetune.epochs} epochs, {cfg.finetune.precision} base")
             evaluate = _curve_evaluator(sample, curve, tokenizer, cfg, run.log) if curve else None
             train_lora(model, tokenizer, rows, cfg.finetune, cfg.seed, tmp, work_dir=run.run_dir / ".trainer",
-                       log=run.log, evaluate=evaluate)
+                       log=run.log, evaluate=evaluate, device=cfg.models.device)
+            portable_adapter(tmp, lm_name(cfg.models.lm), tokenizer)
 
         run.stage("finetune", key, "adapter", ("adapter/adapter_model.safetensors", "finetune_set.jsonl"), train)
+        # The same set for other trainers (TRL's SFTTrainer); derived, so a reused stage writes it too.
+        atomic_write_jsonl(run.run_dir / "finetune_set.trl.jsonl", trl_rows(rows))
     training = json.loads((run.run_dir / "adapter" / "training_log.json").read_text())
     training["curve"] = curve_figures(training.get("curve", []), curve, sample)
     return training, key

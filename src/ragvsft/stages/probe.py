@@ -24,7 +24,9 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
             reader_key: str | None = None) -> str:
     """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
     style marker only re-scores."""
+    # The device only where it is not the CPU: an accelerator's arithmetic differs slightly; CPU keys stay as they were.
     inputs = {"arm": arm, "lm": lm_hash, "dtype": cfg.models.dtype,
+              **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
               "questions": [[q.set, q.qid, q.question] for q in questions],
               "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
     if ARMS[arm].system_prompt:
@@ -55,13 +57,14 @@ def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, token
     folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions} if reader else None
     if todo:
         dtype = torch_dtype(cfg.models.dtype)
+        device = cfg.models.device
         if uses(todo, "base"):
-            models["base"] = fresh_copy(model, dtype)
+            models["base"] = fresh_copy(model, dtype, device=device)
         if uses(todo, "closed_book"):
-            models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype)
+            models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype, device)
         if uses(todo, "reader"):
             models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype,
-                                    cfg.reader.abstain_by == "head")
+                                    cfg.reader.abstain_by == "head", device)
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
                               cfg.index.headed) if needs_k else {})

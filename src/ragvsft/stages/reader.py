@@ -15,7 +15,8 @@ from ..catalogue import uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import InputError, atomic_write_json, atomic_write_jsonl, sha256_json
-from ..finetune import merged_model, train_lora
+from ..finetune import merged_model, portable_adapter, train_lora, trl_rows
+from ..models import lm_name
 from ..index import Encoder, Index
 from ..precision import torch_dtype
 from ..probe import answerable
@@ -67,7 +68,8 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": lm_hash, "index": index_key,
                        "training": training.model_dump(mode="json"), "seed": cfg.seed,
                        # the head reads the reader's states in the generation dtype
-                       **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {})})
+                       **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {}),
+                       **({"device": cfg.models.device} if cfg.models.device != "cpu" else {})})
     return Inputs(plan, sets, silent, training, key)
 
 
@@ -134,9 +136,10 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                         f"{len({r['fact_id'] for r in rows})} other facts ({targets}), answers {len(folds[i])} facts")
                 fold_training = training.model_copy(update={"epochs": reader_epochs(len(rows), cfg.reader)})
                 figures = train_lora(model, tokenizer, rows, fold_training, cfg.seed, tmp / f"fold-{i}",
-                                     work_dir=run.run_dir / ".trainer",
+                                     work_dir=run.run_dir / ".trainer", device=cfg.models.device,
                                      log=lambda line: run.log(line.replace("finetune:", "reader:", 1)))
-                reader = merged_model(model, tmp / f"fold-{i}", torch_dtype(cfg.models.dtype))
+                portable_adapter(tmp / f"fold-{i}", lm_name(cfg.models.lm), tokenizer)
+                reader = merged_model(model, tmp / f"fold-{i}", torch_dtype(cfg.models.dtype), cfg.models.device)
                 asked = [reader_messages(q, chunks) for q, chunks in silent[i]]
                 answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size,
                                    progress_line(run.log, "reader: silent contexts"))
@@ -156,6 +159,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
         paths = [f"reader/fold-{i}/{name}" for i in range(len(folds))
                  for name in ("adapter_model.safetensors", *(["head.json"] if by_head else []))]
         run.stage("reader", key, "reader", (*paths, "reader_set.jsonl"), train)
+        # The same sets for other trainers (TRL's SFTTrainer); derived, so a reused stage writes them too.
+        atomic_write_jsonl(run.run_dir / "reader_set.trl.jsonl",
+                           [{"fold": i, **row} for i, rows in enumerate(sets) for row in trl_rows(rows)])
         logs = [json.loads((run.run_dir / "reader" / f"fold-{i}" / "training_log.json").read_text())
                 for i in range(len(folds))]
         figures = {"folds": len(folds), "fold_facts": folds, "facts_per_fold": [len(f) for f in folds],

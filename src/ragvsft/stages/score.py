@@ -101,7 +101,8 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
             "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
                        "documents": len(corpus.documents), "facts": len(sample.facts),
                        "unanswerable": len(sample.unanswerable), "facts_in_corpus": len(corpus.facts)},
-            "run": {"name": cfg.name, "seed": cfg.seed, "lm": cfg.models.lm, "embedder": cfg.models.embedder,
+            "run": {"name": cfg.name, "seed": cfg.seed, "lm": cfg.models.lm, "lm_sha256": run.hashes["lm"],
+                    "embedder": cfg.models.embedder,
                     "dtype": cfg.models.dtype, "questions": len(questions),
                     "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
             "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file

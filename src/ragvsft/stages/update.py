@@ -71,12 +71,13 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
                                fewshot_pairs(sample_after, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold))
             seconds["prompt"] = time.perf_counter() - t
             dtype = torch_dtype(cfg.models.dtype)
-            models: dict = {"base": fresh_copy(model, dtype)}
+            device = cfg.models.device
+            models: dict = {"base": fresh_copy(model, dtype, device=device)}
             if uses(cfg.probe.arms, "closed_book"):
-                models["closed_book"] = merged_model(model, run_dir / "adapter", dtype)
+                models["closed_book"] = merged_model(model, run_dir / "adapter", dtype, device)
             if reader:
                 models |= reader_models(run_dir, model, len(reader.folds), cfg.models.dtype,
-                                        cfg.reader.abstain_by == "head")
+                                        cfg.reader.abstain_by == "head", device)
             folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
             retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
             rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, sample_after, asked, retrieved,
@@ -89,9 +90,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
                 run.log(f"update: retraining the closed-book adapter on the new version ({len(ft_rows)} examples)")
                 t = time.perf_counter()
                 train_lora(model, tokenizer, ft_rows, cfg.finetune.model_copy(update={"curve_points": 0}), cfg.seed,
-                           tmp / "adapter", work_dir=run_dir / ".trainer", log=run.log)
+                           tmp / "adapter", work_dir=run_dir / ".trainer", log=run.log, device=device)
                 seconds["retrain"] = time.perf_counter() - t
-                again = {"closed_book": merged_model(model, tmp / "adapter", dtype)}
+                again = {"closed_book": merged_model(model, tmp / "adapter", dtype, device)}
                 rows += [dict(r, phase="retrained") for r in run_probe(
                     again, tokenizer, sample_after, asked, retrieved, cfg.probe.model_copy(update={"arms": adapter_arms}),
                     cfg.seed, run.log)]
