@@ -389,15 +389,23 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
     return "\n".join(lines)
 
 
-def sweeps_section(bench: dict) -> str:
-    """README "Sweeps": each sweep's comparison.md as its run wrote it, with the command and wall time."""
-    lines = [SWEEPS_START, ""]
-    for name, sweep in (bench.get("sweeps") or {}).items():
-        table = (REPO / sweep["run_dir"] / "comparison.md").read_text(encoding="utf-8").strip()
-        lines += [f"`{sweep['command']}` ({sweep['wall_seconds'] / 60:.1f} min on {bench['machine']['cpus']} cores, "
-                  f"{bench['date']}; `{sweep['run_dir']}/comparison.md`, also as .csv, .tex and .png):", "", table, ""]
-    lines += [SWEEPS_END]
-    return "\n".join(lines)
+def sweep_block(bench: dict, name: str) -> list[str]:
+    """One sweep's comparison.md as its run wrote it, with the command, wall time and CPU."""
+    sweep = bench["sweeps"][name]
+    table = (REPO / sweep["run_dir"] / "comparison.md").read_text(encoding="utf-8").strip()
+    return [f"`{sweep['command']}` ({sweep['wall_seconds'] / 60:.1f} min on {bench['machine']['cpus']} cores, "
+            f"{bench['machine']['cpu']}, {bench['date']}; `{sweep['run_dir']}/comparison.md`, also as .csv, .tex and "
+            ".png):", "", table, ""]
+
+
+def sweeps_section(bench: dict, names: list[str]) -> str:
+    """README "Sweeps": each of `names`' comparison.md as its run wrote it, with the command and wall time."""
+    return "\n".join([SWEEPS_START, "", *(line for name in names for line in sweep_block(bench, name)), SWEEPS_END])
+
+
+def own_marker(name: str) -> tuple[str, str]:
+    """A sweep with its own README block (measured on another machine or day than the others keeps them intact)."""
+    return f"<!-- sweep-{name}:start -->", f"<!-- sweep-{name}:end -->"
 
 
 def main() -> None:
@@ -411,7 +419,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
-    parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds"],
+    parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
     args = parser.parse_args()
     suffix = f"-{args.section}" if args.section else ""
@@ -454,9 +462,15 @@ def main() -> None:
         head, rest = readme.split(start, 1)
         command = " ".join([".venv/bin/python experiments/benchmark.py", *sys.argv[1:]])
         readme = head + readme_section(bench, command).replace(START, start).replace(END, end) + rest.split(end, 1)[1]
-        if bench.get("sweeps") and SWEEPS_START in readme and SWEEPS_END in readme:
+        shared = [n for n in (bench.get("sweeps") or {}) if own_marker(n)[0] not in readme]
+        for name in args.sweeps or []:
+            s, e = own_marker(name)
+            if s in readme and e in readme:
+                head, rest = readme.split(s, 1)
+                readme = head + "\n".join([s, "", *sweep_block(bench, name), e]) + rest.split(e, 1)[1]
+        if shared and SWEEPS_START in readme and SWEEPS_END in readme and set(args.sweeps or []) & set(shared):
             head, rest = readme.split(SWEEPS_START, 1)
-            readme = head + sweeps_section(bench) + rest.split(SWEEPS_END, 1)[1]
+            readme = head + sweeps_section(bench, shared) + rest.split(SWEEPS_END, 1)[1]
         atomic_write_text(REPO / "README.md", readme)
         print("README.md benchmark section rewritten")
 
