@@ -21,6 +21,6 @@ with open(out, "w") as fh:
 PY
   rm -f "$report"
 }
-lock "." requirements.lock
+lock ".[demo]" requirements.lock
 lock ".[test]" requirements-test.lock
 wc -l requirements.lock requirements-test.lock

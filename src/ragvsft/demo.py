@@ -14,15 +14,22 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
+try:
+    import gradio as gr
+except ImportError:  # an optional extra: the message says how to get it
+    from .files import InputError
+
+    raise InputError(["ragvsft demo needs Gradio: pip install 'ragvsft[demo]' (make setup installs it)"]) from None
 
 from .catalogue import label  # noqa: E402
 from .live import Session  # noqa: E402
 
 
+THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["monospace"]}  # no web fonts
+
+
 def build_demo(session: Session) -> gr.Blocks:
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
-    with gr.Blocks(title=f"ragvsft — {session.corpus.organisation}", theme=theme, analytics_enabled=False) as page:
+    with gr.Blocks(title=f"ragvsft — {session.corpus.organisation}", analytics_enabled=False) as page:
         gr.Markdown(f"## Prompt it, retrieve for it, or fine-tune it? — {session.corpus.organisation}\n"
                     "Type a question about the company's documents; every arm of this run answers it.")
         with gr.Row():
@@ -61,6 +68,7 @@ def launch(run_dir: Path | str, host: str = "127.0.0.1", port: int = 7860, block
     """Serve the demo page; with block=False return (page, url) and keep serving in the background (tests)."""
     page = build_demo(Session.open(run_dir))
     page.queue(default_concurrency_limit=1)  # one model, one question at a time
+    # Gradio 6 takes the theme at launch (its Blocks constructor no longer does).
     _, url, _ = page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
-                            show_error=True, inbrowser=False)
+                            show_error=True, inbrowser=False, theme=gr.themes.Default(**THEME_FONTS))
     return page, url
