@@ -75,14 +75,19 @@ def test_a_template_that_fails_is_reported_before_any_stage(tokenizers, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("kind", ["systemless", "base"])
-def test_a_run_with_a_systemless_or_base_model_asks_every_arm_in_its_format(tokenizers, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["chat", "systemless", "base"])
+def test_the_quick_profile_runs_every_arm_with_a_chat_systemless_or_base_model(tokenizers, tmp_path, kind):
+    """experiments/quick.yaml as shipped, only the model (and the mock encoder, which is not tuned) replaced."""
+    from conftest import REPO
+    from ragvsft.config import load_config
     from ragvsft.files import read_jsonl
     from ragvsft.run import run_experiment
 
     _, folders = tokenizers
     out = tmp_path / "run"
-    run_experiment(tiny_config(write_corpus(tmp_path / "corpus"), folders[kind], out), encoder=MockEncoder())
+    cfg = load_config(REPO / "experiments" / "quick.yaml", [f"models.lm={folders[kind]}", "index.tune_embedder=false"],
+                      corpus=str(write_corpus(tmp_path / "corpus")), out=str(out))
+    run_experiment(cfg, encoder=MockEncoder())
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"base", "prompt", "fewshot", "rag", "lora", "lora_rag", "raft"}
     rows = read_jsonl(out / "predictions.jsonl")
@@ -94,4 +99,4 @@ def test_a_run_with_a_systemless_or_base_model_asks_every_arm_in_its_format(toke
     tokenizer = AutoTokenizer.from_pretrained(folders[kind])
     example = encode_example(first, tokenizer, 512)
     learnt = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label != -100])
-    assert learnt.endswith("<end_of_turn>" if kind == "systemless" else tokenizer.eos_token)
+    assert learnt.endswith({"chat": "<|im_end|>", "systemless": "<end_of_turn>"}.get(kind, tokenizer.eos_token))

@@ -34,13 +34,18 @@ _SYSTEM, _USER, _ANSWER = "<<ragvsft-system>>", "<<ragvsft-user>>", "<<ragvsft-a
 _FORMAT, _TURN = "_ragvsft_prompt_format", "_ragvsft_end_of_turn"  # what a tokenizer keeps once found
 
 
-def prompt_format(tokenizer) -> str:
-    """CHAT, FOLDED or PLAIN for this tokenizer (found once, then kept on it)."""
-    found = getattr(tokenizer, _FORMAT, None)
+def _kept(tokenizer, name: str, find) -> str:
+    """What `find(tokenizer)` returns, found once, then kept on the tokenizer."""
+    found = getattr(tokenizer, name, None)
     if found is None:
-        found = _find_format(tokenizer)
-        setattr(tokenizer, _FORMAT, found)
+        found = find(tokenizer)
+        setattr(tokenizer, name, found)
     return found
+
+
+def prompt_format(tokenizer) -> str:
+    """CHAT, FOLDED or PLAIN for this tokenizer."""
+    return _kept(tokenizer, _FORMAT, _find_format)
 
 
 def _find_format(tokenizer) -> str:
@@ -111,12 +116,8 @@ def render(tokenizer, messages: list[dict], generation: bool = True) -> str:
 
 def end_of_turn(tokenizer) -> str:
     """What ends an answer: the text the template writes after an assistant message (whitespace after it dropped),
-    else the end-of-sequence token (found once, then kept on the tokenizer)."""
-    found = getattr(tokenizer, _TURN, None)
-    if found is None:
-        found = _find_end_of_turn(tokenizer)
-        setattr(tokenizer, _TURN, found)
-    return found
+    else the end-of-sequence token."""
+    return _kept(tokenizer, _TURN, _find_end_of_turn)
 
 
 def _find_end_of_turn(tokenizer) -> str:
