@@ -455,13 +455,17 @@ def main() -> None:
     bench["date"] = time.strftime("%Y-%m-%d")
     bench["profiles"] = {k: bench["profiles"][k] for k in PROFILES if k in bench["profiles"]}
     atomic_write_json(path, bench)
+    # Only sweeps measured: the "Measured" section keeps the command that measured its figures.
+    only_sweeps = bool(args.sweeps) and not (args.profile or args.dtype_check or args.training or args.sweep
+                                             or args.context or args.reader_sweep)
     if args.readme:
         readme = (REPO / "README.md").read_text()
         if start not in readme or end not in readme:
             sys.exit(f"README.md has no {start} ... {end} section to rewrite")
-        head, rest = readme.split(start, 1)
-        command = " ".join([".venv/bin/python experiments/benchmark.py", *sys.argv[1:]])
-        readme = head + readme_section(bench, command).replace(START, start).replace(END, end) + rest.split(end, 1)[1]
+        if not only_sweeps:
+            head, rest = readme.split(start, 1)
+            command = " ".join([".venv/bin/python experiments/benchmark.py", *sys.argv[1:]])
+            readme = head + readme_section(bench, command).replace(START, start).replace(END, end) + rest.split(end, 1)[1]
         shared = [n for n in (bench.get("sweeps") or {}) if own_marker(n)[0] not in readme]
         for name in args.sweeps or []:
             s, e = own_marker(name)
