@@ -54,7 +54,7 @@ def test_an_answer_ends_with_the_templates_own_end_of_turn(tokenizers):
     turn = toks["systemless"].convert_tokens_to_ids("<end_of_turn>")
     assert chat.stop_ids(Model, toks["systemless"]) == sorted({7, 9, toks["systemless"].eos_token_id, turn})
     assert chat.stop_strings(toks["base"]) == ["\nQuestion:"] and chat.stop_strings(toks["chat"]) == []
-    assert chat.cut_answer(toks["base"], " Lina Park.\nQuestion: And who") == "Lina Park."
+    assert chat.cut_answer(" Lina Park.\nQuestion: And who", chat.stop_strings(toks["base"])) == "Lina Park."
 
 
 def test_a_template_that_fails_is_reported_before_any_stage(tokenizers, tmp_path):

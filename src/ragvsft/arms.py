@@ -171,7 +171,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     # The model's own end-of-sequence and end-of-turn tokens (chat.stop_ids); padding is never part of an answer.
     stop_ids = model_stop_ids(model, tokenizer)
     dropped = set(stop_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
-    strings = {"stop_strings": stop_strings(tokenizer), "tokenizer": tokenizer} if stop_strings(tokenizer) else {}
+    stops = stop_strings(tokenizer)
+    strings = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
     # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
     for start in range(0, len(order), size):
@@ -188,7 +189,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
         for row, i in zip(new_tokens, batch):
             produced = [t for t in row.tolist() if t not in dropped]
-            results[i] = Generation(cut_answer(tokenizer, tokenizer.decode(produced, skip_special_tokens=True)),
+            results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
                                     lengths[i], len(produced), seconds)
         if progress:
             progress(min(start + size, len(order)), len(order))

@@ -31,7 +31,8 @@ from __future__ import annotations
 CHAT, FOLDED, PLAIN = "chat", "chat, system folded", "plain"
 QUESTION, ANSWER = "Question:", "Answer:"
 _SYSTEM, _USER, _ANSWER = "<<ragvsft-system>>", "<<ragvsft-user>>", "<<ragvsft-answer>>"
-_FORMAT, _TURN = "_ragvsft_prompt_format", "_ragvsft_end_of_turn"  # what a tokenizer keeps once found
+# What a tokenizer keeps once found (each is rendered or tokenized from a test text: not once per prompt).
+_FORMAT, _TURN, _BOS = "_ragvsft_prompt_format", "_ragvsft_end_of_turn", "_ragvsft_bos"
 
 
 def _kept(tokenizer, name: str, find) -> str:
@@ -98,6 +99,11 @@ def _plain(messages: list[dict], generation: bool) -> str:
 
 
 def _bos(tokenizer) -> str:
+    """The start-of-sequence token where the tokenizer adds one by itself, else ""."""
+    return _kept(tokenizer, _BOS, _find_bos)
+
+
+def _find_bos(tokenizer) -> str:
     bos = getattr(tokenizer, "bos_token_id", None)
     added = tokenizer("x")["input_ids"] if bos is not None else []
     return tokenizer.bos_token if added and added[0] == bos else ""
@@ -148,8 +154,9 @@ def stop_ids(model, tokenizer) -> list[int]:
     ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    if len(_turn_ids(tokenizer)) == 1:
-        ids.add(_turn_ids(tokenizer)[0])
+    turn = _turn_ids(tokenizer)
+    if len(turn) == 1:
+        ids.add(turn[0])
     return sorted(ids)
 
 
@@ -160,8 +167,9 @@ def stop_strings(tokenizer) -> list[str]:
     return strings + ([f"\n{QUESTION}"] if prompt_format(tokenizer) == PLAIN else [])
 
 
-def cut_answer(tokenizer, text: str) -> str:
-    """A generated answer without what a stop string began (an end-of-turn marker, the plain format's next question)."""
-    for stop in stop_strings(tokenizer):
+def cut_answer(text: str, stops: list[str]) -> str:
+    """A generated answer without what a stop string (`stop_strings`) began: an end-of-turn marker, the plain
+    format's next question."""
+    for stop in stops:
         text = text.split(stop, 1)[0]
     return text.strip()

@@ -22,7 +22,6 @@ from .files import InputError, load_yaml_with_lines
 from .metrics import SET_NAMES
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-SETS = SET_NAMES
 
 
 class _Section(BaseModel):
@@ -111,7 +110,7 @@ class ReaderConfig(_Section):
 
 class ProbeConfig(_Section):
     arms: list[Literal[ARMS]] = Field(min_length=1)  # type: ignore[valid-type]
-    sets: list[Literal[SETS]] = Field(min_length=1)  # type: ignore[valid-type]
+    sets: list[Literal[SET_NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
     heldout_per_fact: int | None = Field(ge=1)
     seen_per_fact: int | None = Field(ge=1)
     fewshot_k: int = Field(ge=0)
@@ -315,3 +314,8 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def config_dict(config: Config) -> dict:
     return config.model_dump(mode="json")
+
+
+def config_yaml(config: Config) -> str:
+    """Every setting as an experiment file `ragvsft run` reads back (a run folder's config.yaml)."""
+    return yaml.safe_dump(config_dict(config), sort_keys=False)

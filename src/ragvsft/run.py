@@ -16,12 +16,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 import torch
 
 from .catalogue import uses
-from .config import Config, config_dict, resolve_layers
+from .config import Config, config_dict, config_yaml, resolve_layers
 from .corpus import Corpus, load_corpus
 from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder
 from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_folder, lm_problems, lm_sha256,
@@ -163,7 +162,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     records = Records(run_dir)  # a damaged record stops the run here, before anything is deleted
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
     (run_dir / "manifest.json").unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
     hashes = model_hashes(cfg, corpus)
     run = Run(cfg, run_dir, console, records, hashes)
 

@@ -23,10 +23,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
-from .config import DEFAULTS_PATH, Config, config_dict, flatten, load_config
+from .config import DEFAULTS_PATH, Config, config_yaml, flatten, load_config
 from .files import InputError, atomic_write_json, atomic_write_text, load_yaml_with_lines
 
 SWEEP_FILE = "sweep.json"
@@ -121,7 +120,7 @@ def _run_placed(combos: list[Combination], configs: list[Config], folder: Path, 
     todo: queue.Queue = queue.Queue()
     (folder / "logs").mkdir(exist_ok=True)
     for combo, cfg in zip(combos, configs):
-        atomic_write_text(folder / "logs" / f"{combo.folder}.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        atomic_write_text(folder / "logs" / f"{combo.folder}.yaml", config_yaml(cfg))
         todo.put(combo)
     failed: list[str] = []
 

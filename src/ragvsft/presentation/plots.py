@@ -77,34 +77,36 @@ def plot_style_vs_facts(results: dict, path: Path) -> bool:
     return True
 
 
+def _line(path: Path, xs: list, ys: list, xlabel: str, ylabel: str, title: str, marker: str | None = None,
+          ylim: tuple[float, float] | None = None) -> bool:
+    """One line on a small grid, saved to `path`."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(xs, ys, marker=marker)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
 def plot_recall(results: dict, path: Path) -> bool:
     recall = results.get("retrieval", {}).get("recall_at")
     if not recall:
         return False
     ks = sorted(recall, key=int)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot([int(k) for k in ks], [recall[k] for k in ks], marker="o")
-    ax.set_xlabel("k (chunks retrieved)")
-    ax.set_ylabel("recall@k")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Retrieval: evidence chunk in the top k")
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-    return True
+    return _line(path, [int(k) for k in ks], [recall[k] for k in ks], "k (chunks retrieved)", "recall@k",
+                 "Retrieval: evidence chunk in the top k", marker="o", ylim=(0, 1.05))
 
 
 def plot_loss(results: dict, path: Path) -> bool:
     loss = (results.get("training") or {}).get("loss")
     if not loss:
         return False
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot([s for s, _ in loss], [v for _, v in loss])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.set_title("LoRA training loss")
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-    return True
+    return _line(path, [s for s, _ in loss], [v for _, v in loss], "training step", "loss (answer tokens)",
+                 "LoRA training loss")
 
 
 def plot_seen_vs_heldout(results: dict, path: Path) -> bool:

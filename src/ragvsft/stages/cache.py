@@ -80,6 +80,10 @@ class Run:
         if self.records.fresh(name, key, *(self.run_dir / p for p in outputs)):
             self.reused.append(name)
             return None
+        return self.compute(name, key, folder, compute)
+
+    def compute(self, name: str, key: str, folder: str | None, compute: Callable[[Path | None], T]) -> T:
+        """Compute `name` whatever its record says (Run.stage's second half; the probe decides reuse per arm)."""
         self.records.forget(name)  # from here until done(), the stage's outputs vouch for nothing
         tmp = None
         if folder is not None:
@@ -89,7 +93,6 @@ class Run:
         if folder is not None:
             shutil.rmtree(self.run_dir / folder, ignore_errors=True)
             os.replace(tmp, self.run_dir / folder)
-        shutil.rmtree(self.run_dir / ".trainer", ignore_errors=True)  # the Trainer's scratch folder, if it made one
         self.records.done(name, key)
         return value
 

@@ -79,9 +79,8 @@ def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, token
             # Written after every arm, so a stopped probe keeps the arms it finished.
             atomic_write_jsonl(path, [r for a in cfg.probe.arms for r in by_arm[a]])
 
-        if arm in todo:  # forgotten first: an arm whose rows are missing is asked again whatever its record says
-            run.records.forget(f"probe/{arm}")
-            run.stage(f"probe/{arm}", keys[arm], None, (), ask)
+        if arm in todo:  # an arm whose rows are missing is asked again whatever its record says
+            run.compute(f"probe/{arm}", keys[arm], None, ask)
         seconds += run.records.seconds(f"probe/{arm}", round(time.perf_counter() - began, 2))
     run.timings["probe"] = round(seconds, 2)
     run.reused_arms = [arm for arm in cfg.probe.arms if arm not in todo]
