@@ -156,7 +156,11 @@ def tiny_config(corpus: Path, lm: Path, out: Path, **overrides):
             "index.chunk_overlap=4", "index.k=2", "index.tune_embedder=false", "index.context_units=null",
             "reader.min_examples=0", "reader.min_steps=0",  # layers: the defaults, fitted to 2 layers
             "reader.abstain_share=0.3", "reader.abstain_by=head",
-            "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]"]
+            "probe.arms=[base, prompt, fewshot, rag, lora, lora_rag, raft]",
+            # generation in float32 on every machine (`auto` picks bfloat16 where it multiplies faster: AMX,
+            # AVX512-BF16), so keys the tests compare do not depend on the CPU; training stays `auto`, so the
+            # precision probe and the compute floor are measured in every tiny run
+            "models.dtype=float32"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
 
