@@ -93,7 +93,8 @@ def cpu_label(results: dict) -> str:
     record = results.get("precision") or {}
     if not record.get("cpu"):
         return "not recorded"
-    amx = "AMX" if "amx_bf16" in (record.get("flags") or []) else "no AMX"
+    flags = record.get("flags") or []
+    amx = "AMX" if "amx_bf16" in flags else "no AMX, AVX512-BF16" if "avx512_bf16" in flags else "no AMX"
     return f"{record['cpu']} ({amx}; {(record.get('chosen') or {}).get('models.dtype', '?')})"
 
 
