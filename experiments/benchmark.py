@@ -264,8 +264,10 @@ def layers(variant: dict) -> str:
 
 def readme_section(bench: dict, command: str = ".venv/bin/python experiments/benchmark.py --readme") -> str:
     machine = bench["machine"]
+    # every command that measured a figure of this file, in order (a later --dtype-check adds to a --profile run)
+    commands = " and ".join(f"`{c}`" for c in bench.get("commands") or [command])
     lines = [START, "", f"Measured on {machine['cpus']} CPU cores ({machine.get('cpu', machine['processor'])}, "
-             f"{machine['platform']}), {bench['date']}, with `{command}` (each row names the CPU it ran on):", "",
+             f"{machine['platform']}), {bench['date']}, with {commands} (each row names the CPU it ran on):", "",
              "| profile | CPU (precision) | measured | facts | questions × arms | training examples | wall time | bar | index "
              "| fine-tune | RAFT reader | probe | longest silence | s per training example | training tokens/s "
              "| LoRA seen accuracy |",
@@ -308,8 +310,9 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
     if check:
         speedups = [a["float32"]["seconds_per_query"] / a["bfloat16"]["seconds_per_query"] for a in check["arms"].values()]
         gaps = [abs(a["float32"]["heldout_accuracy"] - a["bfloat16"]["heldout_accuracy"]) for a in check["arms"].values()]
-        lines += ["", f"bfloat16 against float32 on the quick run (`--dtype-check`: same index and adapter, only the "
-                      f"generation dtype differs): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
+        lines += ["", f"bfloat16 against float32 on the quick run (`--dtype-check`: same index and closed-book adapter; "
+                      f"generation in the other dtype, and the RAFT reader trained again, its answerability head on "
+                      f"states in that dtype): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
                       f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
     speed = bench.get("training_speed")
@@ -451,6 +454,9 @@ def main() -> None:
     if args.dtype_check:
         print("comparing bfloat16 with float32 on the quick run ...", flush=True)
         bench["dtype_check"] = dtype_check()
+    command = " ".join([".venv/bin/python experiments/benchmark.py", *(a for a in sys.argv[1:] if a != "--readme")])
+    if args.profile or args.dtype_check or args.training or args.sweep or args.context or args.reader_sweep or args.sweeps:
+        bench["commands"] = [c for c in bench.get("commands", []) if c != command] + [command]
     bench["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu": cpu_name(),
                         "platform": platform.platform(terse=True)}
     bench["date"] = time.strftime("%Y-%m-%d")
