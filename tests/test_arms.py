@@ -130,3 +130,30 @@ def test_each_arm_declares_what_its_prompt_reads(toy_corpus):
         text = "\n".join(m["content"] for m in messages)
         assert (corpus.style.system_prompt in text) == arm.system_prompt, arm.name
         assert (example[0] in text) == arm.examples, arm.name
+
+
+def test_each_answer_carries_the_mean_log_probability_greedy_decoding_gave_its_tokens(tiny_lm, toy_corpus):
+    """Generation.logprob, recomputed by hand: greedy steps with a plain forward pass, averaged over the answer's
+    tokens (up to its first stop token); batching with left padding gives the same figure."""
+    import torch
+
+    from ragvsft.arms import prompt_ids
+    from ragvsft.chat import stop_ids
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    corpus = load_corpus(toy_corpus)
+    conversations = [build_messages("prompt", f.train_questions[0], corpus) for f in corpus.facts]
+    batched = generate(model, tokenizer, conversations, 6, 4)
+    stops = set(stop_ids(model, tokenizer)) | {tokenizer.pad_token_id}
+    for ids, got in zip(prompt_ids(model, tokenizer, conversations, 6), batched):
+        ids, steps = list(ids), []
+        with torch.inference_mode():
+            for _ in range(6):
+                scores = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+                token = int(scores.argmax())
+                if token in stops:
+                    break
+                steps.append(float(scores[token]))
+                ids.append(token)
+        assert got.generated_tokens == len(steps)
+        assert got.logprob == pytest.approx(sum(steps) / len(steps), abs=1e-3) and got.logprob <= 0

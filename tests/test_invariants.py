@@ -1,5 +1,5 @@
 """results.json recomputed from predictions.jsonl by plain counting: every arm's rates, context recall and
-utilisation, style adherence, the RAG error split and the paired differences must be what the stored answers say.
+utilisation, style adherence, the RAG error split, the risk-coverage curves and the paired differences must be what the stored answers say.
 A figure computed from anything but the stored rows (a stale cache, a second code path) fails here."""
 
 import json
@@ -61,6 +61,19 @@ def assert_results_match_predictions(run_dir: Path) -> None:
     used = [v for v in (results["retrieval"].get("unit_choices") or {}).values() if v["used"]]
     if used and "rag" in counted and "context_recall" in counted["rag"].get("heldout", {}):
         assert used[0]["heldout"] == pytest.approx(counted["rag"]["heldout"]["context_recall"], abs=1e-4)
+    # Risk-coverage: the answered questions of a set and the unanswerable ones, most confident first.
+    for arm, per_set in (results.get("risk_coverage") or {}).items():
+        for set_name, curve in per_set.items():
+            pool = [r for r in rows if r["arm"] == arm and r["set"] in (set_name, "unanswerable")]
+            answered = sorted((r for r in pool if r["verdict"] != "abstained"),
+                              key=lambda r: (-(r["answerable"] if r.get("answerable") is not None else r["logprob"]),
+                                             r["qid"]))
+            accuracy = [sum(r["verdict"] == "correct" for r in answered[:k]) / k for k in range(1, len(answered) + 1)]
+            assert (curve["n"], curve["answered"]) == (len(pool), len(answered)), (arm, set_name)
+            if accuracy:
+                aurc = sum(1 - a for a in accuracy) / len(accuracy)
+                assert curve["aurc"] == pytest.approx(aurc, abs=1e-4) == results["arms"][arm][set_name]["aurc"]
+                assert [a for _, a in curve["points"]] == pytest.approx(accuracy, abs=1e-4)
     # Paired differences: accuracy of one arm minus the other's on the same questions.
     for name, comparison in results["comparisons"].items():
         if comparison is None:

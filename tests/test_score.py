@@ -227,3 +227,38 @@ def test_update_verdicts_tell_current_from_stale():
     rag = figures["arms"]["rag"]
     assert (rag["current"], rag["stale"], rag["other"], rag["before_right"]) == (0.5, 0.25, 0.25, 0.75)
     assert rag["action"] == "re-index" and rag["update_seconds"] == 1.5 and figures["retrained"] == {}
+
+
+def _answer(qid, set_name, verdict_, logprob, **extra):
+    return {"arm": "rag", "set": set_name, "qid": qid, "verdict": verdict_, "logprob": logprob, **extra}
+
+
+def test_risk_coverage_ranks_answers_by_confidence_and_never_answers_a_decline():
+    from ragvsft.score import risk_coverage, risk_coverage_figures
+
+    rows = [_answer("a", "heldout", CORRECT, -0.1), _answer("b", "heldout", HALLUCINATED, -0.2),
+            _answer("c", "heldout", CORRECT, -0.3), _answer("d", "heldout", ABSTAINED, -0.05),
+            _answer("u1", "unanswerable", HALLUCINATED, -0.4), _answer("u2", "unanswerable", ABSTAINED, -0.01)]
+    curve = risk_coverage(rows, "rag", "heldout")
+    # answered, most confident first: a (right), b (wrong), c (right), u1 (wrong); d and u2 declined
+    assert (curve["n"], curve["unanswerable"], curve["answered"], curve["confidence"]) == (6, 2, 4, "logprob")
+    assert curve["points"] == [[0.1667, 1.0], [0.3333, 0.5], [0.5, 0.6667], [0.6667, 0.5]]
+    assert curve["aurc"] == pytest.approx(1 - (1 + 0.5 + 2 / 3 + 0.5) / 4, abs=1e-4)
+    assert curve["selective_accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # 3 of 6 questions: a, b, c
+    assert curve["confidence_auroc"] == pytest.approx(0.75)  # right {-0.1, -0.3} above wrong {-0.2, -0.4}: 3 of 4
+    # An arm that answers fewer than half has no accuracy on the most confident half; one without any
+    # confidence recorded (answers stored before it was) has no curve at all.
+    assert risk_coverage([rows[0], *(_answer(q, "heldout", ABSTAINED, -1) for q in "xyz")], "rag", "heldout")[
+        "selective_accuracy"] is None
+    assert risk_coverage([dict(r, logprob=None) for r in rows], "rag", "heldout") is None
+    assert set(risk_coverage_figures(rows)["rag"]) == {"heldout"}  # the unanswerable set is in every pool, not its own
+
+
+def test_risk_coverage_reads_the_answerability_head_where_the_arm_declines_by_it():
+    from ragvsft.score import risk_coverage
+
+    rows = [_answer("a", "heldout", CORRECT, -2.0, answerable=0.9), _answer("b", "heldout", HALLUCINATED, -0.1,
+                                                                          answerable=0.6)]
+    curve = risk_coverage(rows, "rag", "heldout")
+    assert curve["confidence"] == "head" and curve["points"] == [[0.5, 1.0], [1.0, 0.5]]  # a first, by the head
+    assert curve["confidence_auroc"] == 1.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .catalogue import NAMES, RETRIEVING
 from .chat import cut_answer, render, stop_ids as model_stop_ids, stop_strings
@@ -89,6 +89,9 @@ class Generation:
     prompt_tokens: int
     generated_tokens: int
     seconds: float
+    # The answer's mean log-probability per token as greedy decoding scored it (the chosen token is the most likely
+    # one): the confidence that risk-coverage ranks answers by (score.risk_coverage). None for an empty answer.
+    logprob: float | None = None
 
 
 def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
@@ -158,6 +161,24 @@ class _Heartbeat(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class _StepLogprob(LogitsProcessor):
+    """Records, at every decoding step, the log-probability of the token greedy decoding picks (the largest); the
+    scores pass through unchanged, so the answers are the same."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+    def mean_over(self, row: int, tokens: int) -> float | None:
+        """The mean over the first `tokens` steps of one row (the answer's own tokens, not the padding after it)."""
+        if tokens == 0 or not self.steps:
+            return None
+        return round(float(torch.stack([step[row] for step in self.steps[:tokens]]).mean()), 4)
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
              progress: Progress | None = None) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
@@ -181,16 +202,20 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         began = time.perf_counter()
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
         beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])
+        scored = _StepLogprob()
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
-                                    **strings)
+                                    logits_processor=LogitsProcessorList([scored]), **strings)
         seconds = (time.perf_counter() - began) / len(batch)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
-        for row, i in zip(new_tokens, batch):
-            produced = [t for t in row.tolist() if t not in dropped]
+        for r, (row, i) in enumerate(zip(new_tokens, batch)):
+            tokens = row.tolist()
+            produced = [t for t in tokens if t not in dropped]
+            # the answer's steps: up to its first stop or padding token (a row that ended waits in padding)
+            answer_steps = next((n for n, t in enumerate(tokens) if t in dropped), len(tokens))
             results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
-                                    lengths[i], len(produced), seconds)
+                                    lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps))
         if progress:
             progress(min(start + size, len(order)), len(order))
     return results  # type: ignore[return-value]

@@ -52,6 +52,9 @@ METRICS = (
     Metric("abstention_rate", "abstained", False, True, "share", True, csv="abstention", verdict=True),
     Metric("context_recall", "context recall", True, True, "share", True),
     Metric("context_utilisation", "context utilisation", True, True, "share", True),
+    # Selective answering (score.risk_coverage): the set's questions with the unanswerable ones, ranked by confidence.
+    Metric("aurc", "AURC", False, False, "share", True),
+    Metric("selective_accuracy", "accuracy, most confident half", True, False, "share", True),
     Metric("style_adherence", "house style", True, True, "share", False),
     Metric("prompt_tokens_per_query", "prompt tokens", False, False, "tokens", False),
     Metric("generated_tokens_per_query", "generated tokens", False, False, "tokens", False),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import regex
-from scipy.stats import bootstrap
+from scipy.stats import bootstrap, mannwhitneyu
 
 from .catalogue import COMPARISONS
 
@@ -265,9 +265,9 @@ def context_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
 
 
 def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
-    """results.json's "arms": per arm and question set the three rates with intervals resampled by fact (and, for
-    retrieving arms, context recall and utilisation), then style adherence with its interval, prompt and generated
-    tokens per query and seconds per query over all of the arm's answers."""
+    """results.json's "arms": per arm and question set the three rates with intervals resampled by fact (for
+    retrieving arms, context recall and utilisation; for answerable sets, AURC and selective accuracy), then style
+    adherence with its interval, prompt and generated tokens per query and seconds per query over all its answers."""
     arms: dict = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]
@@ -276,6 +276,9 @@ def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
             asked = [r for r in mine if r["set"] == set_name]
             figures[set_name] = set_figures([r["verdict"] for r in asked], seed, set_name == "unanswerable", resamples,
                                             [cluster_of(r) for r in asked]) | context_figures(asked, seed, resamples)
+            selective = risk_coverage(rows, arm, set_name) if set_name != "unanswerable" else None
+            if selective:
+                figures[set_name] |= {k: selective[k] for k in ("aurc", "selective_accuracy")}
         n = len(mine)
         style, style_ci = rate_with_ci([bool(r["style_ok"]) for r in mine], seed, resamples=resamples,
                                        clusters=[cluster_of(r) for r in mine])
@@ -317,6 +320,52 @@ def paired_difference(rows: list[dict], arm_a: str, arm_b: str, set_name: str, s
     return {"n": len(shared), "difference": difference, "ci": ci}
 
 
+def confidence_of(row: dict) -> float | None:
+    """What an arm is confident by: its answerability head's probability where it declines by head (raft), else its
+    answer's mean token log-probability (arms.Generation.logprob); None where neither was recorded."""
+    return row["answerable"] if row.get("answerable") is not None else row.get("logprob")
+
+
+def risk_coverage(rows: list[dict], arm: str, set_name: str) -> dict | None:
+    """Selective answering for one arm: its answers to an answerable set together with the unanswerable questions
+    (answering one of those is wrong), ranked by `confidence_of`, most confident first; the arm's own declines are
+    never answered. `points` are (coverage, accuracy on the answered) as the threshold falls, one per answer: the
+    share of all questions answered and the share of those answered correctly. `aurc` is the mean risk (1 -
+    accuracy) over those points, the area under the risk-coverage curve over the coverage the arm reaches (Geifman &
+    El-Yaniv 2017); `selective_accuracy` the accuracy on the most confident half of all questions (None where the arm
+    answered fewer); `confidence_auroc` how well the confidence ranks a right answer above a wrong one (0.5: chance).
+    None where the arm did not answer the set or a confidence is missing (answers stored before it was recorded)."""
+    pool = [r for r in rows if r["arm"] == arm and r["set"] in (set_name, "unanswerable")]
+    if not any(r["set"] == set_name for r in pool):
+        return None
+    answered = [r for r in pool if r["verdict"] != ABSTAINED]
+    if any(confidence_of(r) is None for r in answered):
+        return None
+    answered.sort(key=lambda r: (-confidence_of(r), r["qid"]))
+    right = np.cumsum([r["verdict"] == CORRECT for r in answered])
+    counts = np.arange(1, len(answered) + 1)
+    accuracy = right / counts if len(answered) else np.array([])
+    half = -(-len(pool) // 2)
+    good = [confidence_of(r) for r in answered if r["verdict"] == CORRECT]
+    bad = [confidence_of(r) for r in answered if r["verdict"] != CORRECT]
+    auroc = (float(mannwhitneyu(good, bad).statistic) / (len(good) * len(bad))) if good and bad else None
+    return {"n": len(pool), "unanswerable": sum(r["set"] == "unanswerable" for r in pool), "answered": len(answered),
+            "confidence": "head" if any(r.get("answerable") is not None for r in pool) else "logprob",
+            "points": [[round(c / len(pool), 4), round(float(a), 4)] for c, a in zip(counts, accuracy)],
+            "aurc": round(float(1 - accuracy.mean()), 4) if len(answered) else None,
+            "selective_accuracy": round(float(accuracy[half - 1]), 4) if len(answered) >= half else None,
+            "confidence_auroc": round(auroc, 4) if auroc is not None else None}
+
+
+def risk_coverage_figures(rows: list[dict]) -> dict:
+    """results.json's "risk_coverage": per arm and answerable set (with the unanswerable questions), `risk_coverage`."""
+    sets = [s for s in dict.fromkeys(r["set"] for r in rows) if s != "unanswerable"]
+    out: dict = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        figures = {s: f for s in sets if (f := risk_coverage(rows, arm, s)) is not None}
+        if figures:
+            out[arm] = figures
+    return out
 
 
 def comparisons(rows: list[dict], seed: int, resamples: int = 2000, set_name: str = "heldout") -> dict:

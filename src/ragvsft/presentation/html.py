@@ -13,7 +13,7 @@ from pathlib import Path
 from ..cost import break_even_sentence, cost_table
 from ..files import read_jsonl
 from ..catalogue import label
-from .report import ARM_LABELS, LITERATURE, SET_LABELS, _environment, claims_of, comparison_rows, context_rows, findings, pct, update_rows
+from .report import ARM_LABELS, LITERATURE, SET_LABELS, _environment, claims_of, comparison_rows, context_rows, findings, pct, selective_rows, update_rows
 
 
 def explorer_items(predictions: list[dict], chunk_texts: dict[str, str]) -> list[dict]:
@@ -43,4 +43,4 @@ def render_html(results: dict, predictions: list[dict], plots: dict[str, Path], 
     return _environment(True).get_template("report.html.j2").render(
         r=results, rows=rows, headers=list(rows[0].keys()) if rows else [], findings=findings(results),
         images=images, literature=LITERATURE, costs=costs, break_even=break_even_sentence(costs),
-        arm_labels=ARM_LABELS, set_labels=SET_LABELS, claims=claims_of(results), updates=update_rows(results), context=context_rows(results), items=explorer_items(predictions, chunk_texts), pct=pct)
+        arm_labels=ARM_LABELS, set_labels=SET_LABELS, claims=claims_of(results), updates=update_rows(results), context=context_rows(results), selective=selective_rows(results), items=explorer_items(predictions, chunk_texts), pct=pct)

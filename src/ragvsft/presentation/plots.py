@@ -1,5 +1,5 @@
 """Plots (matplotlib, Agg) from results.json: rates per arm with confidence intervals, style against held-out accuracy,
-retrieval recall@k, the training loss curve, seen against held-out accuracy. Saved as PNG under `plots/`.
+retrieval recall@k, the training loss curve, seen against held-out accuracy, risk-coverage. Saved as PNG under `plots/`.
 """
 
 from __future__ import annotations
@@ -155,6 +155,30 @@ def plot_learning_curve(results: dict, path: Path) -> bool:
     return True
 
 
+def plot_risk_coverage(results: dict, path: Path) -> bool:
+    """Accuracy on the answered questions against the share answered, per arm, as each arm answers only its most
+    confident answers (score.risk_coverage): one panel per answerable set, with the unanswerable questions."""
+    curves = results.get("risk_coverage") or {}
+    sets = [s for s in dict.fromkeys(s for per_arm in curves.values() for s in per_arm) if s in ("heldout", "seen")]
+    if not sets:
+        return False
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 3.6), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
+        for arm, per_set in curves.items():
+            points = (per_set.get(set_name) or {}).get("points")
+            if points:
+                ax.plot([c for c, _ in points], [a for _, a in points], label=LABELS.get(arm, arm))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel("share of questions answered (most confident first)")
+        ax.set_ylabel("accuracy on those answered")
+        ax.set_title(f"Risk-coverage: {SET[set_name].label} + unanswerable")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+    return True
+
+
 def plot_update(results: dict, path: Path) -> bool:
     """The knowledge-update experiment: current, stale and other answers per arm after the switch to the new version,
     and for the adapter arms after retraining, as stacked bars labelled with what the update took."""
@@ -189,6 +213,7 @@ PLOTS = {
     "retrieval_recall": plot_recall,
     "training_loss": plot_loss,
     "learning_curve": plot_learning_curve,
+    "risk_coverage": plot_risk_coverage,
 }
 
 

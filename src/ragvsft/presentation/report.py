@@ -80,6 +80,22 @@ def context_rows(results: dict) -> list[dict]:
     return rows
 
 
+def selective_rows(results: dict) -> list[dict]:
+    """The risk-coverage table (results.json `risk_coverage`, score.risk_coverage): per arm and answerable set, what
+    it answered, its AURC, its accuracy on the most confident half and how well its confidence ranks right answers."""
+    rows = []
+    for arm, per_set in (results.get("risk_coverage") or {}).items():
+        for set_name, f in per_set.items():
+            auroc = f.get("confidence_auroc")
+            rows.append({"arm": label(arm), "set": f"{SET_LABELS.get(set_name, set_name)} + unanswerable",
+                         "confidence": "answerability head" if f["confidence"] == "head" else "answer log-prob",
+                         "answered": pct(f["answered"] / f["n"]) if f["n"] else "–",
+                         "AURC (lower is better)": "–" if f.get("aurc") is None else f"{f['aurc']:.3f}",
+                         "accuracy, most confident half": pct(f.get("selective_accuracy")),
+                         "confidence AUROC": "–" if auroc is None else f"{auroc:.2f}"})
+    return rows
+
+
 def _side(results: dict, test: str) -> int:
     """+1 when `test` ("A > B", as in claims.yaml) clearly holds, -1 when clearly not, 0 when this run cannot tell:
     decided by the claims ledger's one rule (`claims.decide`: the paired interval of the difference where results.json
@@ -258,6 +274,24 @@ def _finding_rag_errors(results: dict) -> list[str]:
             f"answer, and {errors['misread']} were shown the answer and still got it wrong."]
 
 
+def _finding_selective(results: dict) -> list[str]:
+    """Which arm loses least by answering only when confident, and whether any confidence knows when it is right."""
+    held = {arm: f["heldout"] for arm, f in (results.get("risk_coverage") or {}).items()
+            if f.get("heldout") and f["heldout"].get("aurc") is not None}
+    if len(held) < 2:
+        return []
+    best = min(held, key=lambda a: held[a]["aurc"])
+    ranked = {a: f["confidence_auroc"] for a, f in held.items() if f.get("confidence_auroc") is not None}
+    sentence = (f"Answering only when confident (held-out with the unanswerable questions, ranked by each arm's own "
+                f"confidence), {label(best)} loses least: AURC {held[best]['aurc']:.3f}, accuracy "
+                f"{pct(held[best].get('selective_accuracy'))} on its most confident half.")
+    if ranked:
+        top = max(ranked, key=ranked.get)
+        sentence += (f" The confidence that best ranks right answers above wrong ones is {label(top)}'s "
+                     f"(AUROC {ranked[top]:.2f}; 0.5 is chance).")
+    return [sentence]
+
+
 def _finding_unit_choice(results: dict) -> list[str]:
     """How much of what retrieval found the reader is shown, and the best other way of choosing it on development
     questions (retrieval.unit_choices): measured, never used to choose."""
@@ -318,7 +352,7 @@ def _finding_update(results: dict) -> list[str]:
 # Each rule reads results.json and returns its sentences, or none when the arms it needs were not run.
 FINDINGS = [_finding_rag_vs_lora, _finding_lora_rag, _finding_raft, _finding_style, _finding_memorised, _finding_curve,
             _finding_reverse, _finding_base, _finding_abstention, _finding_prompt_tokens, _finding_rag_errors,
-            _finding_unit_choice,
+            _finding_unit_choice, _finding_selective,
             _finding_update, _finding_verdict]
 
 
@@ -394,7 +428,8 @@ def render_markdown(results: dict) -> str:
     return _environment(False).get_template("report.md.j2").render(
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
         arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs),
-        claims=claims_of(results), updates=update_rows(results), context=context_rows(results), cell=cell)
+        claims=claims_of(results), updates=update_rows(results), context=context_rows(results), selective=selective_rows(results),
+        cell=cell)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:

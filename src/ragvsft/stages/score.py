@@ -13,7 +13,7 @@ from ..files import read_jsonl
 from ..index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, gold_chunk_map, unit_choices
 from ..precision import performance
 from ..probe import development_facts, evaluate_retrieval, score_rows
-from ..score import arm_figures, comparisons, names_answer, rag_errors
+from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
 
 
@@ -108,6 +108,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
             "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file
             "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
             "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+            "risk_coverage": risk_coverage_figures(predictions),
             "retrieval": retrieval,
             "development": development_record(run, corpus, sample),
             "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
