@@ -102,8 +102,11 @@ def test_results_keep_the_design_keys(tiny_run):
     rates = {"n", "accuracy", "accuracy_ci", "hallucination_rate", "hallucination_rate_ci", "abstention_rate",
              "abstention_rate_ci"}
     context = {"context_recall", "context_recall_ci", "context_utilisation", "context_utilisation_ci", "shown_n"}
-    assert set(rag["heldout"]) == rates | context  # a retrieving arm: what it was shown, measured
-    assert set(rag["unanswerable"]) == set(results["arms"]["base"]["heldout"]) == rates  # no gold, or nothing shown
+    selective = {"aurc", "selective_accuracy"}  # answerable sets only: pooled with the unanswerable questions
+    assert set(rag["heldout"]) == rates | context | selective  # a retrieving arm: what it was shown, measured
+    assert set(rag["unanswerable"]) == rates and set(results["arms"]["base"]["heldout"]) == rates | selective
+    assert set(results["risk_coverage"]) == set(ARMS) and set(results["risk_coverage"]["rag"]) == {"heldout", "seen",
+                                                                                                   "reverse"}
     assert 0 <= rag["style_adherence_ci"][0] <= rag["style_adherence"] <= rag["style_adherence_ci"][1] <= 1
     assert rag["prompt_tokens_per_query"] > results["arms"]["base"]["prompt_tokens_per_query"]
     assert set(results["retrieval"]) >= {"k", "recall_at", "mrr", "rag_errors"}

@@ -20,12 +20,17 @@ from .cache import Run
 from .reader import ReaderPlan
 
 
+ROWS_VERSION = 2
+
+
 def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
             reader_key: str | None = None) -> str:
     """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
     style marker only re-scores."""
     # The device only where it is not the CPU: an accelerator's arithmetic differs slightly; CPU keys stay as they were.
-    inputs = {"arm": arm, "lm": lm_hash, "dtype": cfg.models.dtype,
+    # "rows": what an answer row records; 2 added each answer's log-probability (risk-coverage), so answers stored
+    # without it are generated once more instead of leaving their arm out of the risk-coverage table.
+    inputs = {"arm": arm, "rows": ROWS_VERSION, "lm": lm_hash, "dtype": cfg.models.dtype,
               **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
               "questions": [[q.set, q.qid, q.question] for q in questions],
               "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
