@@ -58,3 +58,17 @@ def test_the_model_hash_covers_weights_tokenizer_and_template(tiny_lm, tmp_path)
         (other / "pytorch_model.bin").write_bytes(weights)
         hashes.append(lm_sha256(str(other)))
     assert hashes[0] != hashes[1]
+
+
+def test_a_file_hash_is_remembered_only_while_the_file_is_unchanged(tmp_path):
+    import os
+
+    from ragvsft.files import sha256_file
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"one")
+    first = sha256_file(path)
+    assert sha256_file(path) == first
+    path.write_bytes(b"two")  # the same size: only the file's times tell the change
+    os.utime(path, ns=(1, 1))
+    assert sha256_file(path) != first

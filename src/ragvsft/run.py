@@ -163,12 +163,16 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     # Until this run completes, the folder has no manifest: a stale one would vouch for a mix of old and new files.
     (run_dir / "manifest.json").unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
+    console.log("hashing the corpus and the models (every stage's key reads them)")
     hashes = model_hashes(cfg, corpus)
     run = Run(cfg, run_dir, console, records, hashes)
 
-    encoder = encoder or load_encoder(cfg.models.embedder, cfg.models.device)
+    if encoder is None:
+        run.log(f"loading the embedder ({cfg.models.embedder})")
+        encoder = load_encoder(cfg.models.embedder, cfg.models.device)
     encoder, embedder_key, tuning, built = embedder.stage(run, corpus, sample, encoder)
     chunks, index_key = index.stage(run, corpus, encoder, embedder_key, built)
+    run.log(f"loading the language model ({cfg.models.lm})")
     model, tokenizer = load_lm(cfg.models.lm, "float32")
     training, ft_key = finetune.stage(run, sample, chunks, model, tokenizer)
     readers = reader.stage(run, corpus, sample, chunks, encoder, model, tokenizer, index_key)

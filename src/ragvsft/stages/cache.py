@@ -79,6 +79,7 @@ class Run:
         the old outputs or none, never a mix; without one, compute writes its own file atomically."""
         if self.records.fresh(name, key, *(self.run_dir / p for p in outputs)):
             self.reused.append(name)
+            self.log(f"{name}: reused (its inputs are unchanged)")
             return None
         return self.compute(name, key, folder, compute)
 

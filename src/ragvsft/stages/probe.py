@@ -63,6 +63,8 @@ def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, token
     if todo:
         dtype = torch_dtype(cfg.models.dtype)
         device = cfg.models.device
+        run.log(f"probe: preparing the models the arms use ({', '.join(dict.fromkeys(model_of(a) for a in todo))})"
+                + (" and retrieving for every question" if any(arm in RAG_ARMS for arm in todo) else ""))
         if uses(todo, "base"):
             models["base"] = fresh_copy(model, dtype, device=device)
         if uses(todo, "closed_book"):

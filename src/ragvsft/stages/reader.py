@@ -123,6 +123,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     if not uses(cfg.probe.arms, "reader"):
         return None
     with run.timing("reader"):
+        run.log("reader: retrieving for its training questions and silent contexts (what its key reads)")
         read = inputs(cfg, corpus, sample, index, encoder, run.hashes["lm"], index_key)
         plan, folds, sets, silent, training, key = read.plan, read.folds, read.sets, read.silent, read.training, read.key
         by_head = cfg.reader.abstain_by == "head"

@@ -88,12 +88,13 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                     f"most of it count as gold: {', '.join(split[:10])}{' ...' if len(split) > 10 else ''}")
         if missing:
             run.log(f"retrieval: no chunk holds any of the evidence of: {', '.join(missing)}")
-        run.log("score: retrieval figures, the other retrievers and chunking, the unit choices")
+        run.log("score: retrieval figures and the other retrievers and chunking")
         retrieval = evaluate_retrieval(index, encoder, gold, questions, cfg.index.k)
         retrieval |= {"chunks": len(index.chunks), "evidence_split": split, "evidence_missing": missing,
                       "chunking": cfg.index.chunking,
-                      "variants": retriever_variants(cfg, corpus, sample, index, encoder, questions, retrieval),
-                      "unit_choices": unit_choice_figures(cfg, corpus, sample, index, encoder, questions)}
+                      "variants": retriever_variants(cfg, corpus, sample, index, encoder, questions, retrieval)}
+        run.log("score: the unit choices, on the held-out and the development questions")
+        retrieval["unit_choices"] = unit_choice_figures(cfg, corpus, sample, index, encoder, questions)
         if "rag" in cfg.probe.arms:
             retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
         run.log("score: rates and comparisons with intervals resampled by fact")
