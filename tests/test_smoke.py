@@ -96,10 +96,16 @@ def test_ask_answers_with_every_arm(real_run):
     assert "retrieved:" in result.output and "probe set: heldout" in result.output
 
 
-def test_ask_reproduces_the_probe_verdicts(real_run):
+@pytest.fixture(scope="module")
+def real_session(real_run):
+    """The real run's models loaded once (about 11 s) for the tests that ask questions in-process."""
     from ragvsft.live import Session
 
-    session = Session.open(real_run)
+    return Session.open(real_run)
+
+
+def test_ask_reproduces_the_probe_verdicts(real_run, real_session):
+    session = real_session
     stored = {(r["arm"], r["qid"]): r for r in read_jsonl(real_run / "predictions.jsonl")}
     pairs = []
     for qid in sorted({qid for _, qid in stored if qid.endswith(("/seen/0", "/heldout/0"))})[:4]:
@@ -142,7 +148,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_demo_page_in_a_real_browser(real_run, tmp_path):
+def test_demo_page_in_a_real_browser(real_run, real_session, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         if os.environ.get("CI") == "true":
@@ -152,7 +158,7 @@ def test_demo_page_in_a_real_browser(real_run, tmp_path):
 
     from ragvsft.demo import launch
 
-    page_app, url = launch(real_run, "127.0.0.1", _free_port(), block=False)
+    page_app, url = launch(real_run, "127.0.0.1", _free_port(), block=False, session=real_session)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=[

@@ -64,9 +64,11 @@ def build_demo(session: Session) -> gr.Blocks:
     return page
 
 
-def launch(run_dir: Path | str, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the demo page; with block=False return (page, url) and keep serving in the background (tests)."""
-    page = build_demo(Session.open(run_dir))
+def launch(run_dir: Path | str, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           session: Session | None = None):
+    """Serve the demo page; with block=False return (page, url) and keep serving in the background (tests).
+    `session`: the run's models already loaded (Session.open(run_dir)), e.g. shared by tests."""
+    page = build_demo(session or Session.open(run_dir))
     page.queue(default_concurrency_limit=1)  # one model, one question at a time
     # Gradio 6 takes the theme at launch (its Blocks constructor no longer does).
     _, url, _ = page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
