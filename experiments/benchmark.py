@@ -445,9 +445,10 @@ def main() -> None:
     for name in args.sweeps or []:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
-    for profile in args.profile or ([] if args.dtype_check or args.training or args.sweep or args.reader_sweep or args.readme
-                                    or args.context
-                                    or args.sweeps else ["quick", "full"]):
+    # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
+    others = [args.dtype_check, args.training, args.sweep, args.context, args.reader_sweep]
+    profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
+    for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)
         bench["profiles"][profile] = run_profile(profile)
         print(json.dumps(bench["profiles"][profile], indent=2), flush=True)
@@ -455,7 +456,7 @@ def main() -> None:
         print("comparing bfloat16 with float32 on the quick run ...", flush=True)
         bench["dtype_check"] = dtype_check()
     command = " ".join([".venv/bin/python experiments/benchmark.py", *(a for a in sys.argv[1:] if a != "--readme")])
-    if args.profile or args.dtype_check or args.training or args.sweep or args.context or args.reader_sweep or args.sweeps:
+    if profiles or any(others) or args.sweeps:  # this command measured something: it is named beside its figures
         bench["commands"] = [c for c in bench.get("commands", []) if c != command] + [command]
     bench["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu": cpu_name(),
                         "platform": platform.platform(terse=True)}
@@ -463,8 +464,7 @@ def main() -> None:
     bench["profiles"] = {k: bench["profiles"][k] for k in PROFILES if k in bench["profiles"]}
     atomic_write_json(path, bench)
     # Only sweeps measured: the "Measured" section keeps the command that measured its figures.
-    only_sweeps = bool(args.sweeps) and not (args.profile or args.dtype_check or args.training or args.sweep
-                                             or args.context or args.reader_sweep)
+    only_sweeps = bool(args.sweeps) and not profiles and not any(others)
     if args.readme:
         readme = (REPO / "README.md").read_text()
         if start not in readme or end not in readme:

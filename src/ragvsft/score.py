@@ -264,10 +264,12 @@ def context_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
             "context_utilisation": round(use, 4) if named else None, "context_utilisation_ci": use_ci if named else None}
 
 
-def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
+def arm_figures(rows: list[dict], seed: int, resamples: int = 2000, selective: dict | None = None) -> dict:
     """results.json's "arms": per arm and question set the three rates with intervals resampled by fact (for
-    retrieving arms, context recall and utilisation; for answerable sets, AURC and selective accuracy), then style
-    adherence with its interval, prompt and generated tokens per query and seconds per query over all its answers."""
+    retrieving arms, context recall and utilisation; for answerable sets, AURC and selective accuracy from
+    `selective`, risk_coverage_figures of the same rows, computed here when not given), then style adherence with its
+    interval, prompt and generated tokens per query and seconds per query over all its answers."""
+    selective = risk_coverage_figures(rows) if selective is None else selective
     arms: dict = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]
@@ -276,9 +278,9 @@ def arm_figures(rows: list[dict], seed: int, resamples: int = 2000) -> dict:
             asked = [r for r in mine if r["set"] == set_name]
             figures[set_name] = set_figures([r["verdict"] for r in asked], seed, set_name == "unanswerable", resamples,
                                             [cluster_of(r) for r in asked]) | context_figures(asked, seed, resamples)
-            selective = risk_coverage(rows, arm, set_name) if set_name != "unanswerable" else None
-            if selective:
-                figures[set_name] |= {k: selective[k] for k in ("aurc", "selective_accuracy")}
+            curve = selective.get(arm, {}).get(set_name)
+            if curve:
+                figures[set_name] |= {k: curve[k] for k in ("aurc", "selective_accuracy")}
         n = len(mine)
         style, style_ci = rate_with_ci([bool(r["style_ok"]) for r in mine], seed, resamples=resamples,
                                        clusters=[cluster_of(r) for r in mine])
@@ -344,7 +346,7 @@ def risk_coverage(rows: list[dict], arm: str, set_name: str) -> dict | None:
     answered.sort(key=lambda r: (-confidence_of(r), r["qid"]))
     right = np.cumsum([r["verdict"] == CORRECT for r in answered])
     counts = np.arange(1, len(answered) + 1)
-    accuracy = right / counts if len(answered) else np.array([])
+    accuracy = right / counts  # empty when the arm declined everything
     half = -(-len(pool) // 2)
     good = [confidence_of(r) for r in answered if r["verdict"] == CORRECT]
     bad = [confidence_of(r) for r in answered if r["verdict"] != CORRECT]

@@ -159,7 +159,8 @@ def plot_risk_coverage(results: dict, path: Path) -> bool:
     """Accuracy on the answered questions against the share answered, per arm, as each arm answers only its most
     confident answers (score.risk_coverage): one panel per answerable set, with the unanswerable questions."""
     curves = results.get("risk_coverage") or {}
-    sets = [s for s in dict.fromkeys(s for per_arm in curves.values() for s in per_arm) if s in ("heldout", "seen")]
+    # the compared answerable sets (held-out, seen); reverse questions are too few for a curve
+    sets = [s for s in dict.fromkeys(s for per_arm in curves.values() for s in per_arm) if SET[s].compared]
     if not sets:
         return False
     fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 3.6), squeeze=False)

@@ -98,6 +98,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
         if "rag" in cfg.probe.arms:
             retrieval["rag_errors"] = rag_errors(predictions, {f: set(g.ids) for f, g in gold.items()})
         run.log("score: rates and comparisons with intervals resampled by fact")
+        curves = risk_coverage_figures(predictions)  # the arms' AURC figures and the risk_coverage section alike
         results = {
             "corpus": {"name": corpus.name, "organisation": corpus.organisation, "sha256": corpus.sha256,
                        "documents": len(corpus.documents), "facts": len(sample.facts),
@@ -107,9 +108,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                     "dtype": cfg.models.dtype, "questions": len(questions),
                     "sets": {s: sum(1 for q in questions if q.set == s) for s in cfg.probe.sets}},
             "config": config_dict(cfg),  # every setting, so cost tables and cross-run comparisons need only this file
-            "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
+            "arms": arm_figures(predictions, cfg.seed, cfg.probe.bootstrap_resamples, curves),
             "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
-            "risk_coverage": risk_coverage_figures(predictions),
+            "risk_coverage": curves,
             "retrieval": retrieval,
             "development": development_record(run, corpus, sample),
             "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
