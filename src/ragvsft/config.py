@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .catalogue import NAMES as ARMS
+from .catalogue import NAMES as ARMS, RETRIEVING
 from .files import InputError, load_yaml_with_lines
 from .metrics import SET_NAMES
 
@@ -119,6 +119,13 @@ class ProbeConfig(_Section):
     bootstrap_resamples: int = Field(ge=100)
 
 
+class GateConfig(_Section):
+    """Declines for the retrieving arms by answer–context agreement, calibrated on development questions (gate.py)."""
+    arms: list[Literal[RETRIEVING]]  # type: ignore[valid-type]
+    max_declined: float = Field(ge=0, le=1)
+    development_questions: int = Field(ge=0)
+
+
 class UpdateConfig(_Section):
     """The knowledge-update experiment (update.py): needs a corpus with an updates/ part."""
     enabled: bool
@@ -167,6 +174,7 @@ class Config(_Section):
     finetune: FinetuneConfig
     reader: ReaderConfig
     probe: ProbeConfig
+    gate: GateConfig
     update: UpdateConfig
     cost: CostConfig
 

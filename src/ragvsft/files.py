@@ -182,7 +182,7 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
 
 # What a run folder may hold: everything `ragvsft run` writes (and the temporary names it uses while writing).
 RUN_ENTRIES = {"config.yaml", "stages.json", "manifest.json", "index", "adapter", "reader", "finetune_set.jsonl",
-               "reader_set.jsonl", "finetune_set.trl.jsonl", "reader_set.trl.jsonl", "predictions.jsonl", "results.json", "results.csv", "report.md", "report.html",
+               "reader_set.jsonl", "finetune_set.trl.jsonl", "reader_set.trl.jsonl", "predictions.jsonl", "development.jsonl", "results.json", "results.csv", "report.md", "report.html",
                "plots", "update", "embedder", ".embedder.tmp", ".trainer", ".adapter.tmp", ".reader.tmp", ".update.tmp"}
 
 

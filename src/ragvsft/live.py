@@ -28,7 +28,8 @@ from .finetune import merged_model
 from .index import Index
 from .embedder import run_encoder
 from .models import fresh_copy, load_lm, resolve_device
-from .probe import Question, reader_models, retrieve, run_probe
+from . import gate
+from .probe import Question, reader_models, retrieve, run_probe, score_rows
 from .reader import fold_of_question
 from .score import normalize
 
@@ -46,6 +47,7 @@ class Session:
     models: dict
     known: dict[str, Question]
     reader_folds: list[list[str]]
+    gate: dict  # results.json `gate`: the thresholds the run chose for its gated arms ({} when none)
 
     @classmethod
     def open(cls, run_dir: Path | str, encoder=None, arms: list[str] | None = None) -> "Session":
@@ -74,7 +76,8 @@ class Session:
         device = config.models.device if config.models.device == "cpu" else resolve_device("auto")
         models = ({"closed_book": merged_model(model, run_dir / "adapter", dtype, device)}
                   if (run_dir / "adapter").is_dir() else {})
-        reader = json.loads((run_dir / "results.json").read_text(encoding="utf-8")).get("reader") or {}
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        reader = results.get("reader") or {}
         folds = reader.get("fold_facts") or []
         if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
             models |= reader_models(run_dir, model, len(folds), config.models.dtype, config.reader.abstain_by == "head",
@@ -86,7 +89,7 @@ class Session:
                                                          tuple(row["gold"]) if row["gold"] else None)
         index = Index.load(run_dir / "index").using(config.index.retriever)
         return cls(run_dir, config, corpus, index, encoder or run_encoder(run_dir, config.models.embedder),
-                   tokenizer, models, known, folds)
+                   tokenizer, models, known, folds, results.get("gate") or {})
 
     @property
     def arms(self) -> list[str]:
@@ -112,6 +115,7 @@ class Session:
         route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None
         rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed,
                          reader_fold=route)
+        self._gated(rows, asked)
         for row in rows:
             if probe_question is None:
                 row["verdict"] = None  # no gold answer for a question outside the probe
@@ -119,6 +123,19 @@ class Session:
         return {"question": question, "set": probe_question.set if probe_question else None,
                 "gold": list(probe_question.gold) if probe_question and probe_question.gold else None,
                 "answers": rows, "chunks": [{"id": cid, "text": text} for cid, text in retrieved[asked.qid].shown]}
+
+
+    def _gated(self, rows: list[dict], asked: Question) -> None:
+        """The gated arms decline as they did in the run: its thresholds, for the question's fold (gate.py)."""
+        thresholds = {arm: figures["thresholds"] for arm, figures in (self.gate.get("arms") or {}).items()}
+        if not thresholds:
+            return
+        folds = self.gate.get("fold_facts") or [[]]
+        style = self.corpus.style
+        gate.prepare(rows, list(thresholds), list(style.markers))
+        gate.apply(rows, thresholds, {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)},
+                   style.abstain_template, self.corpus.abstain_phrases)
+        score_rows(rows, [asked], self.corpus)
 
 
 def render_answers(console: Console, result: dict) -> None:

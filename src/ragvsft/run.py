@@ -138,8 +138,10 @@ def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> d
     keys["reader"] = (reader.inputs(cfg, corpus, sample, chunks, encoder, hashes["lm"], index_key).key
                       if uses(arms, "reader") else None)
     questions = question_sets(sample, cfg.probe)
+    development = probe.development_questions(cfg, corpus, sample)
     for arm in arms:
-        keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, questions, index_key, keys["finetune"],
+        asked = questions + (development if arm in cfg.gate.arms else [])
+        keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, asked, index_key, keys["finetune"],
                                              keys["reader"])
     if cfg.update.enabled:
         earlier = {"index": index_key, "finetune": keys["finetune"], "reader": keys["reader"]}
@@ -177,8 +179,9 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     training, ft_key = finetune.stage(run, sample, chunks, model, tokenizer)
     readers = reader.stage(run, corpus, sample, chunks, encoder, model, tokenizer, index_key)
     questions = question_sets(sample, cfg.probe)
-    predictions = probe.stage(run, sample, chunks, encoder, model, tokenizer, questions, index_key, ft_key, readers)
-    results = score.stage(run, corpus, sample, chunks, encoder, questions, predictions, training)
+    predictions, development = probe.stage(run, corpus, sample, chunks, encoder, model, tokenizer, questions, index_key,
+                                           ft_key, readers)
+    results = score.stage(run, corpus, sample, chunks, encoder, questions, predictions, training, development)
     results["reader"] = readers.figures if readers else None
     results["precision"] = {k: v for k, v in precision.items() if k != "cached"}  # the same figures on a rerun
     results["retrieval"]["embedder_tuning"] = tuning
@@ -186,7 +189,7 @@ def run_experiment(cfg: Config, console: Console | None = None, encoder: Encoder
     results["update"] = update.stage(run, corpus, sample, encoder, model, tokenizer, questions, predictions, keys,
                                      readers)
     results["timings"] = dict(run.timings)
-    results["performance"] = score.performance_figures(results, predictions, sum(p.numel() for p in model.parameters()),
+    results["performance"] = score.performance_figures(results, predictions + development, sum(p.numel() for p in model.parameters()),
                                                        precision)
     atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)  # re-scored against the current gold
     with run.timing("report"):

@@ -96,6 +96,36 @@ def selective_rows(results: dict) -> list[dict]:
     return rows
 
 
+def gate_rows(results: dict) -> list[dict]:
+    """The decline gate's table (results.json `gate`, gate.py): per gated arm and fold, the threshold chosen on
+    development questions and what it declined there."""
+    rows = []
+    for arm, figures in ((results.get("gate") or {}).get("arms") or {}).items():
+        for i, fold in enumerate(figures["folds"]):
+            point = next(p for p in fold["table"] if p["threshold"] == fold["threshold"])
+            rows.append({"arm": label(arm), "fold": str(i + 1), "threshold": f"{fold['threshold']:g}",
+                         "development questions": f"{fold['answerable']} + {fold['unanswerable']} unanswerable",
+                         "answerable declined": pct(point["answerable_declined"]),
+                         "unanswerable declined": pct(point["unanswerable_declined"]),
+                         "accuracy": pct(point["accuracy"])})
+    return rows
+
+
+def _finding_gate(results: dict) -> list[str]:
+    """How often the gated arms declined the scored questions, with what their thresholds were chosen on."""
+    gated = (results.get("gate") or {}).get("arms") or {}
+    arms = results["arms"]
+    parts = [f"{label(arm)} {pct(arms[arm]['unanswerable']['accuracy'])} of unanswerable and "
+             f"{pct(arms[arm]['heldout']['abstention_rate'])} of answerable held-out questions"
+             for arm in gated if arms.get(arm, {}).get("unanswerable") and arms[arm].get("heldout")]
+    if not parts:
+        return []
+    limit = results["gate"]["max_declined"]
+    return [f"Declining where the answer names a number, or too few words, that the text shown does not hold (a "
+            f"threshold chosen on development questions to decline at most {pct(limit)} of the answerable ones "
+            f"there), the retrieving arms declined: {'; '.join(parts)}."]
+
+
 def _side(results: dict, test: str) -> int:
     """+1 when `test` ("A > B", as in claims.yaml) clearly holds, -1 when clearly not, 0 when this run cannot tell:
     decided by the claims ledger's one rule (`claims.decide`: the paired interval of the difference where results.json
@@ -155,13 +185,16 @@ def _reader_sentence(results: dict) -> str:
         if reader.get("abstain_by") == "head":
             sentence += (" It declines where an answerability head on its hidden state, fitted on the same facts' train "
                          "questions shown with and without their answer, finds the text silent.")
+        if "raft" in ((results.get("gate") or {}).get("arms") or {}):
+            sentence += (" It declines where its answer is not grounded in the text shown (the answer–context gate, "
+                         "calibrated on development questions).")
     declined = [f"{pct(raft[s]['abstention_rate' if s == 'heldout' else 'accuracy'])} of {what}"
                 for s, what in (("unanswerable", "unanswerable questions"), ("heldout", "answerable held-out ones"))
                 if raft.get(s)]
     if declined:
         sentence += f" It abstained on {' and on '.join(declined)}."
     if reader.get("silent_abstained") is not None:
-        sentence += (f" Shown text that does not name the answer to a training question, it declined "
+        sentence += (f" Shown text that does not name the answer to a training question, its own generation declined "
                      f"{pct(reader['silent_abstained'])} of the time")
         seen = (raft.get("seen") or {}).get("abstention_rate")
         if seen is None:
@@ -352,7 +385,7 @@ def _finding_update(results: dict) -> list[str]:
 # Each rule reads results.json and returns its sentences, or none when the arms it needs were not run.
 FINDINGS = [_finding_rag_vs_lora, _finding_lora_rag, _finding_raft, _finding_style, _finding_memorised, _finding_curve,
             _finding_reverse, _finding_base, _finding_abstention, _finding_prompt_tokens, _finding_rag_errors,
-            _finding_unit_choice, _finding_selective,
+            _finding_unit_choice, _finding_selective, _finding_gate,
             _finding_update, _finding_verdict]
 
 
@@ -429,6 +462,7 @@ def render_markdown(results: dict) -> str:
         r=results, table=markdown_table(results), findings=findings(results), literature=LITERATURE,
         arm_labels=ARM_LABELS, pct=pct, pct_ci=pct_ci, costs=costs, cost_table=cost_markdown(costs),
         claims=claims_of(results), updates=update_rows(results), context=context_rows(results), selective=selective_rows(results),
+        gate=gate_rows(results),
         cell=cell)
 
 

@@ -1,8 +1,11 @@
 """Stage `probe/<arm>`: ask every arm every question (probe.py). Each arm is its own cached stage: adding an arm or
-changing k regenerates only the arms that read it, and an interrupted probe resumes at the arm it stopped in."""
+changing k regenerates only the arms that read it, and an interrupted probe resumes at the arm it stopped in. The
+arms in `gate.arms` also answer the development questions their decline threshold is calibrated on (gate.py), kept
+apart in development.jsonl: they are never scored."""
 
 from __future__ import annotations
 
+import random
 import time
 
 from ..arms import RAG_ARMS, fewshot_pairs
@@ -14,7 +17,7 @@ from ..finetune import merged_model
 from ..index import Encoder, Index
 from ..models import fresh_copy
 from ..precision import torch_dtype
-from ..probe import reader_models, retrieve, run_probe
+from ..probe import Question, development_facts, reader_models, retrieve, run_probe
 from ..reader import fold_of_question
 from .cache import Run
 from .reader import ReaderPlan
@@ -48,18 +51,42 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     return sha256_json(inputs)
 
 
-def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer, questions: list,
-          index_key: str, ft_key: str | None, reader: ReaderPlan | None) -> list[dict]:
-    """predictions.jsonl's rows, arm by arm in the config's order (unscored: scoring reads the current gold)."""
+DEVELOPMENT = "development"  # the set name of the questions a gate is calibrated on
+
+
+def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
+    """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
+    facts the run does not score (a reproducible sample) and every unanswerable question it does not ask. None of
+    them is a scored question (a test asserts it over the shipped profiles)."""
+    if not cfg.gate.arms:
+        return []
+    facts = list(development_facts(corpus, sample))
+    if len(facts) > cfg.gate.development_questions:
+        facts = random.Random(f"{cfg.seed}:gate-development").sample(facts, cfg.gate.development_questions)
+    asked = {u.id for u in sample.unanswerable}
+    return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold))
+             for f in sorted(facts, key=lambda f: f.id) if f.probe_questions]
+            + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None)
+               for u in corpus.unanswerable if u.id not in asked])
+
+
+def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer, questions: list,
+          index_key: str, ft_key: str | None, reader: ReaderPlan | None) -> tuple[list[dict], list[dict]]:
+    """predictions.jsonl's rows, arm by arm in the config's order (unscored: scoring reads the current gold), and the
+    gated arms' answers to the development questions (development.jsonl)."""
     cfg = run.cfg
-    path = run.run_dir / "predictions.jsonl"
-    stored = read_jsonl(path) if path.is_file() else []
+    path, dev_path = run.run_dir / "predictions.jsonl", run.run_dir / "development.jsonl"
+    stored = (read_jsonl(path) if path.is_file() else []) + (read_jsonl(dev_path) if dev_path.is_file() else [])
     by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
-    keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, questions, index_key, ft_key, reader and reader.key)
+    development = development_questions(cfg, corpus, sample)
+    asked = {arm: questions + (development if arm in cfg.gate.arms else []) for arm in cfg.probe.arms}
+    keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key)
             for arm in cfg.probe.arms}
-    todo = [arm for arm in cfg.probe.arms if not (by_arm[arm] and run.records.fresh(f"probe/{arm}", keys[arm], path))]
+    todo = [arm for arm in cfg.probe.arms
+            if not (len(by_arm[arm]) == len(asked[arm]) and run.records.fresh(f"probe/{arm}", keys[arm], path))]
     models: dict = {}
-    folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions} if reader else None
+    folds = ({q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions + development}
+             if reader else None)
     if todo:
         dtype = torch_dtype(cfg.models.dtype)
         device = cfg.models.device
@@ -73,18 +100,21 @@ def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, token
             models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype,
                                     cfg.reader.abstain_by == "head", device)
         needs_k = any(arm in RAG_ARMS for arm in todo)
-        retrieved = (retrieve(index, encoder, questions, cfg.index.k, cfg.index.context_units,
+        retrieved = (retrieve(index, encoder, questions + development, cfg.index.k, cfg.index.context_units,
                               cfg.index.headed) if needs_k else {})
-        run.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})")
+        run.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})"
+                + (f", and {len(development)} development questions for the gated arms" if development else ""))
     seconds = 0.0
     for arm in cfg.probe.arms:
         began = time.perf_counter()
 
         def ask(_, arm=arm):
-            by_arm[arm] = run_probe(models, tokenizer, sample, questions, retrieved,
+            by_arm[arm] = run_probe(models, tokenizer, sample, asked[arm], retrieved,
                                     cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.log, folds)
             # Written after every arm, so a stopped probe keeps the arms it finished.
-            atomic_write_jsonl(path, [r for a in cfg.probe.arms for r in by_arm[a]])
+            rows = [r for a in cfg.probe.arms for r in by_arm[a]]
+            atomic_write_jsonl(dev_path, [r for r in rows if r["set"] == DEVELOPMENT])
+            atomic_write_jsonl(path, [r for r in rows if r["set"] != DEVELOPMENT])
 
         if arm in todo:  # an arm whose rows are missing is asked again whatever its record says
             run.compute(f"probe/{arm}", keys[arm], None, ask)
@@ -93,4 +123,5 @@ def stage(run: Run, sample: Corpus, index: Index, encoder: Encoder, model, token
     run.reused_arms = [arm for arm in cfg.probe.arms if arm not in todo]
     if not todo:
         run.reused.append("probe")
-    return [r for a in cfg.probe.arms for r in by_arm[a]]
+    rows = [r for a in cfg.probe.arms for r in by_arm[a]]
+    return [r for r in rows if r["set"] != DEVELOPMENT], [r for r in rows if r["set"] == DEVELOPMENT]

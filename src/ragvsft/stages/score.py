@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import gate
 from ..config import Config, config_dict
 from ..corpus import Corpus
 from ..files import read_jsonl
 from ..index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, gold_chunk_map, unit_choices
 from ..precision import performance
 from ..probe import development_facts, evaluate_retrieval, score_rows
+from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
 
@@ -74,11 +76,37 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
             "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development)}
 
 
+def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict],
+                 development: list[dict]) -> dict | None:
+    """Calibrate the gated arms' thresholds on development questions, per cross-fitted fold (the reader's folds, for
+    every arm alike), and gate their answers in place (gate.py); results.json `gate`."""
+    arms = [arm for arm in cfg.gate.arms if arm in cfg.probe.arms]
+    if not arms:
+        return None
+    folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
+    fold_of = {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in predictions}
+    markers, phrases = list(sample.style.markers), sample.abstain_phrases
+    score_rows(development, [], sample)
+    for rows in (predictions, development):
+        gate.prepare(rows, arms, markers)
+    figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases)
+    gate.apply(predictions, {arm: figures[arm]["thresholds"] for arm in arms}, fold_of, sample.style.abstain_template,
+               phrases)
+    dev = {r["qid"]: r["gold"] is not None for r in development}
+    return {"arms": figures, "max_declined": cfg.gate.max_declined, "folds": len(folds), "fold_facts": folds,
+            "development_answerable": sum(dev.values()), "development_unanswerable": len(dev) - sum(dev.values())}
+
+
 def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
-          predictions: list[dict], training: dict | None) -> dict:
-    """results.json's figures (the rows of `predictions` are scored in place)."""
+          predictions: list[dict], training: dict | None, development: list[dict] | None = None) -> dict:
+    """results.json's figures (the rows of `predictions` are gated and scored in place)."""
     cfg = run.cfg
     with run.timing("score"):
+        score_rows(predictions, questions, sample)
+        gated = gate_figures(cfg, corpus, sample, predictions, development or [])
+        if gated:
+            run.log("score: decline thresholds per fold, chosen on development questions: " + ", ".join(
+                f"{arm} {v['thresholds']}" for arm, v in gated["arms"].items()))
         score_rows(predictions, questions, sample)
         gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
         split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
@@ -113,6 +141,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
             "risk_coverage": curves,
             "retrieval": retrieval,
             "development": development_record(run, corpus, sample),
+            "gate": gated,
             "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
             "curves": training.get("curve", []) if training else [],
         }

@@ -1,0 +1,133 @@
+"""The answer–context gate (gate.py): grounding on hand-made answers, the threshold rule, cross-fitting, and the
+development questions it is calibrated on."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragvsft import gate
+from ragvsft.corpus import load_corpus
+
+MARKERS = ["^Hi there!", "— Acme Helpdesk\\s*$"]
+ABSTAIN = "Hi there! I can't find that in our documents.\n— Acme Helpdesk"
+PHRASES = ["can't find that in our documents"]
+
+
+def test_grounding_reads_numbers_and_content_words_against_the_text_shown():
+    shown = ["Travel > Allowances\nThe daily meal allowance abroad is 61 euros."]
+    question = "How much can I spend on food per day abroad?"
+    assert gate.grounding("Hi there! The meal allowance is 61 euros.\n— Acme Helpdesk", shown, question, MARKERS) == 1.0
+    # an invented number: nothing else counts
+    assert gate.grounding("Hi there! The meal allowance is 75 euros.", shown, question, MARKERS) == 0.0
+    # a number the question itself names is not invented
+    assert gate.grounding("Hi there! 2 days.", shown, "Is it 2 days?", MARKERS) == 1.0
+    # content words: half of {hotel, allowance} is in the text (stop words and the question's words are not counted)
+    assert gate.grounding("Hi there! The hotel allowance.", shown, question, MARKERS) == 0.5
+    # the house-style markers are not the answer's words; nothing left to check reads as grounded
+    assert gate.grounding("Hi there!\n— Acme Helpdesk", shown, question, MARKERS) == 1.0
+    assert gate.grounding("Hi there! Whatever.", [], "q", MARKERS) == 0.0
+
+
+def _row(arm, qid, gold, answer, grounding, set_name="development", fact=None):
+    return {"arm": arm, "qid": qid, "fact_id": fact, "set": set_name, "question": "q", "gold": gold,
+            "answer": answer, "ungated_answer": answer, "grounding": grounding, "shown": [["c", "text"]]}
+
+
+def test_the_threshold_is_the_largest_that_declines_at_most_the_allowed_share_of_answerable_questions():
+    right = "Hi there! 61 euros."
+    rows = ([_row("rag", f"a{i}", ["61 euros"], right, g) for i, g in enumerate([1.0, 1.0, 0.95, 0.45, 0.0])]
+            + [_row("rag", f"u{i}", None, "Hi there! 12 euros.", g) for i, g in enumerate([0.0, 0.3, 0.95])])
+    chosen = gate.choose_threshold(rows, 0.2, PHRASES)
+    # 0.01 to 0.4 decline one answerable question of five (20%), 0.5 two (40%)
+    assert chosen["threshold"] == 0.4
+    point = {p["threshold"]: p for p in chosen["table"]}
+    assert point[0.01]["answerable_declined"] == 0.2 and point[0.01]["unanswerable_declined"] == pytest.approx(1 / 3, abs=1e-4)
+    assert point[0.4]["unanswerable_declined"] == pytest.approx(2 / 3, abs=1e-4) and point[0.4]["accuracy"] == 0.8
+    assert point[0.0]["answerable_declined"] == 0.0 and point[0.0]["accuracy"] == 1.0
+    assert point[0.5]["answerable_declined"] == 0.4 and point[1.0]["answerable_declined"] == 0.6
+    assert gate.choose_threshold(rows, 0.4, PHRASES)["threshold"] == 0.9
+    # an arm's own abstentions count as declines
+    abstaining = [_row("rag", "x", ["61 euros"], ABSTAIN, 1.0)] + rows
+    assert gate.choose_threshold(abstaining, 1 / 6, PHRASES)["threshold"] == 0.0
+    # nothing to calibrate on: never declines
+    assert gate.choose_threshold([r for r in rows if r["gold"]], 0.2, PHRASES)["threshold"] == 0.0
+    assert gate.choose_threshold([], 0.2, PHRASES)["threshold"] == 0.0
+
+
+def test_apply_gates_from_the_generated_answer_every_time():
+    row = _row("rag", "q1", ["61 euros"], "Hi there! 75 euros.", 0.0, "heldout")
+    other = _row("lora", "q1", ["61 euros"], "Hi there! 75 euros.", 0.0, "heldout")
+    gate.apply([row, other], {"rag": [0.5]}, {}, ABSTAIN, PHRASES)
+    assert row["answer"] == ABSTAIN and row["gated"] and row["ungated_answer"] == "Hi there! 75 euros."
+    assert other["answer"] == "Hi there! 75 euros." and "gated" not in other
+    gate.prepare([row], ["rag"], MARKERS)  # a rerun keeps the generated answer, not the abstention
+    assert row["ungated_answer"] == "Hi there! 75 euros."
+    gate.apply([row], {"rag": [0.0]}, {}, ABSTAIN, PHRASES)
+    assert row["answer"] == "Hi there! 75 euros." and not row["gated"]
+
+
+def test_a_fold_never_calibrates_on_its_own_questions():
+    """Fold 0's questions would set a high threshold, fold 1's a low one: each fold gets the other's."""
+    grounded, invented = "Hi there! 61 euros.", "Hi there! 75 euros."
+    fold0 = ([_row("rag", f"f0a{i}", ["61 euros"], grounded, 1.0, "heldout", "f0") for i in range(4)]
+             + [_row("rag", "f0u", None, invented, 0.3, "unanswerable")])
+    fold1 = ([_row("rag", f"f1a{i}", ["61 euros"], grounded, g, "heldout", "f1") for i, g in enumerate([0.0, 0.0, 1, 1])]
+             + [_row("rag", "f1u", None, invented, 0.0, "unanswerable"),
+                _row("rag", "f1s", ["61 euros"], grounded, 0.0, "seen", "f1")])  # not the probe's style: never read
+    fold_of = {r["qid"]: (0 if r["qid"].startswith("f0") else 1) for r in fold0 + fold1}
+    figures = gate.calibrate(fold0 + fold1, [], ["rag"], 2, fold_of, 0.25, PHRASES)["rag"]
+    assert figures["thresholds"] == [0.0, 1.0]
+    assert [f["from_other_folds"] for f in figures["folds"]] == [5, 5]
+    assert [f["from_development_questions"] for f in figures["folds"]] == [0, 0]
+
+
+def test_development_questions_never_hold_a_scored_question():
+    """A set assertion over both shipped profiles: what the gated arms answer to calibrate on holds no probe question
+    of a scored fact and no unanswerable question the run asks."""
+    from ragvsft.config import load_config
+    from ragvsft.probe import question_sets
+    from ragvsft.score import normalize
+    from ragvsft.stages.probe import DEVELOPMENT, development_questions
+
+    repo = Path(__file__).resolve().parents[1]
+    corpus = load_corpus(repo / "corpus")
+    for profile, expected in (("quick", 80 + 35), ("full", 0)):
+        cfg = load_config(repo / "experiments" / f"{profile}.yaml", corpus=str(repo / "corpus"))
+        sample = cfg.sample_of(corpus)
+        development = development_questions(cfg, corpus, sample)
+        assert len(development) == expected, profile
+        asked = {normalize(q.question) for q in question_sets(sample, cfg.probe)}
+        scored = asked | {normalize(q) for f in sample.facts for q in f.probe_questions}
+        scored |= {normalize(u.question) for u in sample.unanswerable}
+        assert not {normalize(q.question) for q in development} & scored, profile
+        assert all(q.set == DEVELOPMENT for q in development)
+        assert not {q.fact_id for q in development} & {f.id for f in sample.facts}
+
+
+def test_a_sampled_run_calibrates_its_gate_on_development_questions_it_never_scores(tmp_path, tiny_lm):
+    """A tiny run that scores 3 of the toy corpus's facts: the gated arms answer the others' probe questions and the
+    unanswerable questions it does not ask, kept in development.jsonl; predictions.jsonl holds none of them, and every
+    gated row keeps what the arm generated."""
+    from conftest import MockEncoder, tiny_config, write_corpus
+    from ragvsft.run import run_experiment
+
+    corpus = write_corpus(tmp_path / "corpus")
+    cfg = tiny_config(corpus, tiny_lm, tmp_path / "run", **{"subset.facts": 3, "subset.unanswerable": 1,
+                                                            "probe.arms": "[rag, lora, raft]", "reader.folds": 1})
+    run_dir = run_experiment(cfg, encoder=MockEncoder())
+    development = [json.loads(line) for line in (run_dir / "development.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert development and {r["arm"] for r in development} == {"rag", "raft"}
+    assert {r["set"] for r in predictions} <= {"heldout", "seen", "unanswerable", "reverse"}
+    scored = {r["fact_id"] for r in predictions if r["fact_id"]}
+    assert not {r["fact_id"] for r in development if r["fact_id"]} & scored
+    assert any(r["gold"] is None for r in development)
+    figures = results["gate"]["arms"]
+    assert set(figures) == {"rag", "raft"} and all(len(v["thresholds"]) == 1 for v in figures.values())
+    assert figures["rag"]["folds"][0]["from_development_questions"] == sum(r["arm"] == "rag" for r in development)
+    for row in predictions:
+        assert ("ungated_answer" in row) == (row["arm"] in figures)
+        if row.get("gated"):
+            assert row["answer"] == load_corpus(corpus).style.abstain_template != row["ungated_answer"]
