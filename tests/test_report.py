@@ -287,3 +287,30 @@ def test_the_unit_choice_finding_names_what_was_shown_and_the_best_other_choice(
     assert "best other choice of units, best two units (55 words), named it for 77% against 64%" in text
     del results["retrieval"]["unit_choices"]
     assert "named the answer" not in " ".join(findings(results))
+
+
+def test_the_verdict_credits_retrieval_when_only_the_reader_taught_to_read_beats_fine_tuning():
+    results = make_results(rag=0.5, lora=0.45)
+    results["arms"]["raft"] = {**results["arms"]["rag"], "heldout": set_figs(0.8)}
+    text = " ".join(findings(results))
+    assert "supplies the facts when the reader is taught to read" in text and "cannot separate" not in text
+    results["arms"]["raft"]["heldout"] = set_figs(0.5)  # no clearer than plain RAG: the verdict stays undecided
+    assert "cannot separate retrieval from fine-tuning" in " ".join(findings(results))
+
+
+def test_the_gate_table_and_finding_read_results_json():
+    results = make_results()
+    point = lambda t, a, u, acc: {"threshold": t, "answerable_declined": a, "unanswerable_declined": u,  # noqa: E731
+                                  "accuracy": acc}
+    results["gate"] = {"max_declined": 0.2, "folds": 1, "fold_facts": [[]], "development_answerable": 80,
+                       "development_unanswerable": 35,
+                       "arms": {"rag": {"thresholds": [0.6], "folds": [{
+                           "threshold": 0.6, "answerable": 80, "unanswerable": 35, "from_development_questions": 115,
+                           "from_other_folds": 0, "table": [point(0.0, 0.0, 0.0, 0.5), point(0.6, 0.175, 0.457, 0.475)]}]}}}
+    results["arms"]["rag"]["unanswerable"]["accuracy"] = 0.6
+    results["arms"]["rag"]["heldout"]["abstention_rate"] = 0.175
+    text = " ".join(findings(results))
+    assert "at most 20% of the answerable ones" in text and "RAG 60% of unanswerable and 18% of answerable" in text
+    markdown = render_markdown(results)
+    assert "## Declines calibrated on development questions" in markdown
+    assert "| RAG | 1 | 0.6 | 80 + 35 unanswerable | 18% | 46% | 48% |" in markdown

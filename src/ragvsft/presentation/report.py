@@ -353,6 +353,12 @@ def _finding_verdict(results: dict) -> list[str]:
     if style_gain and rag_vs_lora > 0:
         return ["Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
                 "supplies the facts."]
+    # The RAFT reader is retrieval with a reader taught to read on other facts: it never trained on a fact it is asked.
+    if style_gain and rag_vs_lora == 0 and _held(results, "raft") and _separation(results, "raft", "lora") > 0:
+        return ["Verdict: this run supports the claim that fine-tuning teaches style and format while retrieval "
+                "supplies the facts when the reader is taught to read: the RAFT reader (retrieval, trained to read on "
+                "other facts) clearly beat fine-tuning on the facts themselves, while plain RAG with the untrained "
+                "reader could not be told apart from it."]
     if style_gain and rag_vs_lora == 0:
         corpus = results["corpus"]
         more = ("a larger probe (experiments/full.yaml) narrows the intervals"

@@ -56,18 +56,18 @@ DEVELOPMENT = "development"  # the set name of the questions a gate is calibrate
 
 def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
-    facts the run does not score (a reproducible sample) and every unanswerable question it does not ask. None of
+    facts the run does not score and as many unanswerable questions it does not ask (reproducible samples). None of
     them is a scored question (a test asserts it over the shipped profiles)."""
     if not cfg.gate.arms:
         return []
-    facts = list(development_facts(corpus, sample))
-    if len(facts) > cfg.gate.development_questions:
-        facts = random.Random(f"{cfg.seed}:gate-development").sample(facts, cfg.gate.development_questions)
     asked = {u.id for u in sample.unanswerable}
-    return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold))
-             for f in sorted(facts, key=lambda f: f.id) if f.probe_questions]
-            + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None)
-               for u in corpus.unanswerable if u.id not in asked])
+    facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
+    unasked = [u for u in corpus.unanswerable if u.id not in asked]
+    rng, n = random.Random(f"{cfg.seed}:gate-development"), cfg.gate.development_questions
+    facts = sorted(rng.sample(facts, n) if len(facts) > n else facts, key=lambda f: f.id)
+    unasked = sorted(rng.sample(unasked, n) if len(unasked) > n else unasked, key=lambda u: u.id)
+    return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold)) for f in facts]
+            + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked])
 
 
 def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer, questions: list,
