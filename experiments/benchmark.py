@@ -125,7 +125,8 @@ def dtype_check() -> dict:
     arms = {arm: {dtype: {"heldout_accuracy": results[dtype]["arms"][arm]["heldout"]["accuracy"],
                           "seconds_per_query": results[dtype]["arms"][arm]["seconds_per_query"]} for dtype in results}
             for arm in results["bfloat16"]["arms"]}
-    return {"answers": len(shared), "same_verdict": same, "arms": arms}
+    retrained = "reader" not in json.loads((out / "manifest.json").read_text()).get("reused_stages", [])
+    return {"answers": len(shared), "same_verdict": same, "arms": arms, "reader_retrained": retrained}
 
 
 def training_speed(epochs: float = 2.0) -> dict:
@@ -310,9 +311,11 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
     if check:
         speedups = [a["float32"]["seconds_per_query"] / a["bfloat16"]["seconds_per_query"] for a in check["arms"].values()]
         gaps = [abs(a["float32"]["heldout_accuracy"] - a["bfloat16"]["heldout_accuracy"]) for a in check["arms"].values()]
+        # A reader that declines by its head is trained again (the head reads states in the generation dtype).
+        reader = ("and the RAFT reader trained again, its answerability head on states in that dtype"
+                  if check.get("reader_retrained", True) else "the same RAFT reader")
         lines += ["", f"bfloat16 against float32 on the quick run (`--dtype-check`: same index and closed-book adapter; "
-                      f"generation in the other dtype, and the RAFT reader trained again, its answerability head on "
-                      f"states in that dtype): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
+                      f"generation in the other dtype, {reader}): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
                       f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
     speed = bench.get("training_speed")
