@@ -86,3 +86,20 @@ def test_the_answerability_head_separates_and_survives_json():
     np.testing.assert_allclose(again.probability(states), chances)
     with pytest.raises(ValueError, match="both kinds"):
         AnswerabilityHead.fit(states, [1] * 200, [1], seed=0)
+
+
+def test_probe_questions_teach_the_probe_style_but_never_the_first_which_the_gate_calibrates_on(toy_corpus, mock_encoder):
+    from dataclasses import replace
+
+    corpus = load_corpus(toy_corpus)
+    facts = [replace(f, probe_questions=(*f.probe_questions, f"Asked once more: {f.probe_questions[0]}"))
+             for f in corpus.facts]
+    index = Index.build(corpus, mock_encoder, size=16, overlap=4)
+    asked = {}
+    for n in (0, 1):
+        cfg = load_config(None, [f"reader.probe_questions={n}", "reader.min_examples=0"]).reader
+        asked[n] = {r["question"] for r in build_reader_set(facts, corpus, index, mock_encoder, 1, cfg, seed=0)}
+    first, second = {f.probe_questions[0] for f in facts}, {f.probe_questions[1] for f in facts}
+    assert not asked[0] & (first | second)
+    # (a question whose retrieved text does not name the answer is dropped, as abstain_share is 0)
+    assert asked[1] - asked[0] and asked[1] - asked[0] <= second and not asked[1] & first

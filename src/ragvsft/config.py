@@ -94,6 +94,7 @@ class ReaderConfig(_Section):
     folds: int | None = Field(ge=1, le=10)
     facts: int | None = Field(ge=1)
     questions_per_fact: int = Field(ge=1)
+    probe_questions: int = Field(ge=0)
     min_examples: int = Field(ge=0)
     min_steps: int = Field(ge=0)
     abstain_share: float = Field(ge=0, lt=1)

@@ -6,7 +6,8 @@ fold i and answers only fold i's questions, so whatever it gains is reading skil
 sampled corpus (the quick profile) one fold is enough: the reader trains on the facts outside the sample. Its
 examples (train questions only; probe and unanswerable questions never enter):
 
-- a train question with the chunks retrieved for it: the styled statement when what is shown names the answer, the
+- a train question (and, with `reader.probe_questions`, probe questions after the first: the probe's own style) with
+  the chunks retrieved for it: the styled statement when what is shown names the answer, the
   styled abstention when retrieval missed (what a careful reader should then say);
 - abstention targets make up `reader.abstain_share` of the set: retrieval misses, topped up with silent contexts (the
   best-ranked chunks that do not name the answer). Too many and the reader learns that declining is safe: its
@@ -112,7 +113,10 @@ def build_reader_set(facts: list[Fact], corpus: Corpus, index: Index, encoder: E
     is built exactly as the probe builds it (`index.contexts`). An example is answerable when what is shown names the
     fact's answer, in whichever document (a value is often stated in several). Abstention targets make up
     `reader.abstain_share` of the set: retrieval misses first, topped up with silent contexts (reproducibly drawn)."""
-    asked = [(f, q) for f in facts for q in f.train_questions[:questions_per_fact(len(facts), cfg)]]
+    # Probe questions of the training facts (never one the reader answers) teach the probe's own question style; the
+    # first is left out, for the decline gate's development questions (gate.py), which must not be trained on.
+    asked = [(f, q) for f in facts for q in (f.train_questions[:questions_per_fact(len(facts), cfg)]
+                                             + f.probe_questions[1:1 + cfg.probe_questions])]
     questions = [q for _, q in asked]
     ranked = _ranked(index, encoder, questions, k)
     shown = contexts([row[:k] for row in ranked], encoder, questions, units, headed)
