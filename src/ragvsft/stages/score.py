@@ -17,6 +17,7 @@ from ..probe import development_facts, evaluate_retrieval, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
+from .probe import development_questions
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
@@ -61,7 +62,7 @@ def unit_choice_figures(cfg: Config, corpus: Corpus, sample: Corpus, index: Inde
 def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
     """What the run's development data holds (facts it does not score, unanswerable questions it does not ask) and
     which stage read it: the embedder (index.tune_development), the RAFT readers (train questions of facts outside
-    their fold) and the unit-choice measurement (nothing is chosen by it)."""
+    their fold), the decline gate's thresholds and the unit-choice measurement (nothing is chosen by it)."""
     development = development_facts(corpus, sample)
     ids = {f.id for f in development}
     reader_set = run.run_dir / "reader_set.jsonl"
@@ -69,11 +70,15 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
     trained = reader_set.is_file() and run.timings.get("reader") is not None
     reader_facts = {r["fact_id"] for r in read_jsonl(reader_set)} if trained else set()
     cfg = run.cfg
+    asked = development_questions(cfg, corpus, sample) if [a for a in cfg.gate.arms if a in cfg.probe.arms] else []
     return {"facts": len(development), "train_questions": sum(len(f.train_questions) for f in development),
             "probe_questions": sum(len(f.probe_questions) for f in development),
             "unanswerable_not_asked": len(corpus.unanswerable) - len(sample.unanswerable),
             "embedder_tuned_on": len(development) if cfg.index.tune_embedder and cfg.index.tune_development else 0,
-            "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development)}
+            "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development),
+            # the gate's development questions (stages/probe.development_questions), answered by the gated arms
+            "gate_calibrated_on": {"facts": sum(q.fact_id is not None for q in asked),
+                                   "unanswerable": sum(q.fact_id is None for q in asked)}}
 
 
 def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict],
