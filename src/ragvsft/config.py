@@ -187,6 +187,11 @@ class Config(_Section):
                              "a seen question is one the model was trained on")
         return self
 
+    @property
+    def gated_arms(self) -> list[str]:
+        """The arms of this run that the decline gate applies to (gate.arms that the probe asks)."""
+        return [arm for arm in self.gate.arms if arm in self.probe.arms]
+
     def sample_of(self, corpus):
         """The run's sample of `corpus` (subset.*, seed); the update experiment always keeps the changed facts."""
         keep = frozenset(u.id for u in corpus.updates) if self.update.enabled else frozenset()

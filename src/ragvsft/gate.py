@@ -53,26 +53,22 @@ def grounding(answer: str, shown: list[str], question: str, markers: list[str]) 
     return round(float(np.mean([w in text for w in content])), 4) if content else 1.0
 
 
-def declined_at(row: dict, threshold: float, abstain_phrases: list[str]) -> bool:
-    """Whether the gated arm declines this row at `threshold`: it abstained itself, or its answer is not grounded."""
-    return (verdict(row["ungated_answer"], row["gold"], abstain_phrases) == ABSTAINED
-            or row["grounding"] < threshold)
-
-
 def choose_threshold(development: list[dict], max_declined: float, abstain_phrases: list[str]) -> dict:
-    """The largest threshold at which at most `max_declined` of the answerable development rows are declined, with the
-    development figures at every threshold; threshold 0 (never declines) when the rows hold no answerable or no
-    unanswerable question to calibrate on."""
-    answerable = [r for r in development if r["gold"]]
-    silent = [r for r in development if not r["gold"]]
+    """The largest threshold at which at most `max_declined` of the answerable development rows are declined (the arm
+    abstained itself, or its answer's grounding is below the threshold), with the development figures at every
+    threshold; threshold 0 (never declines) when the rows hold no answerable or no unanswerable question."""
+    # Each generated answer is judged once: (grounding, the arm abstained itself, right), then every threshold reads it.
+    judged = [(r["grounding"], verdict(r["ungated_answer"], r["gold"], abstain_phrases), r["gold"] is not None)
+              for r in development]
+    answerable = [(g, v) for g, v, has_gold in judged if has_gold]
+    silent = [(g, v) for g, v, has_gold in judged if not has_gold]
+    declined = lambda g, v, t: v == ABSTAINED or g < t  # noqa: E731
     table = []
     for t in THRESHOLDS:
         table.append({"threshold": t,
-                      "answerable_declined": _share([declined_at(r, t, abstain_phrases) for r in answerable]),
-                      "unanswerable_declined": _share([declined_at(r, t, abstain_phrases) for r in silent]),
-                      "accuracy": _share([not declined_at(r, t, abstain_phrases)
-                                          and verdict(r["ungated_answer"], r["gold"], abstain_phrases) == "correct"
-                                          for r in answerable])})
+                      "answerable_declined": _share([declined(g, v, t) for g, v in answerable]),
+                      "unanswerable_declined": _share([declined(g, v, t) for g, v in silent]),
+                      "accuracy": _share([not declined(g, v, t) and v == "correct" for g, v in answerable])})
     usable = [p["threshold"] for p in table if answerable and silent and p["answerable_declined"] <= max_declined]
     return {"threshold": max(usable, default=0.0), "answerable": len(answerable), "unanswerable": len(silent),
             "table": table}

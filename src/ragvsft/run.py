@@ -140,7 +140,7 @@ def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> d
     questions = question_sets(sample, cfg.probe)
     development = probe.development_questions(cfg, corpus, sample)
     for arm in arms:
-        asked = questions + (development if arm in cfg.gate.arms else [])
+        asked = questions + (development if arm in cfg.gated_arms else [])
         keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, asked, index_key, keys["finetune"],
                                              keys["reader"])
     if cfg.update.enabled:

@@ -58,7 +58,7 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
     facts the run does not score and as many unanswerable questions it does not ask (reproducible samples). None of
     them is a scored question (a test asserts it over the shipped profiles)."""
-    if not cfg.gate.arms:
+    if not cfg.gated_arms:
         return []
     asked = {u.id for u in sample.unanswerable}
     facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
@@ -70,6 +70,11 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
             + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked])
 
 
+def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(probe rows, development rows): only the former are scored."""
+    return [r for r in rows if r["set"] != DEVELOPMENT], [r for r in rows if r["set"] == DEVELOPMENT]
+
+
 def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, model, tokenizer, questions: list,
           index_key: str, ft_key: str | None, reader: ReaderPlan | None) -> tuple[list[dict], list[dict]]:
     """predictions.jsonl's rows, arm by arm in the config's order (unscored: scoring reads the current gold), and the
@@ -79,7 +84,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     stored = (read_jsonl(path) if path.is_file() else []) + (read_jsonl(dev_path) if dev_path.is_file() else [])
     by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
     development = development_questions(cfg, corpus, sample)
-    asked = {arm: questions + (development if arm in cfg.gate.arms else []) for arm in cfg.probe.arms}
+    asked = {arm: questions + (development if arm in cfg.gated_arms else []) for arm in cfg.probe.arms}
     keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key)
             for arm in cfg.probe.arms}
     todo = [arm for arm in cfg.probe.arms
@@ -112,9 +117,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
             by_arm[arm] = run_probe(models, tokenizer, sample, asked[arm], retrieved,
                                     cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.log, folds)
             # Written after every arm, so a stopped probe keeps the arms it finished.
-            rows = [r for a in cfg.probe.arms for r in by_arm[a]]
-            atomic_write_jsonl(dev_path, [r for r in rows if r["set"] == DEVELOPMENT])
-            atomic_write_jsonl(path, [r for r in rows if r["set"] != DEVELOPMENT])
+            probed, developed = _split([r for a in cfg.probe.arms for r in by_arm[a]])
+            atomic_write_jsonl(dev_path, developed)
+            atomic_write_jsonl(path, probed)
 
         if arm in todo:  # an arm whose rows are missing is asked again whatever its record says
             run.compute(f"probe/{arm}", keys[arm], None, ask)
@@ -123,5 +128,4 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     run.reused_arms = [arm for arm in cfg.probe.arms if arm not in todo]
     if not todo:
         run.reused.append("probe")
-    rows = [r for a in cfg.probe.arms for r in by_arm[a]]
-    return [r for r in rows if r["set"] != DEVELOPMENT], [r for r in rows if r["set"] == DEVELOPMENT]
+    return _split([r for a in cfg.probe.arms for r in by_arm[a]])

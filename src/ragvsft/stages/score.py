@@ -17,7 +17,6 @@ from ..probe import development_facts, evaluate_retrieval, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
-from .probe import development_questions
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
@@ -59,7 +58,7 @@ def unit_choice_figures(cfg: Config, corpus: Corpus, sample: Corpus, index: Inde
     return figures
 
 
-def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
+def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | None) -> dict:
     """What the run's development data holds (facts it does not score, unanswerable questions it does not ask) and
     which stage read it: the embedder (index.tune_development), the RAFT readers (train questions of facts outside
     their fold), the decline gate's thresholds and the unit-choice measurement (nothing is chosen by it)."""
@@ -70,22 +69,21 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus) -> dict:
     trained = reader_set.is_file() and run.timings.get("reader") is not None
     reader_facts = {r["fact_id"] for r in read_jsonl(reader_set)} if trained else set()
     cfg = run.cfg
-    asked = development_questions(cfg, corpus, sample) if [a for a in cfg.gate.arms if a in cfg.probe.arms] else []
     return {"facts": len(development), "train_questions": sum(len(f.train_questions) for f in development),
             "probe_questions": sum(len(f.probe_questions) for f in development),
             "unanswerable_not_asked": len(corpus.unanswerable) - len(sample.unanswerable),
             "embedder_tuned_on": len(development) if cfg.index.tune_embedder and cfg.index.tune_development else 0,
             "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development),
             # the gate's development questions (stages/probe.development_questions), answered by the gated arms
-            "gate_calibrated_on": {"facts": sum(q.fact_id is not None for q in asked),
-                                   "unanswerable": sum(q.fact_id is None for q in asked)}}
+            "gate_calibrated_on": {"facts": gated["development_answerable"] if gated else 0,
+                                   "unanswerable": gated["development_unanswerable"] if gated else 0}}
 
 
 def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict],
                  development: list[dict]) -> dict | None:
     """Calibrate the gated arms' thresholds on development questions, per cross-fitted fold (the reader's folds, for
     every arm alike), and gate their answers in place (gate.py); results.json `gate`."""
-    arms = [arm for arm in cfg.gate.arms if arm in cfg.probe.arms]
+    arms = cfg.gated_arms
     if not arms:
         return None
     folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
@@ -112,7 +110,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
         if gated:
             run.log("score: decline thresholds per fold, chosen on development questions: " + ", ".join(
                 f"{arm} {v['thresholds']}" for arm, v in gated["arms"].items()))
-        score_rows(predictions, questions, sample)
+            score_rows(predictions, questions, sample)  # the verdicts of the gated answers
         gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
         split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
         missing = sorted(fact for fact, g in gold.items() if not g.ids)
@@ -145,7 +143,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
             "comparisons": comparisons(predictions, cfg.seed, cfg.probe.bootstrap_resamples),
             "risk_coverage": curves,
             "retrieval": retrieval,
-            "development": development_record(run, corpus, sample),
+            "development": development_record(run, corpus, sample, gated),
             "gate": gated,
             "training": {k: v for k, v in training.items() if k != "curve"} if training else None,
             "curves": training.get("curve", []) if training else [],
