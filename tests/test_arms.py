@@ -1,8 +1,9 @@
 """Arms: what each arm shows the model, and batched generation that matches one-at-a-time generation."""
 
 import pytest
+import torch
 
-from ragvsft.arms import build_messages, fewshot_pairs, generate
+from ragvsft.arms import PREFIX_MIN_TOKENS, build_messages, fewshot_pairs, generate, prompt_ids, shared_prefix
 from ragvsft.corpus import load_corpus
 from ragvsft.models import load_lm
 
@@ -41,6 +42,33 @@ def test_batched_generation_equals_single(tiny_lm, toy_corpus):
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
     assert all(0 <= g.generated_tokens <= 5 and g.seconds > 0 for g in batched)
     assert batched[1].prompt_tokens > batched[0].prompt_tokens
+
+
+def test_a_shared_prompt_prefix_computed_once_gives_the_same_answers(tiny_lm, toy_corpus):
+    """The system prompt's cache, computed once and copied into each batch, gives the tokens and scores of
+    generating every prompt whole; uneven batches put padding between the prefix and each prompt's own tokens."""
+    model, tokenizer = load_lm(str(tiny_lm))
+    torch.manual_seed(0)
+    for weight in model.parameters():  # larger weights than the initialiser's: answers that depend on every input token
+        weight.data.normal_(0, 0.5)
+    corpus = load_corpus(toy_corpus)
+    questions = ["Hi", "What is the payload of the Widget W9 today?", "Who?", "Where is the Gizmo G2 made, and when?",
+                 "Why?"]
+    conversations = [build_messages("prompt", q, corpus) for q in questions]
+    assert shared_prefix(prompt_ids(model, tokenizer, conversations, 8)) >= PREFIX_MIN_TOKENS  # the reuse is taken
+    reused = generate(model, tokenizer, conversations, max_new_tokens=8, batch_size=3)
+    whole = generate(model, tokenizer, conversations, max_new_tokens=8, batch_size=3, reuse_prefix=False)
+    assert [(g.answer, g.prompt_tokens, g.generated_tokens) for g in reused] == \
+        [(g.answer, g.prompt_tokens, g.generated_tokens) for g in whole]
+    assert [g.logprob for g in reused] == pytest.approx([g.logprob for g in whole], abs=1e-3)
+    assert len({g.answer for g in whole}) == len(questions)  # every answer depends on its own tokens
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix([[7, 1], [8, 1]]) == 0
+    assert shared_prefix([[1, 2, 3]]) == 0
 
 
 def test_fewshot_examples_never_name_the_asked_answer_on_the_shipped_corpus():

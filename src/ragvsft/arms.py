@@ -8,6 +8,7 @@ one, SmolLM2's chat template inserts its own ~20-token default system prompt int
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 import warnings
@@ -179,11 +180,33 @@ class _StepLogprob(LogitsProcessor):
         return round(float(torch.stack([step[row] for step in self.steps[:tokens]]).mean()), 4)
 
 
+PREFIX_MIN_TOKENS = 16  # a shorter shared prefix saves less than it costs to compute and copy its cache
+
+
+def shared_prefix(ids: list[list[int]]) -> int:
+    """How many leading tokens all prompts share (the system prompt and the template's opening), leaving each prompt
+    at least one token of its own to start generation from."""
+    if len(ids) < 2:
+        return 0
+    first, length = ids[0], min(len(x) for x in ids) - 1
+    for other in ids[1:]:
+        length = next((n for n in range(length) if other[n] != first[n]), length)
+    return length
+
+
+def _reusable_cache(model) -> bool:
+    # A configured cache (static, offloaded) is built by generate itself and cannot start from one computed here.
+    return getattr(getattr(model, "generation_config", None), "cache_implementation", None) is None
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
-             progress: Progress | None = None) -> list[Generation]:
+             progress: Progress | None = None, reuse_prefix: bool = True) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
     length so little compute goes to padding. `progress` is called after each batch and, during a long one, every
     HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
+    With `reuse_prefix`, the tokens every prompt begins with (an arm's system prompt) are computed once and their
+    key/value cache is copied into each batch: a batch is [shared prefix][padding][each prompt's own tokens], its
+    positions counted over the unpadded tokens, so every prompt is computed as without the reuse.
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
     ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
     lengths = [len(x) for x in ids]
@@ -194,12 +217,27 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     dropped = set(stop_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
     stops = stop_strings(tokenizer)
     strings = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
+    shared = shared_prefix(ids) if reuse_prefix and _reusable_cache(model) else 0
+    prefix, prefix_cache = None, None
+    if shared >= PREFIX_MIN_TOKENS:
+        prefix = torch.tensor([ids[0][:shared]], device=model.device)
+        with torch.inference_mode():
+            prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
     size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
     for start in range(0, len(order), size):
         batch = order[start:start + size]
-        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device)
         began = time.perf_counter()
+        if prefix_cache is None:
+            encoded = dict(tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device))
+        else:
+            own = tokenizer.pad({"input_ids": [ids[i][shared:] for i in batch]}, return_tensors="pt").to(model.device)
+            cache = copy.deepcopy(prefix_cache)  # generate appends to the cache it is given
+            cache.batch_repeat_interleave(len(batch))
+            encoded = {"input_ids": torch.cat([prefix.expand(len(batch), -1), own["input_ids"]], dim=1),
+                       "attention_mask": torch.cat([torch.ones_like(prefix).expand(len(batch), -1),
+                                                    own["attention_mask"]], dim=1),
+                       "past_key_values": cache}
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
         beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])
         scored = _StepLogprob()
