@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ragvsft.arms import PREFIX_MIN_TOKENS, build_messages, fewshot_pairs, generate, prompt_ids, shared_prefix
+from ragvsft.arms import PREFIX_MIN_TOKENS, batches, build_messages, fewshot_pairs, generate, prompt_ids, shared_prefix
 from ragvsft.corpus import load_corpus
 from ragvsft.models import load_lm
 
@@ -62,6 +62,21 @@ def test_a_shared_prompt_prefix_computed_once_gives_the_same_answers(tiny_lm, to
         [(g.answer, g.prompt_tokens, g.generated_tokens) for g in whole]
     assert [g.logprob for g in reused] == pytest.approx([g.logprob for g in whole], abs=1e-3)
     assert len({g.answer for g in whole}) == len(questions)  # every answer depends on its own tokens
+
+
+def test_batches_hold_similar_lengths_within_both_limits_evened_out():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10]
+    by_count = batches(lengths, batch_size=4)
+    assert [len(b) for b in by_count] == [4, 3, 3]
+    assert sorted(i for b in by_count for i in b) == list(range(10))
+    assert [lengths[i] for b in by_count for i in b] == sorted(lengths)  # similar lengths batched together
+    # 20 tokens hold lengths 1-4, 5-6, 7-8, 9-10 (a batch is as long as its longest prompt): 4 batches, evened out
+    assert [[lengths[i] for i in b] for b in batches(lengths, batch_size=10, batch_tokens=20)] == \
+        [[1, 2, 3], [4, 5, 6], [7, 8], [9, 10]]
+    assert len(batches(lengths, batch_size=10, batch_tokens=30)) == 3  # 1-5, 6-8, 9-10
+    assert batches(lengths, batch_size=10) == [sorted(range(10), key=lambda i: lengths[i])]
+    assert [len(b) for b in batches([3] * 98, batch_size=48)] == [33, 33, 32]
+    assert batches([], batch_size=4) == []
 
 
 def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():

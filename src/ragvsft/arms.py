@@ -199,10 +199,26 @@ def _reusable_cache(model) -> bool:
     return getattr(getattr(model, "generation_config", None), "cache_implementation", None) is None
 
 
+def batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+    """Prompt indices in batches: prompts of similar length together (little compute goes to padding), as few batches
+    as hold at most `batch_size` prompts and about `batch_tokens` padded prompt tokens each, evened out (98 prompts
+    at 48: 33+33+32, not 48+48+2: a nearly empty last batch costs a full decoding loop)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    count, filled = 0, 0
+    for i in order:  # ascending: the prompt added is the batch's longest
+        if filled and (filled == batch_size or (batch_tokens and (filled + 1) * lengths[i] > batch_tokens)):
+            count, filled = count + 1, 0
+        filled += 1
+    count += 1 if filled else 0
+    sizes = [len(order) // count + (n < len(order) % count) for n in range(count)]
+    return [order[sum(sizes[:n]):sum(sizes[:n + 1])] for n in range(count)]
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
-             progress: Progress | None = None, reuse_prefix: bool = True) -> list[Generation]:
-    """Greedy answers for many conversations, batched with left padding; batches are formed from prompts of similar
-    length so little compute goes to padding. `progress` is called after each batch and, during a long one, every
+             progress: Progress | None = None, reuse_prefix: bool = True,
+             batch_tokens: int | None = None) -> list[Generation]:
+    """Greedy answers for many conversations, batched with left padding (`batches`: at most `batch_size` prompts and
+    about `batch_tokens` prompt tokens each). `progress` is called after each batch and, during a long one, every
     HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
     With `reuse_prefix`, the tokens every prompt begins with (an arm's system prompt) are computed once and their
     key/value cache is copied into each batch: a batch is [shared prefix][padding][each prompt's own tokens], its
@@ -210,7 +226,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
     ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
     lengths = [len(x) for x in ids]
-    order = sorted(range(len(ids)), key=lambda i: lengths[i])
     results: list[Generation | None] = [None] * len(ids)
     # The model's own end-of-sequence and end-of-turn tokens (chat.stop_ids); padding is never part of an answer.
     stop_ids = model_stop_ids(model, tokenizer)
@@ -223,10 +238,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         prefix = torch.tensor([ids[0][:shared]], device=model.device)
         with torch.inference_mode():
             prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
-    # Equal batches (98 questions at 48: 33+33+32, not 48+48+2): a nearly empty last batch costs a full decode loop.
-    size = -(-len(order) // max(1, -(-len(order) // batch_size))) if order else batch_size
-    for start in range(0, len(order), size):
-        batch = order[start:start + size]
+    done = 0
+    for batch in batches(lengths, batch_size, batch_tokens):
         began = time.perf_counter()
         if prefix_cache is None:
             encoded = dict(tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device))
@@ -239,7 +252,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
                                                     own["attention_mask"]], dim=1),
                        "past_key_values": cache}
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
-        beats = StoppingCriteriaList([_Heartbeat(lambda done=start: progress(done, len(order)))] if progress else [])
+        beats = StoppingCriteriaList([_Heartbeat(lambda before=done: progress(before, len(ids)))] if progress else [])
         scored = _StepLogprob()
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -254,8 +267,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             answer_steps = next((n for n, t in enumerate(tokens) if t in dropped), len(tokens))
             results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
                                     lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps))
+        done += len(batch)
         if progress:
-            progress(min(start + size, len(order)), len(order))
+            progress(done, len(ids))
     return results  # type: ignore[return-value]
 
 

@@ -117,6 +117,7 @@ class ProbeConfig(_Section):
     fewshot_k: int = Field(ge=0)
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    batch_tokens: int = Field(ge=1)
     bootstrap_resamples: int = Field(ge=100)
 
 

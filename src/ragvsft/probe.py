@@ -110,14 +110,15 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
             progress: Progress | None = None):
     """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers)."""
     if route is None:
-        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size, progress)
+        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size, progress,
+                        batch_tokens=cfg.batch_tokens)
     out: list = [None] * len(conversations)
     done = 0
     for fold in sorted(set(route)):
         mine = [i for i, r in enumerate(route) if r == fold]
         step = (lambda d, _, before=done: progress(before + d, len(conversations))) if progress else None
         for i, g in zip(mine, generate(model[fold], tokenizer, [conversations[i] for i in mine], cfg.max_new_tokens,
-                                       cfg.batch_size, step)):
+                                       cfg.batch_size, step, batch_tokens=cfg.batch_tokens)):
             out[i] = g
         done += len(mine)
     return out

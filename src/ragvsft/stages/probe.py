@@ -36,7 +36,8 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     inputs = {"arm": arm, "rows": ROWS_VERSION, "lm": lm_hash, "dtype": cfg.models.dtype,
               **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
               "questions": [[q.set, q.qid, q.question] for q in questions],
-              "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size}
+              "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size,
+              "batch_tokens": cfg.probe.batch_tokens}
     if ARMS[arm].system_prompt:
         inputs["system_prompt"] = sample.style.system_prompt
     if ARMS[arm].examples:

@@ -143,7 +143,8 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                 reader = merged_model(model, tmp / f"fold-{i}", torch_dtype(cfg.models.dtype), cfg.models.device)
                 asked = [reader_messages(q, chunks) for q, chunks in silent[i]]
                 answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size,
-                                   progress_line(run.log, "reader: silent contexts"))
+                                   progress_line(run.log, "reader: silent contexts"),
+                                   batch_tokens=cfg.probe.batch_tokens)
                 chances = [None] * len(answers)
                 if by_head:
                     head, figures["head"] = _fit_head(run, reader, tokenizer, plan[i][1], index, encoder, tmp / f"fold-{i}")
