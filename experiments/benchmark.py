@@ -294,7 +294,8 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
               for p in bench["profiles"].values()]
     floors = [(p, perf) for p, perf in floors if perf and perf.get("peak_gflops")]
     if floors:
-        lines += ["", "The compute floor (results.json `performance`): per stage the tokens through the model, the work "
+        lines += ["", "The compute floor (results.json `performance`): per stage the tokens through the model (the probe's "
+                      "prompt tokens less those each arm's shared prefix reused from its cache), the work "
                       "at 2 × parameters per forward token and 6 × per trained token, and the share of the matmul peak "
                       "measured at start-up for the precision used (`precision.py`) that the stage achieved. The work is an "
                       "upper estimate for training: LoRA from a first layer (`first_lora_layer`) stops the backward pass "

@@ -62,6 +62,9 @@ def test_a_shared_prompt_prefix_computed_once_gives_the_same_answers(tiny_lm, to
         [(g.answer, g.prompt_tokens, g.generated_tokens) for g in whole]
     assert [g.logprob for g in reused] == pytest.approx([g.logprob for g in whole], abs=1e-3)
     assert len({g.answer for g in whole}) == len(questions)  # every answer depends on its own tokens
+    shared = shared_prefix(prompt_ids(model, tokenizer, conversations, 8))
+    assert [g.reused_tokens for g in reused] == [0] + [shared] * (len(questions) - 1)
+    assert all(g.reused_tokens == 0 for g in whole)
 
 
 def test_batches_hold_similar_lengths_within_both_limits_evened_out():

@@ -661,9 +661,13 @@ def test_the_learning_curve_draws_its_facts_across_the_sample(tmp_path):
 def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
     _, out = tiny_run
     results = json.loads((out / "results.json").read_text())
-    perf, rows = results["performance"], read_jsonl(out / "predictions.jsonl")
+    perf = results["performance"]
+    rows = read_jsonl(out / "predictions.jsonl") + (read_jsonl(out / "development.jsonl")
+                                                    if (out / "development.jsonl").exists() else [])
     probe = perf["stages"]["probe"]
-    assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows)
+    reused = sum(r["reused_tokens"] for r in rows)
+    assert 0 < reused < sum(r["prompt_tokens"] for r in rows)  # the arms' shared system prompt, computed once each
+    assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) - reused
     assert probe["gflop"] == round(2 * perf["parameters"] * probe["forward_tokens"] / 1e9, 1)
     trained = perf["stages"]["finetune (training)"]
     assert trained["trained_tokens"] == results["training"]["tokens"] > 0

@@ -93,6 +93,10 @@ class Generation:
     # The answer's mean log-probability per token as greedy decoding scored it (the chosen token is the most likely
     # one): the confidence that risk-coverage ranks answers by (score.risk_coverage). None for an empty answer.
     logprob: float | None = None
+    # Prompt tokens taken from the shared prefix's cache instead of computed (generate's `reuse_prefix`): the prefix
+    # is computed once per call, counted for the call's first prompt, so over a call these add up to the tokens not
+    # computed.
+    reused_tokens: int = 0
 
 
 def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
@@ -266,7 +270,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             # the answer's steps: up to its first stop or padding token (a row that ended waits in padding)
             answer_steps = next((n for n, t in enumerate(tokens) if t in dropped), len(tokens))
             results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
-                                    lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps))
+                                    lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps),
+                                    shared if prefix_cache is not None and i else 0)
         done += len(batch)
         if progress:
             progress(done, len(ids))

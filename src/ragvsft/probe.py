@@ -188,7 +188,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
                 "retrieved": list(retrieved[q.qid].chunks) if arm in RAG_ARMS else [],
                 "shown": [list(unit) for unit in retrieved[q.qid].shown] if arm in RAG_ARMS else [],
                 "answer": corpus.style.abstain_template if declined else g.answer, "prompt_tokens": g.prompt_tokens,
-                "generated_tokens": g.generated_tokens, "seconds": round(g.seconds, 4), "logprob": g.logprob,
+                "generated_tokens": g.generated_tokens, "reused_tokens": g.reused_tokens, "seconds": round(g.seconds, 4),
+                "logprob": g.logprob,
                 **({"reader_fold": route[i]} if route else {}),
                 **({"answerable": round(chances[i], 4), "reader_answer": g.answer} if chances is not None else {}),
             })
