@@ -187,8 +187,10 @@ def tiny_run_dir(tiny_run) -> Path:
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
     """One small run with the real SmolLM2 and MiniLM: 6 facts, 2 unanswerable questions, trained long enough to
-    learn its 24 examples, a RAFT reader on 2 questions of 16 other facts for 8 steps, a gate calibrated on 8 development
-    questions of each kind (the quick profile's settings otherwise). Sized for the suite's time: 8 facts and 24 reader facts took 400 s on 2 cores."""
+    learn its 24 examples, a RAFT reader on 2 questions of 16 other facts for 10 steps of 8 (house style 0.93 on a
+    2-core AMD EPYC without AVX-512, reader 72 s against 92 for 8 steps of 16; 4 steps of 16 gave 0.14), a gate
+    calibrated on 8 development questions of each kind (the quick profile's settings otherwise). Sized for the suite's
+    time: 8 facts and 24 reader facts took 400 s on 2 cores."""
     from ragvsft.config import load_config
     from ragvsft.run import run_experiment
 
@@ -197,7 +199,8 @@ def real_run(tmp_path_factory) -> Path:
     cfg = load_config(REPO / "experiments" / "quick.yaml",
                       ["subset.facts=6", "subset.unanswerable=2", "finetune.epochs=7", "finetune.batch_size=8", "finetune.min_steps=0",
                        "finetune.curve_points=2", "finetune.curve_questions=2", "probe.bootstrap_resamples=200",
-                       "reader.facts=16", "reader.questions_per_fact=2", "reader.min_examples=0", "reader.min_steps=8",
+                       "reader.facts=16", "reader.questions_per_fact=2", "reader.min_examples=0", "reader.min_steps=10",
+                       "reader.batch_size=8",
                        "gate.development_questions=8"],
                       corpus=str(corpus), out=str(out))
     run_experiment(cfg)

@@ -47,7 +47,7 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     development = results["development"]
     assert development["facts"] == results["corpus"]["facts_in_corpus"] - 6
     assert development["reader_trained_on"] == len(trained) and development["embedder_tuned_on"] == 0
-    assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # measured 1.0 after 8 steps (0.14 after 4)
+    assert arms["raft"]["style_adherence"] > 0.2 > arms["rag"]["style_adherence"]  # 0.93 after 10 steps of 8 (0.14 after 4 of 16)
 
 
 def test_the_saved_index_is_what_the_run_encoder_builds(real_run):
