@@ -237,6 +237,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     stops = stop_strings(tokenizer)
     strings = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
     shared = shared_prefix(ids) if reuse_prefix and _reusable_cache(model) else 0
+    began = time.perf_counter()  # the first batch's clock includes computing the shared prefix: its queries' seconds
     prefix, prefix_cache = None, None
     if shared >= PREFIX_MIN_TOKENS:
         prefix = torch.tensor([ids[0][:shared]], device=model.device)
@@ -244,7 +245,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     done = 0
     for batch in batches(lengths, batch_size, batch_tokens):
-        began = time.perf_counter()
         if prefix_cache is None:
             encoded = dict(tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device))
         else:
@@ -275,6 +275,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         done += len(batch)
         if progress:
             progress(done, len(ids))
+        began = time.perf_counter()
     return results  # type: ignore[return-value]
 
 
