@@ -4,6 +4,7 @@
     .venv/bin/python experiments/benchmark.py --profile quick --readme
     .venv/bin/python experiments/benchmark.py --readme                 # only rewrite README.md from runs/benchmark.json
     .venv/bin/python experiments/benchmark.py --dtype-check --readme  # bfloat16 against float32 on the quick run
+    .venv/bin/python experiments/benchmark.py --adapters --readme     # merged against named adapters on the quick run
     .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from ragvsft.precision import cpu_name, matmul_rate  # noqa: E402
 from ragvsft.files import atomic_write_json, atomic_write_text  # noqa: E402
+from ragvsft.catalogue import model_of  # noqa: E402
 from ragvsft.claims import evaluate_claims  # noqa: E402
 from ragvsft.config import load_config  # noqa: E402
 from ragvsft.presentation.report import cell, findings, markdown_table, update_rows  # noqa: E402
@@ -101,32 +103,49 @@ def cpu_label(results: dict) -> str:
 def run_sweep_file(name: str) -> dict:
     """`ragvsft sweep experiments/<name>.yaml` from scratch in runs/bench-<name>, timed."""
     out, seconds, _ = timed_command("sweep", name)
+    runs = sorted(p.parent for p in out.glob("*/manifest.json"))
     return {"command": "ragvsft " + " ".join(profile_command("sweep", name)), "wall_seconds": round(seconds, 1),
-            "run_dir": str(out.relative_to(REPO))}
+            "run_dir": str(out.relative_to(REPO)),
+            "cpu": cpu_label(json.loads((runs[0] / "results.json").read_text())) if runs else "not recorded",
+            "run_seconds": {r.name: json.loads((r / "manifest.json").read_text())["seconds"] for r in runs}}
 
 
-def dtype_check() -> dict:
-    """Re-run the quick profile's probe in float32 on a copy of its bfloat16 run folder (index and adapter are
-    shared, so only the generation dtype differs) and compare verdicts, accuracies and speed."""
-    source, out = REPO / "runs" / "bench-quick", REPO / "runs" / "bench-quick-fp32"
+def rerun_check(folder: str, setting: str, labels: tuple[str, str]) -> dict:
+    """Re-run the quick profile on a copy of its run folder with one `--set` changed: what the setting does not
+    change is reused by the stage keys, the rest is computed again; verdicts, accuracies and speed compared, under
+    `labels` (the benchmark run's, the rerun's)."""
+    source, out = REPO / "runs" / "bench-quick", REPO / "runs" / folder
     if not (source / "results.json").is_file():
         sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
     if not out.exists():
         shutil.copytree(source, out)
     command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
-               "--set", "models.dtype=float32"]
+               "--set", setting]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    rows = {}
-    for name, folder in (("bfloat16", source), ("float32", out)):
-        rows[name] = {(r["arm"], r["qid"]): r for r in map(json.loads, (folder / "predictions.jsonl").read_text().splitlines())}
-    shared = rows["bfloat16"].keys() & rows["float32"].keys()
-    same = sum(rows["bfloat16"][k]["verdict"] == rows["float32"][k]["verdict"] for k in shared)
-    results = {name: json.loads((folder / "results.json").read_text()) for name, folder in (("bfloat16", source), ("float32", out))}
-    arms = {arm: {dtype: {"heldout_accuracy": results[dtype]["arms"][arm]["heldout"]["accuracy"],
-                          "seconds_per_query": results[dtype]["arms"][arm]["seconds_per_query"]} for dtype in results}
-            for arm in results["bfloat16"]["arms"]}
+    folders = dict(zip(labels, (source, out)))
+    rows = {name: {(r["arm"], r["qid"]): r for r in map(json.loads, (f / "predictions.jsonl").read_text().splitlines())}
+            for name, f in folders.items()}
+    shared = rows[labels[0]].keys() & rows[labels[1]].keys()
+    same = sum(rows[labels[0]][k]["verdict"] == rows[labels[1]][k]["verdict"] for k in shared)
+    results = {name: json.loads((f / "results.json").read_text()) for name, f in folders.items()}
+    arms = {arm: {name: {"heldout_accuracy": results[name]["arms"][arm]["heldout"]["accuracy"],
+                         "seconds_per_query": results[name]["arms"][arm]["seconds_per_query"]} for name in results}
+            for arm in results[labels[0]]["arms"]}
     retrained = "reader" not in json.loads((out / "manifest.json").read_text()).get("reused_stages", [])
-    return {"answers": len(shared), "same_verdict": same, "arms": arms, "reader_retrained": retrained}
+    return {"answers": len(shared), "same_verdict": same, "arms": arms, "reader_retrained": retrained,
+            "setting": setting}
+
+
+def dtype_check() -> dict:
+    """The quick profile's probe again in float32 on a copy of its bfloat16 run folder (index and adapter are
+    shared, so only the generation dtype differs)."""
+    return rerun_check("bench-quick-fp32", "models.dtype=float32", ("bfloat16", "float32"))
+
+
+def adapters_check() -> dict:
+    """The quick profile's probe again with the adapters loaded by name onto one shared base instead of merged into a
+    copy each (models.adapters): the CPU path is the faster of the two, measured here."""
+    return rerun_check("bench-quick-named", "models.adapters=named", ("merged", "named"))
 
 
 def training_speed(epochs: float = 2.0) -> dict:
@@ -319,6 +338,16 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                       f"generation in the other dtype, {reader}): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
                       f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
+    check = bench.get("adapters_check")
+    if check:
+        arms = {a: f for a, f in check["arms"].items() if model_of(a) != "base"}  # arms on the base hold no adapter
+        slower = [f["named"]["seconds_per_query"] / f["merged"]["seconds_per_query"] for f in arms.values()]
+        gaps = [abs(f["named"]["heldout_accuracy"] - f["merged"]["heldout_accuracy"]) for f in arms.values()]
+        lines += ["", f"Adapters merged into a copy of the base each, against loaded by name onto one shared base "
+                      f"(`--adapters`, the quick run's probe with `models.adapters=named`): the same verdict on "
+                      f"{check['same_verdict']} of {check['answers']} answers, held-out accuracy per arm at most "
+                      f"{100 * max(gaps):.1f} points apart; the arms with an adapter took {min(slower):.1f}–"
+                      f"{max(slower):.1f}× the seconds per query named, so `auto` merges on the CPU."]
     speed = bench.get("training_speed")
     if speed:
         lines += ["", f"LoRA training speed on the quick profile's {speed['examples']} examples ({speed['epochs']:g} epochs, "
@@ -401,9 +430,10 @@ def sweep_block(bench: dict, name: str) -> list[str]:
     """One sweep's comparison.md as its run wrote it, with the command, wall time and CPU."""
     sweep = bench["sweeps"][name]
     table = (REPO / sweep["run_dir"] / "comparison.md").read_text(encoding="utf-8").strip()
+    runs = "; ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in (sweep.get("run_seconds") or {}).items())
     return [f"`{sweep['command']}` ({sweep['wall_seconds'] / 60:.1f} min on {bench['machine']['cpus']} cores, "
-            f"{bench['machine']['cpu']}, {bench['date']}; `{sweep['run_dir']}/comparison.md`, also as .csv, .tex and "
-            ".png):", "", table, ""]
+            f"{sweep.get('cpu') or bench['machine']['cpu']}, {bench['date']}{': ' + runs if runs else ''}; "
+            f"`{sweep['run_dir']}/comparison.md`, also as .csv, .tex and .png):", "", table, ""]
 
 
 def sweeps_section(bench: dict, names: list[str]) -> str:
@@ -423,6 +453,7 @@ def main() -> None:
     parser.add_argument("--section", default="", help="a machine's own section: runs/benchmark-NAME.json and README "
                         "markers <!-- benchmark-NAME:start/end --> (e.g. noamx), beside the main one")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
+    parser.add_argument("--adapters", action="store_true", help="merged adapters against named ones on the quick run")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
@@ -450,7 +481,7 @@ def main() -> None:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
-    others = [args.dtype_check, args.training, args.sweep, args.context, args.reader_sweep]
+    others = [args.dtype_check, args.adapters, args.training, args.sweep, args.context, args.reader_sweep]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)
@@ -459,6 +490,9 @@ def main() -> None:
     if args.dtype_check:
         print("comparing bfloat16 with float32 on the quick run ...", flush=True)
         bench["dtype_check"] = dtype_check()
+    if args.adapters:
+        print("comparing named adapters with merged ones on the quick run ...", flush=True)
+        bench["adapters_check"] = adapters_check()
     command = " ".join([".venv/bin/python experiments/benchmark.py", *(a for a in sys.argv[1:] if a != "--readme")])
     if profiles or any(others) or args.sweeps:  # this command measured something: it is named beside its figures
         bench["commands"] = [c for c in bench.get("commands", []) if c != command] + [command]

@@ -223,3 +223,49 @@ def test_the_adapter_loads_elsewhere_and_the_sets_read_as_trl_prompt_completion(
             assert exported["prompt"] == build(row) and exported["completion"][0]["content"] == row["answer"]
             text = render(tokenizer, exported["prompt"]) + training_answer(tokenizer, exported["completion"][0]["content"])
             assert tokenizer(text, add_special_tokens=False)["input_ids"][:512] == encode_example(row, tokenizer, 512)["input_ids"]
+
+
+def _random_adapter(model, folder, seed: int) -> None:
+    """A LoRA adapter with random (non-zero) weights on every attention projection, saved to `folder`."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(copy.deepcopy(model), config).save_pretrained(str(folder))
+
+
+def test_named_adapters_on_one_base_answer_as_the_merged_copies(tmp_path, tiny_lm):
+    """models.adapters: every adapter loaded by name onto one shared base gives the tokens and hidden states of
+    merging it into its own copy, whichever adapter was used last; the base view has every adapter disabled."""
+    from conftest import FACTS
+    from ragvsft.arms import generate, prompt_states
+    from ragvsft.finetune import arm_models
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    for name, seed in (("closed", 1), ("fold-0", 2), ("fold-1", 3)):
+        _random_adapter(model, tmp_path / name, seed)
+    adapters = {"closed_book": tmp_path / "closed", "reader": [tmp_path / "fold-0", tmp_path / "fold-1"]}
+    merged = arm_models(model, adapters, torch.float32, "cpu", "merged")
+    named = arm_models(model, adapters, torch.float32, "cpu", "named")
+    assert named["base"]._shared is named["closed_book"]._shared is named["reader"][1]._shared  # one base
+    asked = [[{"role": "user", "content": q}] for f in FACTS for q in f["train_questions"]][:4]
+    pairs = [(merged["base"], named["base"]), (merged["closed_book"], named["closed_book"]),
+             (merged["reader"][0], named["reader"][0]), (merged["reader"][1], named["reader"][1])]
+    answers = []
+    for one, other in pairs + pairs[::-1]:  # switching back and forth between adapters
+        expected = [g.answer for g in generate(one, tokenizer, asked, 8, 4)]
+        assert [g.answer for g in generate(other, tokenizer, asked, 8, 4)] == expected
+        assert prompt_states(other, tokenizer, asked, [1, 2], 4) == pytest.approx(
+            prompt_states(one, tokenizer, asked, [1, 2], 4), abs=1e-4)
+        answers.append(expected)
+    assert len({tuple(a) for a in answers[:4]}) > 1  # the adapters do change the answers
+
+
+@pytest.mark.parametrize("device,expected", [("cpu", "merged"), ("cuda", "named"), ("mps", "named")])
+def test_auto_merges_on_the_cpu_and_names_adapters_on_an_accelerator(device, expected):
+    from ragvsft.models import resolve_adapters
+
+    assert resolve_adapters("auto", device) == expected
+    assert resolve_adapters("named", "cpu") == "named" and resolve_adapters("merged", "cuda") == "merged"

@@ -674,3 +674,35 @@ def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
     assert perf["precision"] == results["config"]["models"]["dtype"] == results["precision"]["chosen"]["models.dtype"]
     if perf["peak_gflops"]:  # measured where the precision was chosen by `auto`
         assert 0 < probe["share_of_peak"] and probe["floor_seconds"] <= probe["seconds"] / probe["share_of_peak"] + 1
+
+
+def test_named_adapters_give_the_answers_of_merged_ones_in_every_stage(tiny_lm, tmp_path):
+    """models.adapters=named (one shared base with the adapters loaded by name, what `auto` takes on a GPU) against
+    merged (a copy per adapter, the CPU's): the same answers from the reader's silent check, every probe arm, the
+    update stage (before and after retraining) and `ask`."""
+    from conftest import MockEncoder
+    from test_corpus import MEAL_UPDATE, write_updates
+    from ragvsft.live import Session
+
+    corpus = write_updates(write_corpus(tmp_path / "corpus"), [MEAL_UPDATE])
+    answers, chances = {}, {}
+    for how in ("merged", "named"):
+        # learning rates high enough that every adapter changes the tiny model's answers
+        cfg = tiny_config(corpus, tiny_lm, tmp_path / how, **{"update.enabled": "true", "models.adapters": how,
+                                                               "finetune.learning_rate": 0.05,
+                                                               "reader.learning_rate": 0.05})
+        out = run_experiment(cfg, encoder=MockEncoder())
+        rows = read_jsonl(out / "predictions.jsonl") + read_jsonl(out / "update" / "predictions.jsonl")
+        silent = [s for p in sorted(out.glob("reader/fold-*/training_log.json")) for s in json.loads(p.read_text())["silent"]]
+        asked = Session.open(out, encoder=MockEncoder()).ask(rows[0]["question"])["answers"]
+        answers[how] = ({(r["arm"], r["qid"], r.get("phase")): r["answer"] for r in rows}, [s["answer"] for s in silent],
+                        {r["arm"]: r["answer"] for r in asked})
+        chances[how] = [s["answerable"] for s in silent]  # the head's, on hidden states: equal up to rounding
+    assert {r.get("phase") for r in read_jsonl(tmp_path / "named" / "update" / "predictions.jsonl")} == {"after", "retrained"}
+    assert answers["named"][1] and answers["named"][2].keys() == set(ARMS)
+    probed = answers["merged"][0]
+    for arm in ("lora", "raft"):  # the adapters change answers, so an adapter left out would show
+        assert any(probed[(arm, qid, phase)] != probed[("base", qid, phase)]
+                   for a, qid, phase in probed if a == arm and ("base", qid, phase) in probed)
+    assert answers["named"] == answers["merged"]
+    assert chances["named"] == pytest.approx(chances["merged"], abs=1e-3)

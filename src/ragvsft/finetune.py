@@ -15,6 +15,7 @@ safetensors with its training log.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -307,3 +308,93 @@ def merged_model(base_model, adapter_dir: Path, dtype: torch.dtype, device: str 
 
     merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(adapter_dir)).merge_and_unload()
     return fresh_copy(merged, dtype, device=device)
+
+
+class SharedBase:
+    """One copy of the base model in the generation dtype on its device, with LoRA adapters loaded onto it by name
+    (peft `load_adapter`); `view(name)` is used like a model and activates its own adapter at each use (`None`: the
+    base, every adapter disabled). One base in memory however many arms and folds ask: what a large model on an
+    accelerator needs, where a merged full copy per adapter would not fit."""
+
+    def __init__(self, base_model, dtype: torch.dtype, device: str):
+        self.base = fresh_copy(base_model, dtype, device=device)
+        self.peft = None
+
+    def load(self, name: str, adapter_dir: Path) -> "AdapterView":
+        from peft import PeftModel
+
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name)
+        else:
+            self.peft.load_adapter(str(adapter_dir), adapter_name=name)
+        self.peft.eval()
+        return AdapterView(self, name)
+
+    def view(self, name: str | None) -> "AdapterView":
+        return AdapterView(self, name)
+
+
+class AdapterView:
+    """A `SharedBase` with one adapter active (or none), where the arms want a model: `generate`, a forward call and
+    `base_model` (the decoder, for hidden states) activate it first; everything else (config, device, dtype,
+    generation_config) is the base's."""
+
+    def __init__(self, shared: SharedBase, name: str | None):
+        self._shared, self._name = shared, name
+
+    def _active(self):
+        """The underlying model with this view's adapter active: peft's LoRA layers read the active adapter at each
+        forward pass, so the model peft injected them into is called directly."""
+        peft = self._shared.peft
+        if peft is None:
+            return contextlib.nullcontext(self._shared.base)
+        if self._name is None:
+            return _disabled(peft)
+        peft.set_adapter(self._name)
+        return contextlib.nullcontext(peft.get_base_model())
+
+    def __call__(self, *args, **kwargs):
+        with self._active() as model:
+            return model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self._active() as model:
+            return model.generate(*args, **kwargs)
+
+    @property
+    def base_model(self):
+        def decoder(*args, **kwargs):
+            with self._active() as model:
+                return model.base_model(*args, **kwargs)
+        return decoder
+
+    def __getattr__(self, name: str):
+        return getattr(self._shared.base, name)
+
+
+@contextlib.contextmanager
+def _disabled(peft):
+    with peft.disable_adapter():
+        yield peft.get_base_model()
+
+
+def arm_models(base_model, adapters: dict[str, Path | list[Path]], dtype: torch.dtype, device: str, how: str,
+               base: bool = True) -> dict:
+    """The models the arms generate with: "base" (when `base`) and, per entry of `adapters` (a name and its adapter
+    folder, or a list of folders: one model per cross-fitted fold), the base with that adapter.
+
+    `how` is models.adapters as resolved: "merged" builds a fresh copy per model with the adapter merged into its
+    weights (on the CPU a peft-wrapped model generated 2-3x slower, see models.fresh_copy); "named" loads every
+    adapter by name onto one `SharedBase`. Both give the same answers (tests/test_finetune.py)."""
+    if how == "merged":
+        models = {"base": fresh_copy(base_model, dtype, device=device)} if base else {}
+        for name, dirs in adapters.items():
+            models[name] = ([merged_model(base_model, d, dtype, device) for d in dirs] if isinstance(dirs, list)
+                            else merged_model(base_model, dirs, dtype, device))
+        return models
+    shared = SharedBase(base_model, dtype, device)
+    models = {"base": shared.view(None)} if base else {}
+    for name, dirs in adapters.items():
+        models[name] = ([shared.load(f"{name}-{i}", d) for i, d in enumerate(dirs)] if isinstance(dirs, list)
+                        else shared.load(name, dirs))
+    return models

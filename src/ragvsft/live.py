@@ -19,17 +19,15 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from .precision import torch_dtype
 from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl, require_complete_run
-from .finetune import merged_model
 from .index import Index
 from .embedder import run_encoder
-from .models import fresh_copy, load_lm, resolve_device
+from .models import load_lm, resolve_adapters, resolve_device
 from . import gate
-from .probe import Question, reader_models, retrieve, run_probe, score_rows
+from .probe import Question, retrieve, run_models, run_probe, score_rows
 from .reader import fold_of_question
 from .score import normalize
 
@@ -71,18 +69,16 @@ class Session:
         # The run's own sample: few-shot examples are drawn from its facts, so a probe question gets the same prompt.
         corpus = config.sample_of(load_corpus(config.corpus))
         model, tokenizer = load_lm(config.models.lm, "float32")
-        dtype = torch_dtype(config.models.dtype)
         # Where the run ran if that device is here, else wherever this machine can (cuda, mps, cpu).
         device = config.models.device if config.models.device == "cpu" else resolve_device("auto")
-        models = ({"closed_book": merged_model(model, run_dir / "adapter", dtype, device)}
-                  if (run_dir / "adapter").is_dir() else {})
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         reader = results.get("reader") or {}
         folds = reader.get("fold_facts") or []
-        if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds))):
-            models |= reader_models(run_dir, model, len(folds), config.models.dtype, config.reader.abstain_by == "head",
-                                    device)
-        models["base"] = fresh_copy(model, dtype, device=device)
+        wanted = {"base"} | ({"closed_book"} if (run_dir / "adapter").is_dir() else set()) \
+            | ({"reader"} if folds and all((run_dir / "reader" / f"fold-{i}").is_dir() for i in range(len(folds)))
+               else set())
+        models = run_models(run_dir, model, wanted, len(folds), config.models.dtype, device,
+                            resolve_adapters(config.models.adapters, device), config.reader.abstain_by == "head")
         known = {}
         for row in read_jsonl(run_dir / "predictions.jsonl"):
             known[normalize(row["question"])] = Question(row["set"], row["qid"], row["question"], row["fact_id"],

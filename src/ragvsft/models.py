@@ -205,11 +205,21 @@ def resolve_device(asked: str) -> str:
     return asked
 
 
+def resolve_adapters(asked: str, device: str) -> str:
+    """models.adapters: `auto` merges each adapter into its own copy of the base on the CPU (measured faster there:
+    `benchmark.py --adapters`) and loads the adapters by name onto one shared base on an accelerator (one base in
+    memory, as a large model needs)."""
+    if asked != "auto":
+        return asked
+    return "merged" if device == "cpu" else "named"
+
+
 def fresh_copy(model, dtype, attention: str = "sdpa", device: str | None = None):
     """The same weights in a freshly built model, cast to `dtype`, in eval mode.
 
     Generation measured up to 3x slower on CPU with a model object that peft had wrapped (get_peft_model then
-    unload, or merge_and_unload) than with an identical fresh one, so generation always uses a fresh copy.
+    unload, or merge_and_unload) than with an identical fresh one, so merged adapters (models.adapters) generate with a
+    fresh copy.
     `attention`: "sdpa" generated 1.5x faster than "eager" on CPU; training takes "eager" (see finetune.train_lora).
     """
     import torch

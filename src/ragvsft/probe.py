@@ -20,7 +20,7 @@ from .arms import RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, p
 from .catalogue import ARMS, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
-from .finetune import merged_model
+from .finetune import arm_models
 from .index import Encoder, Gold, Index, contexts, retrieval_metrics
 from .reader import HEAD_THRESHOLD, load_heads
 from .score import follows_style, hedged, names_answer, verdict
@@ -124,14 +124,21 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
     return out
 
 
-def reader_models(run_dir: Path, model, folds: int, dtype: str, by_head: bool, device: str = "cpu") -> dict:
-    """A run's cross-fitted readers merged for generation ("reader") and, when they decline by head, their
-    answerability heads ("reader_heads"), as `run_probe` takes them."""
-    width, depth = model.config.hidden_size, model.config.num_hidden_layers
-    heads = load_heads(run_dir, folds, width, depth) if by_head else None  # checked before any merge
-    readers = [merged_model(model, Path(run_dir) / "reader" / f"fold-{i}", torch_dtype(dtype), device)
-               for i in range(folds)]
-    return {"reader": readers, **({"reader_heads": heads} if by_head else {})}
+def run_models(run_dir: Path, model, wanted: set[str], folds: int, dtype: str, device: str, adapters: str,
+               by_head: bool = False) -> dict:
+    """The models a run's arms generate with, as `run_probe` takes them, those of `wanted` only: "base",
+    "closed_book" (the run's adapter) and "reader" (its cross-fitted folds; with "reader_heads", their answerability
+    heads, when they decline by head), built as models.adapters says (finetune.arm_models)."""
+    run_dir = Path(run_dir)
+    heads = (load_heads(run_dir, folds, model.config.hidden_size, model.config.num_hidden_layers)
+             if "reader" in wanted and by_head else None)  # checked before any model is built
+    adapter_dirs: dict = {}
+    if "closed_book" in wanted:
+        adapter_dirs["closed_book"] = run_dir / "adapter"
+    if "reader" in wanted:
+        adapter_dirs["reader"] = [run_dir / "reader" / f"fold-{i}" for i in range(folds)]
+    models = arm_models(model, adapter_dirs, torch_dtype(dtype), device, adapters, base="base" in wanted)
+    return models | ({"reader_heads": heads} if heads else {})
 
 
 def answerable(readers: list, heads: list, tokenizer, conversations: list, route: list[int], generations: list,

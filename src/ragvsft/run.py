@@ -24,7 +24,7 @@ from .config import Config, config_dict, config_yaml, resolve_layers
 from .corpus import Corpus, load_corpus
 from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_run_folder
 from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_folder, lm_problems, lm_sha256,
-                     load_encoder, load_lm, resolve_device)
+                     load_encoder, load_lm, resolve_adapters, resolve_device)
 from .precision import cpu_flags, cpu_name, resolve as resolve_precision
 from .probe import question_sets
 from .presentation.publish import write_reports
@@ -77,8 +77,8 @@ def prepare(cfg: Config) -> tuple[Config, Corpus]:
 
 
 def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
-    """`auto` in models.dtype / finetune.precision replaced by the precision measured fastest here (precision.py):
-    the stage keys, config.yaml and every later reader see the precision that was used."""
+    """`auto` in models.dtype / finetune.precision replaced by the precision measured fastest here (precision.py), and
+    in models.device / models.adapters by what this machine has: the stage keys, config.yaml and every later reader see the precision that was used."""
     asked = {"models.dtype": cfg.models.dtype, "finetune.precision": cfg.finetune.precision}
     device = resolve_device(cfg.models.device)
     chosen, record = resolve_precision(asked, cache_dir() / "precision.json", device=device)
@@ -88,7 +88,8 @@ def _resolve_precision(cfg: Config, console: Console) -> tuple[Config, dict]:
         rates = ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in record["gflops"].items())
         console.log(f"precision: generation {chosen['models.dtype']}, training {chosen['finetune.precision']} "
                     f"({rates} on {record['cpu']}{', cached' if record['cached'] else ''})")
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"dtype": chosen["models.dtype"], "device": device}),
+    models = {"dtype": chosen["models.dtype"], "device": device, "adapters": resolve_adapters(cfg.models.adapters, device)}
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update=models),
                                  "finetune": cfg.finetune.model_copy(update={"precision": chosen["finetune.precision"]})})
     return cfg, record
 

@@ -13,11 +13,8 @@ from ..catalogue import ARMS, model_of, uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
-from ..finetune import merged_model
 from ..index import Encoder, Index
-from ..models import fresh_copy
-from ..precision import torch_dtype
-from ..probe import Question, development_facts, reader_models, retrieve, run_probe
+from ..probe import Question, development_facts, retrieve, run_models, run_probe
 from ..reader import fold_of_question
 from .cache import Run
 from .reader import ReaderPlan
@@ -35,6 +32,8 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     # without it are generated once more instead of leaving their arm out of the risk-coverage table.
     inputs = {"arm": arm, "rows": ROWS_VERSION, "lm": lm_hash, "dtype": cfg.models.dtype,
               **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
+              # Named adapters add the LoRA update beside the base instead of into its weights: other rounding.
+              **({"adapters": cfg.models.adapters} if cfg.models.adapters != "merged" else {}),
               "questions": [[q.set, q.qid, q.question] for q in questions],
               "max_new_tokens": cfg.probe.max_new_tokens, "batch_size": cfg.probe.batch_size,
               "batch_tokens": cfg.probe.batch_tokens}
@@ -94,17 +93,11 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     folds = ({q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in questions + development}
              if reader else None)
     if todo:
-        dtype = torch_dtype(cfg.models.dtype)
-        device = cfg.models.device
         run.log(f"probe: preparing the models the arms use ({', '.join(dict.fromkeys(model_of(a) for a in todo))})"
                 + (" and retrieving for every question" if any(arm in RAG_ARMS for arm in todo) else ""))
-        if uses(todo, "base"):
-            models["base"] = fresh_copy(model, dtype, device=device)
-        if uses(todo, "closed_book"):
-            models["closed_book"] = merged_model(model, run.run_dir / "adapter", dtype, device)
-        if uses(todo, "reader"):
-            models |= reader_models(run.run_dir, model, len(reader.folds), cfg.models.dtype,
-                                    cfg.reader.abstain_by == "head", device)
+        models = run_models(run.run_dir, model, {m for m in ("base", "closed_book", "reader") if uses(todo, m)},
+                            len(reader.folds) if reader else 0, cfg.models.dtype, cfg.models.device,
+                            cfg.models.adapters, cfg.reader.abstain_by == "head")
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions + development, cfg.index.k, cfg.index.context_units,
                               cfg.index.headed) if needs_k else {})

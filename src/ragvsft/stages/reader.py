@@ -15,7 +15,7 @@ from ..catalogue import uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import InputError, atomic_write_json, atomic_write_jsonl, sha256_json
-from ..finetune import merged_model, portable_adapter, train_lora, trl_rows
+from ..finetune import arm_models, portable_adapter, train_lora, trl_rows
 from ..models import lm_name
 from ..index import Encoder, Index
 from ..precision import torch_dtype
@@ -69,7 +69,8 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: E
                        "training": training.model_dump(mode="json"), "seed": cfg.seed,
                        # the head reads the reader's states in the generation dtype
                        **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {}),
-                       **({"device": cfg.models.device} if cfg.models.device != "cpu" else {})})
+                       **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
+                       **({"adapters": cfg.models.adapters} if cfg.models.adapters != "merged" else {})})
     return Inputs(plan, sets, silent, training, key)
 
 
@@ -140,7 +141,8 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                                      work_dir=run.run_dir / ".trainer", device=cfg.models.device,
                                      log=lambda line: run.log(line.replace("finetune:", "reader:", 1)))
                 portable_adapter(tmp / f"fold-{i}", lm_name(cfg.models.lm), tokenizer)
-                reader = merged_model(model, tmp / f"fold-{i}", torch_dtype(cfg.models.dtype), cfg.models.device)
+                reader = arm_models(model, {"reader": tmp / f"fold-{i}"}, torch_dtype(cfg.models.dtype),
+                                    cfg.models.device, cfg.models.adapters, base=False)["reader"]
                 asked = [reader_messages(q, chunks) for q, chunks in silent[i]]
                 answers = generate(reader, tokenizer, asked, cfg.probe.max_new_tokens, cfg.probe.batch_size,
                                    progress_line(run.log, "reader: silent contexts"),

@@ -10,11 +10,10 @@ from ..catalogue import ARMS, model_of, uses
 from ..config import Config, config_dict
 from ..corpus import Corpus
 from ..files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_json
-from ..finetune import build_finetune_set, merged_model, train_lora
+from ..finetune import arm_models, build_finetune_set, train_lora
 from ..index import Encoder, Index
-from ..models import fresh_copy
 from ..precision import torch_dtype
-from ..probe import reader_models, retrieve, run_probe
+from ..probe import retrieve, run_models, run_probe
 from ..reader import fold_of_question
 from ..update import changed_questions, update_figures, update_verdict
 from .cache import Run
@@ -72,12 +71,10 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
             seconds["prompt"] = time.perf_counter() - t
             dtype = torch_dtype(cfg.models.dtype)
             device = cfg.models.device
-            models: dict = {"base": fresh_copy(model, dtype, device=device)}
-            if uses(cfg.probe.arms, "closed_book"):
-                models["closed_book"] = merged_model(model, run_dir / "adapter", dtype, device)
-            if reader:
-                models |= reader_models(run_dir, model, len(reader.folds), cfg.models.dtype,
-                                        cfg.reader.abstain_by == "head", device)
+            wanted = {"base"} | ({"closed_book"} if uses(cfg.probe.arms, "closed_book") else set()) \
+                | ({"reader"} if reader else set())
+            models = run_models(run_dir, model, wanted, len(reader.folds) if reader else 0, cfg.models.dtype, device,
+                                cfg.models.adapters, cfg.reader.abstain_by == "head")
             folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
             retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
             rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, sample_after, asked, retrieved,
@@ -92,7 +89,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
                 train_lora(model, tokenizer, ft_rows, cfg.finetune.model_copy(update={"curve_points": 0}), cfg.seed,
                            tmp / "adapter", work_dir=run_dir / ".trainer", log=run.log, device=device)
                 seconds["retrain"] = time.perf_counter() - t
-                again = {"closed_book": merged_model(model, tmp / "adapter", dtype, device)}
+                del models  # the models before retraining are not asked again (one base in memory at a time)
+                again = arm_models(model, {"closed_book": tmp / "adapter"}, dtype, device, cfg.models.adapters,
+                                   base=False)
                 rows += [dict(r, phase="retrained") for r in run_probe(
                     again, tokenizer, sample_after, asked, retrieved, cfg.probe.model_copy(update={"arms": adapter_arms}),
                     cfg.seed, run.log)]
