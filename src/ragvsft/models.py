@@ -114,8 +114,12 @@ def _gemma3_folder() -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
+    from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # The first run on a machine waits here (45 s for Gemma 3 270M on a 2-core EPYC): say what it waits for.
+    Console(stderr=True).log(f"converting {gguf.name} into a safetensors copy in {target.parent}, once per machine "
+                             "(about a minute; later runs load the copy in seconds)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses save_pretrained on a GGUF-loaded model: rebuild from its config and copy the weights.
