@@ -507,6 +507,9 @@ def main() -> None:
         readme = (REPO / "README.md").read_text()
         if start not in readme or end not in readme:
             sys.exit(f"README.md has no {start} ... {end} section to rewrite")
+        if not only_sweeps and not bench["profiles"]:  # a new checkout has no runs/: keep the section as measured
+            sys.exit(f"{path.relative_to(REPO)} holds no profile: measure one first (--profile quick), or rewrite only a "
+                     "sweep's block (--sweeps NAME)")
         if not only_sweeps:
             head, rest = readme.split(start, 1)
             command = " ".join([".venv/bin/python experiments/benchmark.py", *sys.argv[1:]])
