@@ -18,18 +18,23 @@ def test_messages_per_arm(toy_corpus):
     assert rag[0]["content"] == system and "Dalia Fenwick" in rag[1]["content"] and rag[1]["content"].endswith(q)
     lora_rag = build_messages("lora_rag", q, corpus, chunks=["Dalia Fenwick is the head of security."])
     assert lora_rag[0] == {"role": "system", "content": ""} and "Dalia Fenwick" in lora_rag[1]["content"]
-    shots = fewshot_pairs(corpus, "security", 2, seed=1, key=q)
+    shots = fewshot_pairs(corpus, "security", 2, seed=1)
     fewshot = build_messages("fewshot", q, corpus, examples=shots)
     assert [m["role"] for m in fewshot] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert fewshot[2]["content"].startswith("Hi there!")
 
 
-def test_fewshot_never_shows_the_asked_fact(toy_corpus):
+def test_fewshot_never_shows_the_asked_fact_and_most_questions_share_one_block(toy_corpus):
     corpus = load_corpus(toy_corpus)
-    for key in ("a", "b", "c", "d"):
-        pairs = fewshot_pairs(corpus, "security", 3, seed=0, key=key)
-        assert len(pairs) == 3 and all("Fenwick" not in answer for _, answer in pairs)
-    assert fewshot_pairs(corpus, "meal", 3, seed=0, key="x") == fewshot_pairs(corpus, "meal", 3, seed=0, key="x")
+    blocks = {f.id: fewshot_pairs(corpus, f.id, 2, seed=0) for f in corpus.facts}
+    for fact in corpus.facts:
+        assert len(blocks[fact.id]) == 2 and (fact.train_questions[0], corpus.style.answer(fact.statement)) \
+            not in blocks[fact.id]
+    # the facts outside the first block all see it: one prefix for the probe to compute once
+    common = max(map(tuple, blocks.values()), key=list(map(tuple, blocks.values())).count)
+    assert sum(tuple(b) == common for b in blocks.values()) == len(corpus.facts) - 2
+    assert fewshot_pairs(corpus, "meal", 3, seed=0) == fewshot_pairs(corpus, "meal", 3, seed=0)
+    assert any(fewshot_pairs(corpus, None, 2, seed=s) != fewshot_pairs(corpus, None, 2, seed=0) for s in range(1, 5))
 
 
 def test_batched_generation_equals_single(tiny_lm, toy_corpus):
@@ -104,7 +109,7 @@ def test_fewshot_examples_never_name_the_asked_answer_on_the_shipped_corpus():
     for q in questions:
         if q.gold is None:
             continue
-        pairs = fewshot_pairs(corpus, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
+        pairs = fewshot_pairs(corpus, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.gold)
         assert len(pairs) == cfg.probe.fewshot_k
         for example_question, answer in pairs:
             assert not matches_gold(answer, list(q.gold)), (q.qid, answer)
@@ -115,8 +120,8 @@ def test_fewshot_skips_other_facts_that_give_the_answer_away(toy_corpus):
     corpus = load_corpus(toy_corpus)
     # "portal"'s reverse gold is "hotels": the "portal" fact itself is excluded by id, and no other statement says
     # "hotels"; asked about "meal" with gold "Roamly", the portal fact must not be shown.
-    for key in "abcdefgh":
-        pairs = fewshot_pairs(corpus, "meal", 3, seed=0, key=key, gold=("Roamly",))
+    for seed in range(8):
+        pairs = fewshot_pairs(corpus, "meal", 3, seed=seed, gold=("Roamly",))
         assert len(pairs) == 2 and all("Roamly" not in answer for _, answer in pairs)
 
 
@@ -203,3 +208,31 @@ def test_each_answer_carries_the_mean_log_probability_greedy_decoding_gave_its_t
                 ids.append(token)
         assert got.generated_tokens == len(steps)
         assert got.logprob == pytest.approx(sum(steps) / len(steps), abs=1e-3) and got.logprob <= 0
+
+
+def test_fewshot_questions_sharing_a_block_reuse_it_and_answer_as_generated_alone(tiny_lm, toy_corpus):
+    """The probe generates the questions that see one few-shot block together: the block is their shared prefix,
+    computed once, and every answer is the one its prompt gives generated whole, in the order asked."""
+    from ragvsft.config import load_config
+    from ragvsft.probe import question_sets, run_probe
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    torch.manual_seed(0)
+    for weight in model.parameters():
+        weight.data.normal_(0, 0.5)
+    corpus = load_corpus(toy_corpus)
+    cfg = load_config(None).probe.model_copy(update={"arms": ["fewshot"], "sets": ["heldout", "seen"], "fewshot_k": 2,
+                                                      "max_new_tokens": 6, "batch_size": 4})
+    questions = question_sets(corpus, cfg)
+    rows = run_probe({"base": model}, tokenizer, corpus, questions, {}, cfg, seed=0)
+    assert [r["qid"] for r in rows] == [q.qid for q in questions]
+    alone = [generate(model, tokenizer, [r["messages"]], max_new_tokens=6, batch_size=1, reuse_prefix=False)[0]
+             for r in rows]
+    assert [r["answer"] for r in rows] == [g.answer for g in alone]
+    blocks = [tuple(fewshot_pairs(corpus, q.fact_id, 2, 0, q.gold)) for q in questions]
+    common = max(set(blocks), key=blocks.count)
+    system_only = shared_prefix(prompt_ids(model, tokenizer, [r["messages"] for r in rows], 6))
+    sharing = [r for r, b in zip(rows, blocks) if b == common]
+    assert len(sharing) >= len(rows) // 2
+    # all but the first of the group take the whole block from the cache, more than the system prompt all share
+    assert sorted(r["reused_tokens"] for r in sharing)[1] > system_only

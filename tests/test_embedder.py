@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 
 from conftest import MockEncoder
@@ -42,7 +43,10 @@ def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     pairs = [(q, c.text, c.id) for f in corpus.facts for q in f.train_questions for c in index.chunks
              if f.evidence in c.text][:8]
     before = [p.detach().clone() for p in encoder.model.parameters()][:3]
+    untuned = encoder.encode([pairs[0][0]])
     figures = tune_encoder(encoder, pairs, epochs=2, learning_rate=5e-5, batch_size=4, seed=0)
+    # the tuned weights embed the question anew: nothing kept from before tuning is served
+    assert not np.allclose(encoder.encode([pairs[0][0]]), untuned, atol=1e-4)
     assert figures["steps"] >= 2 and figures["seconds"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, list(encoder.model.parameters())[:3]))
     validation = [(f.train_questions[0], {c.id for c in index.chunks if f.evidence in c.text}) for f in corpus.facts]
@@ -106,3 +110,29 @@ def test_development_data_never_holds_a_scored_probe_question_or_an_unanswerable
         assert tuned and not tuned & scored and not tuned & unanswerable, profile
         if development:  # the probe's question style does reach the embedder, through facts nobody scores
             assert {normalize(q) for f in development for q in f.probe_questions} <= tuned
+
+
+def test_each_distinct_text_is_embedded_once_and_served_in_the_order_asked():
+    from ragvsft.models import SentenceEncoder
+
+    class Counting:  # stands in for the SentenceTransformer: a text's vector is its length, counted per call
+        def __init__(self):
+            self.asked = []
+
+        def encode(self, texts, **_):
+            self.asked.append(list(texts))
+            return np.array([[len(t), 1.0] for t in texts])
+
+        def get_embedding_dimension(self):
+            return 2
+
+    encoder = object.__new__(SentenceEncoder)
+    encoder.model, encoder._vectors = Counting(), {}
+    first = encoder.encode(["ab", "abc", "ab"])
+    assert first[:, 0].tolist() == [2, 3, 2] and first.dtype == np.float32
+    assert encoder.encode(["abcd", "abc"])[:, 0].tolist() == [4, 3]
+    assert encoder.model.asked == [["ab", "abc"], ["abcd"]]  # repeats, within and across calls, are not embedded again
+    assert encoder.encode([]).shape == (0, 2)
+    encoder.forget()
+    encoder.encode(["ab"])
+    assert encoder.model.asked[-1] == ["ab"]

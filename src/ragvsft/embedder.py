@@ -104,6 +104,7 @@ def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = encoder.model
+    encoder.forget()  # embeddings kept from the weights before tuning would otherwise be served after it
     loss_fn = losses.MultipleNegativesRankingLoss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     began, steps = time.perf_counter(), 0

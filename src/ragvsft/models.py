@@ -297,6 +297,7 @@ class SentenceEncoder:
 
         _check_modules(Path(self.folder))
         self.model = SentenceTransformer(str(self.folder), device=self.device, local_files_only=True)
+        self._vectors: dict[str, np.ndarray] = {}
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         # Whole documents are longer than the encoder window: only the offsets are used here, so no warning.
@@ -304,8 +305,20 @@ class SentenceEncoder:
         return [tuple(span) for span in encoded["offset_mapping"]]
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.model.encode(texts, batch_size=64, normalize_embeddings=True,
-                                            convert_to_numpy=True, show_progress_bar=False), dtype="float32")
+        # Each distinct text is embedded once per encoder: the same units and questions recur in the reader's set, the
+        # probe's contexts and the score stage's unit choices (on the quick profile 16 s of embedding, mostly repeats).
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            computed = self.model.encode(missing, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                                         show_progress_bar=False)
+            self._vectors.update(zip(missing, np.asarray(computed, dtype="float32")))
+        if not texts:
+            return np.zeros((0, self.model.get_embedding_dimension()), dtype="float32")
+        return np.stack([self._vectors[t] for t in texts])
+
+    def forget(self) -> None:
+        """Drop the embeddings kept so far: the model's weights changed (embedder.tune_encoder trains it in place)."""
+        self._vectors.clear()
 
 
 def load_encoder(spec: str, device: str = "cpu") -> SentenceEncoder:

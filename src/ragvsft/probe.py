@@ -107,18 +107,20 @@ def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> l
 
 
 def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None,
-            progress: Progress | None = None):
-    """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers)."""
-    if route is None:
-        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size, progress,
-                        batch_tokens=cfg.batch_tokens)
+            progress: Progress | None = None, blocks: list | None = None):
+    """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers).
+    Conversations with equal `blocks` entries (their few-shot examples) are generated together, so that the block is
+    a prefix they share and is computed once (arms.generate)."""
+    groups: dict = {}
+    for i in range(len(conversations)):
+        groups.setdefault((route[i] if route else 0, blocks[i] if blocks else None), []).append(i)
     out: list = [None] * len(conversations)
     done = 0
-    for fold in sorted(set(route)):
-        mine = [i for i, r in enumerate(route) if r == fold]
+    for key in sorted(groups, key=lambda key: (key[0], groups[key][0])):  # fold by fold, as first asked within
+        mine = groups[key]
         step = (lambda d, _, before=done: progress(before + d, len(conversations))) if progress else None
-        for i, g in zip(mine, generate(model[fold], tokenizer, [conversations[i] for i in mine], cfg.max_new_tokens,
-                                       cfg.batch_size, step, batch_tokens=cfg.batch_tokens)):
+        for i, g in zip(mine, generate(model[key[0]] if route else model, tokenizer, [conversations[i] for i in mine],
+                                       cfg.max_new_tokens, cfg.batch_size, step, batch_tokens=cfg.batch_tokens)):
             out[i] = g
         done += len(mine)
     return out
@@ -169,18 +171,19 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
     id to the reader that answers it."""
     rows: list[dict] = []
     for arm in cfg.arms:
-        conversations = []
+        conversations, blocks = [], []
         for q in questions:
             context = retrieved.get(q.qid) if arm in RAG_ARMS else None
             chunks = [text for _, text in context.shown] if context else None
-            examples = (fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.qid, q.gold) if ARMS[arm].examples
+            examples = (fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.gold) if ARMS[arm].examples
                         else None)
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
+            blocks.append(tuple(examples) if examples else None)
         began = time.perf_counter()
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
         generations = _answer(models[which], tokenizer, conversations, cfg, route,
-                              progress_line(log, f"arm {arm}") if log else None)
+                              progress_line(log, f"arm {arm}") if log else None, blocks)
         heads = models.get("reader_heads") if route else None
         chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size,
                               progress_line(log, f"arm {arm}: answerability head") if log else None)

@@ -40,7 +40,7 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     if ARMS[arm].system_prompt:
         inputs["system_prompt"] = sample.style.system_prompt
     if ARMS[arm].examples:
-        inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold)
+        inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.gold)
                               for q in questions]
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}

@@ -67,7 +67,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
             t = time.perf_counter()
             for q in asked:  # what editing the few-shot prompt takes: its examples drawn again from the new facts
                 build_messages("fewshot", q.question, sample_after, None,
-                               fewshot_pairs(sample_after, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.qid, q.gold))
+                               fewshot_pairs(sample_after, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.gold))
             seconds["prompt"] = time.perf_counter() - t
             dtype = torch_dtype(cfg.models.dtype)
             device = cfg.models.device
