@@ -7,8 +7,8 @@ import pytest
 
 from conftest import MockEncoder
 from ragvsft.corpus import load_corpus
-from ragvsft.embedder import tune_encoder, tuning_pairs, unique_chunk_batches, validation_figures
-from ragvsft.index import Index
+from ragvsft.embedder import Pair, hard_negatives, tune_encoder, tuning_pairs, unique_chunk_batches, validation_figures
+from ragvsft.index import Index, chunk_units
 
 
 def test_pairs_come_from_train_questions_only_and_hold_back_the_first(toy_corpus):
@@ -18,20 +18,52 @@ def test_pairs_come_from_train_questions_only_and_hold_back_the_first(toy_corpus
     probe = {q for f in corpus.facts for q in f.probe_questions}
     firsts = {f.train_questions[0] for f in corpus.facts}
     assert [q for q, _ in validation] == [f.train_questions[0] for f in corpus.facts]
-    assert {q for q, _, _ in pairs} == {"How much is the meal allowance per day?"}  # the only second train question
-    assert not ({q for q, _, _ in pairs} & (probe | firsts))
+    assert {p.question for p in pairs} == {"How much is the meal allowance per day?"}  # the only second train question
+    assert not ({p.question for p in pairs} & (probe | firsts))
     chunk = {c.id: c.text for c in index.chunks}
-    assert all(chunk[cid] == text and "58 euros" in text for _, text, cid in pairs)
+    assert all(chunk[p.chunk_id] == p.text and "58 euros" in p.text for p in pairs)
 
 
-def test_batches_never_hold_a_chunk_twice():
-    pairs = [(f"q{i}", "t", f"c{i % 5}") for i in range(40)]
+def test_batches_never_hold_a_chunk_twice_as_a_positive_or_a_negative():
+    pairs = [Pair(f"q{i}", "t", f"c{i % 5}", ("x",), frozenset(), "n", f"c{(i + 1) % 7}") for i in range(40)]
     batches = unique_chunk_batches(pairs, 4, random.Random(0))
     assert sorted(p[0] for b in batches for p in b) == sorted(p[0] for p in pairs)
-    assert all(len(b) <= 4 and len({p[2] for p in b}) == len(b) for b in batches)
+    for batch in batches:  # a pair's negative may come from its own chunk (a sibling unit), never from another's
+        ids = [id_ for p in batch for id_ in {p.chunk_id, p.negative_id}]
+        assert len(batch) <= 4 and len(set(ids)) == len(ids)
 
 
-@pytest.mark.slow  # the real MiniLM
+def test_hard_negatives_are_the_closest_wrong_texts_and_never_name_the_answer():
+    """The chunk and unit nearest the question that name the answer, and a gold chunk that does not, are passed over:
+    a negative must be wrong, or the embedder would learn to push the answer away."""
+    from ragvsft.index import Chunk
+
+    texts = {"gold": "Travel\nThe meal allowance is 58 euros a day. Dinner receipts are kept for the meal allowance.",
+             "also-gold": "Travel\nThe meal allowance per day is set every year.",
+             "names-it": "Travel\nA meal allowance per day of 58 euros applies to every meal allowance day.",
+             "wrong": "Travel\nThe meal allowance abroad is listed in the portal.",
+             "far": "Travel\nHotels are booked in Roamly."}
+    encoder = MockEncoder()
+    chunks = [Chunk(cid, "travel.md", 0, len(text), text) for cid, text in texts.items()]
+    index = Index(chunks, encoder.encode(list(texts.values())))
+    question = "How much is the meal allowance per day?"
+    unit = "Travel\nThe meal allowance is 58 euros a day."
+    pairs = [Pair(question, texts["gold"], "gold", ("58 euros",), frozenset({"gold", "also-gold"})),
+             Pair(question, unit, "gold", ("58 euros",), frozenset({"gold", "also-gold"}))]
+    ranked = [c.id for c, _ in index.search(encoder, [question], 5)[0]]
+    assert ranked.index("names-it") < ranked.index("wrong") and ranked.index("also-gold") < ranked.index("wrong")
+    chunk_pair, unit_pair = hard_negatives(pairs, index, encoder, 3, True)
+    assert (chunk_pair.negative_id, chunk_pair.negative) == ("wrong", texts["wrong"])
+    assert unit_pair._replace(negative=None, negative_id=None) == pairs[1]
+    assert "58 euros" not in unit_pair.negative and unit_pair.negative != unit
+    # the unit chosen is the nearest of the top-3 chunks' units that do not name the answer, and a nearer one does
+    units = [u for cid in ranked[:3] for u in chunk_units(texts[cid], True)]
+    cosine = dict(zip(units, encoder.encode(units) @ encoder.encode([question])[0]))
+    wrong_units = [u for u in units if "58 euros" not in u]
+    assert unit_pair.negative == max(wrong_units, key=cosine.get)
+    assert max(cosine[u] for u in units if "58 euros" in u and u != unit) > cosine[unit_pair.negative]
+
+
 def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     import torch
 
@@ -56,7 +88,6 @@ def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
 def test_a_module_list_naming_a_foreign_class_is_refused_before_anything_is_imported(tmp_path):
     import json
 
-    import pytest
 
     from ragvsft.files import InputError
     from ragvsft.models import SentenceEncoder
@@ -78,7 +109,7 @@ def test_unit_pairs_add_the_sentence_that_names_the_answer_under_its_chunk(toy_c
     pairs, _ = tuning_pairs(corpus, index.chunks, units=True)
     question = "How much is the meal allowance per day?"
     assert [p[0] for p in pairs] == [question, question]
-    (_, chunk_text, chunk_id), (_, unit, unit_chunk) = pairs
+    (_, chunk_text, chunk_id, *_), (_, unit, unit_chunk, *_) = pairs
     assert unit_chunk == chunk_id and unit != chunk_text and "58 euros" in unit  # one batch never holds both
     assert "Roamly" not in unit and unit.startswith("Travel\n")  # the one sentence, under its heading path
 
@@ -103,7 +134,7 @@ def test_development_data_never_holds_a_scored_probe_question_or_an_unanswerable
         development = development_facts(corpus, sample)
         assert len(development) == expected_development
         pairs, validation = tuning_pairs(sample, chunks, True, True, development)
-        tuned = {normalize(q) for q, _, _ in pairs} | {normalize(q) for q, _ in validation}
+        tuned = {normalize(p.question) for p in pairs} | {normalize(q) for q, _ in validation}
         scored = {normalize(q) for f in sample.facts for q in f.probe_questions}
         scored |= {normalize(q) for f in sample.facts if f.reverse for q in f.reverse.questions}
         unanswerable = {normalize(u.question) for u in corpus.unanswerable}

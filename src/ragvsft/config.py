@@ -52,6 +52,7 @@ class IndexConfig(_Section):
     tune_embedder: bool
     tune_units: bool
     tune_development: bool
+    tune_negatives: bool
     tune_epochs: int = Field(ge=1, le=50)
     tune_learning_rate: float = Field(gt=0)
     tune_batch_size: int = Field(ge=2)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .corpus import Corpus
@@ -43,15 +45,27 @@ def run_encoder(run_dir: Path, spec: str) -> SentenceEncoder:
     return load_encoder(spec)
 
 
+class Pair(NamedTuple):
+    """One tuning example: a question, the text it should retrieve (a gold chunk or its evidence unit) and, once mined
+    (`hard_negatives`), a text the untuned embedder confuses with it."""
+
+    question: str
+    text: str
+    chunk_id: str  # the positive's chunk: a chunk and its own unit never meet in one batch as each other's negatives
+    gold: tuple[str, ...]  # the fact's answers: a negative never names them
+    gold_ids: frozenset[str]  # the fact's gold chunks: never a negative
+    negative: str | None = None
+    negative_id: str | None = None
+
+
 def tuning_pairs(sample: Corpus, chunks: list[Chunk], units: bool = False, headed: bool = True,
-                 development: tuple = ()) -> tuple[list[tuple[str, str, str]], list[tuple[str, set[str]]]]:
-    """(question, gold chunk text, chunk id) training pairs from every train question but each fact's first, and
-    (first train question, gold chunk ids) for validation. With `units`, each such question also gets its evidence
-    unit (the first sentence or table row of its gold chunks that names the answer, as `index.chunk_units` cuts them)
-    as a second pair under the same chunk id: the embedder learns to rank the unit a reader is shown, not only the
-    chunk, and a chunk and its own unit never meet in one batch as each other's negatives. `development`: facts the
-    run does not score (development data), whose train and probe questions all become pairs too: they bring the
-    probe's question style, and no scored fact's probe question is among them."""
+                 development: tuple = ()) -> tuple[list[Pair], list[tuple[str, set[str]]]]:
+    """Training pairs (question -> gold chunk) from every train question but each fact's first, and (first train
+    question, gold chunk ids) for validation. With `units`, each such question also gets its evidence unit (the first
+    sentence or table row of its gold chunks that names the answer, as `index.chunk_units` cuts them) as a second pair
+    under the same chunk id: the embedder learns to rank the unit a reader is shown, not only the chunk.
+    `development`: facts the run does not score (development data), whose train and probe questions all become pairs
+    too: they bring the probe's question style, and no scored fact's probe question is among them."""
     gold = gold_chunk_map((*sample.facts, *development), chunks, sample.documents)
     text = {c.id: c.text for c in chunks}
     pairs, validation = [], []
@@ -62,28 +76,58 @@ def tuning_pairs(sample: Corpus, chunks: list[Chunk], units: bool = False, heade
             continue
         if scored:
             validation.append((fact.train_questions[0], set(ids)))
+        answers, gold_ids = tuple(fact.gold), frozenset(ids)
         for question in (fact.train_questions[1:] if scored else (*fact.train_questions, *fact.probe_questions)):
-            pairs.append((question, text[ids[0]], ids[0]))
+            pairs.append(Pair(question, text[ids[0]], ids[0], answers, gold_ids))
             evidence = next(((cid, unit) for cid in ids for unit in chunk_units(text[cid], headed)
                              if names_answer([unit], fact.gold, question)), None) if units else None
             if evidence:
-                pairs.append((question, evidence[1], evidence[0]))
+                pairs.append(Pair(question, evidence[1], evidence[0], answers, gold_ids))
     return pairs, validation
 
 
+def hard_negatives(pairs: list[Pair], index: Index, encoder, k: int, headed: bool) -> list[Pair]:
+    """Each pair with the text the untuned embedder (`encoder`, `index`) confuses with its positive: for a chunk, the
+    best-ranked of the question's top 2k chunks that is not gold and does not name the answer; for a unit, the unit of
+    the question's top-k chunks most similar to it that does not name the answer. In-batch negatives are other facts'
+    chunks, so the embedder learnt topics, and the unit shown was often the right section's wrong sentence; with these
+    negatives the unit shown named the answer for more held-out questions (README, "Measured")."""
+    questions = list(dict.fromkeys(p.question for p in pairs))
+    ranked = dict(zip(questions, index.search(encoder, questions, 2 * k)))
+    whole = {c.id: c.text for c in index.chunks}
+    mined = []
+    for p in pairs:
+        hits = [chunk for chunk, _ in ranked[p.question]]
+        if p.text == whole.get(p.chunk_id):
+            wrong = next((c for c in hits if c.id not in p.gold_ids and not names_answer([c.text], list(p.gold),
+                                                                                         p.question)), None)
+            negative = (wrong.text, wrong.id) if wrong else None
+        else:
+            units = [(c.id, u) for c in hits[:k] for u in chunk_units(c.text, headed)
+                     if u != p.text and not names_answer([u], list(p.gold), p.question)]
+            if units:
+                cosine = encoder.encode([u for _, u in units]) @ encoder.encode([p.question])[0]
+                negative = units[int(np.argmax(cosine))][::-1]
+            else:
+                negative = None
+        mined.append(p._replace(negative=negative[0], negative_id=negative[1]) if negative else p)
+    return mined
+
+
 def unique_chunk_batches(pairs: list, size: int, rng: random.Random) -> list[list]:
-    """Shuffled batches of at most `size` pairs in which no chunk occurs twice."""
+    """Shuffled batches of at most `size` pairs in which no chunk occurs twice, as a positive or a negative."""
     pool = list(pairs)
     rng.shuffle(pool)
     batches = []
     while pool:
         batch, used, rest = [], set(), []
         for pair in pool:
-            if pair[2] in used or len(batch) >= size:
+            ids = {pair[2]} | ({pair.negative_id} if getattr(pair, "negative_id", None) else set())
+            if ids & used or len(batch) >= size:
                 rest.append(pair)
             else:
                 batch.append(pair)
-                used.add(pair[2])
+                used |= ids
         batches.append(batch)
         pool = rest
     return batches
@@ -114,7 +158,10 @@ def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_
         for batch in unique_chunk_batches(pairs, batch_size, rng):
             if len(batch) < 2:  # one pair has no in-batch negative
                 continue
-            loss = loss_fn([model.tokenize([b[0] for b in batch]), model.tokenize([b[1] for b in batch])], None)
+            columns = [[b[0] for b in batch], [b[1] for b in batch]]
+            if all(getattr(b, "negative", None) for b in batch):  # each question's hard negative: a third column
+                columns.append([b.negative for b in batch])
+            loss = loss_fn([model.tokenize(column) for column in columns], None)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..corpus import Corpus
-from ..embedder import TUNED, tune_encoder, tuning_pairs, validation_figures
+from ..embedder import TUNED, hard_negatives, tune_encoder, tuning_pairs, validation_figures
 from ..files import atomic_write_json, read_json, sha256_json
 from ..index import Encoder, Index, chunk_corpus
 from ..models import SentenceEncoder, load_encoder
@@ -21,7 +21,9 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, encoder: Encoder, embedd
     development = development_facts(corpus, sample) if cfg.index.tune_development else ()
     pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
     settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
-    key = sha256_json({"embedder": embedder_hash, "pairs": [[q, cid] for q, _, cid in pairs],
+    if cfg.index.tune_negatives:  # mined from the untuned embedder and these chunks: the key holds what decides them
+        settings |= {"negatives": True, "k": cfg.index.k, "headed": cfg.index.headed}
+    key = sha256_json({"embedder": embedder_hash, "pairs": [[p.question, p.chunk_id] for p in pairs],
                        "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
     return chunks, development, pairs, validation, key
 
@@ -42,11 +44,14 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[E
             texts = [c.text for c in chunks]
             untuned = Index(chunks, encoder.encode(texts))
             before = validation_figures(untuned, encoder, validation)
-            training = tune_encoder(encoder, pairs, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
+            trained = (hard_negatives(pairs, untuned, encoder, cfg.index.k, cfg.index.headed)
+                       if cfg.index.tune_negatives else pairs)
+            training = tune_encoder(encoder, trained, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
                                     cfg.index.tune_batch_size, cfg.seed, run.log)
             tuned = Index(chunks, encoder.encode(texts))
             after = validation_figures(tuned, encoder, validation)
-            figures = {"pairs": len(pairs), "validation_questions": len(validation), **training,
+            figures = {"pairs": len(pairs), "hard_negatives": sum(p.negative is not None for p in trained),
+                       "validation_questions": len(validation), **training,
                        "development_facts": len(development),
                        "validation_before": before, "validation_after": after, "kept": after["mrr"] > before["mrr"]}
             if figures["kept"]:
