@@ -5,6 +5,7 @@
     .venv/bin/python experiments/benchmark.py --readme                 # only rewrite README.md from runs/benchmark.json
     .venv/bin/python experiments/benchmark.py --dtype-check --readme  # bfloat16 against float32 on the quick run
     .venv/bin/python experiments/benchmark.py --adapters --readme     # merged against named adapters on the quick run
+    .venv/bin/python experiments/benchmark.py --negatives --readme    # embedder tuning with and without hard negatives
     .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
@@ -277,6 +278,55 @@ def context_sweep() -> list[dict]:
     return rows
 
 
+NEGATIVE_VARIANTS = [(False, 2), (True, 1), (True, 2)]  # (index.tune_negatives, index.tune_epochs): old default first
+
+
+def negatives_check(development_count: int = 60) -> dict:
+    """Embedder tuning with and without hard negatives, measured on development data the way the scored facts meet it:
+    the quick sample's train questions and those of `development_count` facts the quick run does not score tune a fresh
+    embedder; what counts is how often the unit shown for those facts' probe questions names the answer (their train
+    questions tuned it, as the scored facts' do before they are probed). No scored fact's probe question is asked."""
+    import dataclasses
+    import random
+
+    import numpy as np
+
+    from ragvsft.corpus import load_corpus
+    from ragvsft.embedder import hard_negatives, tune_encoder, tuning_pairs
+    from ragvsft.index import Index, chunk_corpus, unit_choices
+    from ragvsft.models import load_encoder
+    from ragvsft.probe import development_facts
+    from ragvsft.score import names_answer
+
+    cfg = load_config(REPO / "experiments" / "quick.yaml")
+    corpus = load_corpus(REPO / cfg.corpus)
+    sample = cfg.sample_of(corpus)
+    development = sorted(random.Random(cfg.seed).sample(list(development_facts(corpus, sample)), development_count),
+                         key=lambda f: f.id)
+    tuned_on = dataclasses.replace(sample, facts=(*sample.facts, *development))
+    asked = [(q, f.gold) for f in development for q in f.probe_questions]
+    rows = []
+    for negatives, epochs in NEGATIVE_VARIANTS:
+        encoder = load_encoder(cfg.models.embedder)
+        chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+        pairs, _ = tuning_pairs(tuned_on, chunks, cfg.index.tune_units, cfg.index.headed)
+        began = time.perf_counter()
+        if negatives:
+            pairs = hard_negatives(pairs, Index(chunks, encoder.encode([c.text for c in chunks])), encoder,
+                                   cfg.index.k, cfg.index.headed)
+        training = tune_encoder(encoder, pairs, epochs, cfg.index.tune_learning_rate, cfg.index.tune_batch_size, cfg.seed)
+        seconds = time.perf_counter() - began
+        index = Index(chunks, encoder.encode([c.text for c in chunks]))
+        texts = [q for q, _ in asked]
+        shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed)
+        named = {name: float(np.mean([names_answer(t, list(gold), q) for t, (q, gold) in zip(shown[name], asked)]))
+                 for name in ("best unit", "best two units", "whole chunks")}
+        rows.append({"tune_negatives": negatives, "tune_epochs": epochs, "pairs": len(pairs), "steps": training["steps"],
+                     "seconds": round(seconds, 1), "questions": len(asked), **named})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"development_facts": development_count, "variants": rows}
+
+
 def layers(variant: dict) -> str:
     first = variant.get("first_lora_layer", 0)
     return f"{first} and up" if first else "all"
@@ -348,6 +398,20 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                       f"{check['same_verdict']} of {check['answers']} answers, held-out accuracy per arm at most "
                       f"{100 * max(gaps):.1f} points apart; the arms with an adapter took {min(slower):.1f}–"
                       f"{max(slower):.1f}× the seconds per query named, so `auto` merges on the CPU."]
+    check = bench.get("negatives")
+    if check:
+        lines += ["", f"Embedder tuning with hard negatives (`--negatives`; chosen on development data: the quick sample's "
+                      f"train questions and those of {check['development_facts']} facts the quick run does not score tune a "
+                      f"fresh MiniLM, and the share of those facts' {check['variants'][0]['questions']} probe questions "
+                      "whose shown text names the answer is measured; no scored question is asked):", "",
+                  "| hard negatives | epochs | best unit names the answer | best two units | top-3 chunks whole | tuning s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {'yes' if v['tune_negatives'] else 'no'} | {v['tune_epochs']} | {100 * v['best unit']:.1f}% | "
+                  f"{100 * v['best two units']:.1f}% | {100 * v['whole chunks']:.1f}% | {v['seconds']:.0f} |"
+                  for v in check["variants"]]
+        index = load_config(None).index
+        lines += ["", f"The defaults: `index.tune_negatives: {str(index.tune_negatives).lower()}`, "
+                      f"`index.tune_epochs: {index.tune_epochs}`."]
     speed = bench.get("training_speed")
     if speed:
         lines += ["", f"LoRA training speed on the quick profile's {speed['examples']} examples ({speed['epochs']:g} epochs, "
@@ -454,6 +518,7 @@ def main() -> None:
                         "markers <!-- benchmark-NAME:start/end --> (e.g. noamx), beside the main one")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
     parser.add_argument("--adapters", action="store_true", help="merged adapters against named ones on the quick run")
+    parser.add_argument("--negatives", action="store_true", help="embedder tuning with and without hard negatives")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
@@ -465,6 +530,9 @@ def main() -> None:
     start, end = f"<!-- benchmark{suffix}:start -->", f"<!-- benchmark{suffix}:end -->"
     path = REPO / "runs" / f"benchmark{suffix}.json"
     bench = json.loads(path.read_text()) if path.is_file() else {"profiles": {}}
+    if args.negatives:
+        print("tuning the embedder with and without hard negatives ...", flush=True)
+        bench["negatives"] = negatives_check()
     if args.training:
         print("timing LoRA training ...", flush=True)
         bench["training_speed"] = training_speed()
@@ -481,7 +549,7 @@ def main() -> None:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
-    others = [args.dtype_check, args.adapters, args.training, args.sweep, args.context, args.reader_sweep]
+    others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.reader_sweep]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)
