@@ -305,16 +305,17 @@ def negatives_check(development_count: int = 60) -> dict:
                          key=lambda f: f.id)
     tuned_on = dataclasses.replace(sample, facts=(*sample.facts, *development))
     asked = [(q, f.gold) for f in development for q in f.probe_questions]
+    encoder = load_encoder(cfg.models.embedder)  # its tokenizer cuts the chunks; tuning never changes that
+    chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+    pairs, _ = tuning_pairs(tuned_on, chunks, cfg.index.tune_units, cfg.index.headed)
     rows = []
     for negatives, epochs in NEGATIVE_VARIANTS:
-        encoder = load_encoder(cfg.models.embedder)
-        chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
-        pairs, _ = tuning_pairs(tuned_on, chunks, cfg.index.tune_units, cfg.index.headed)
+        encoder = load_encoder(cfg.models.embedder)  # each variant tunes a fresh copy
         began = time.perf_counter()
-        if negatives:
-            pairs = hard_negatives(pairs, Index(chunks, encoder.encode([c.text for c in chunks])), encoder,
-                                   cfg.index.k, cfg.index.headed)
-        training = tune_encoder(encoder, pairs, epochs, cfg.index.tune_learning_rate, cfg.index.tune_batch_size, cfg.seed)
+        trained = (hard_negatives(pairs, Index(chunks, encoder.encode([c.text for c in chunks])), encoder,
+                                  cfg.index.k, cfg.index.headed) if negatives else pairs)
+        training = tune_encoder(encoder, trained, epochs, cfg.index.tune_learning_rate, cfg.index.tune_batch_size,
+                                cfg.seed)
         seconds = time.perf_counter() - began
         index = Index(chunks, encoder.encode([c.text for c in chunks]))
         texts = [q for q, _ in asked]

@@ -72,8 +72,8 @@ def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     corpus = load_corpus(toy_corpus)
     encoder = load_encoder("minilm")
     index = Index.build(corpus, encoder, 32, 8)
-    pairs = [(q, c.text, c.id) for f in corpus.facts for q in f.train_questions for c in index.chunks
-             if f.evidence in c.text][:8]
+    pairs = [Pair(q, c.text, c.id, tuple(f.gold), frozenset({c.id})) for f in corpus.facts for q in f.train_questions
+             for c in index.chunks if f.evidence in c.text][:8]
     before = [p.detach().clone() for p in encoder.model.parameters()][:3]
     untuned = encoder.encode([pairs[0][0]])
     figures = tune_encoder(encoder, pairs, epochs=2, learning_rate=5e-5, batch_size=4, seed=0)

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from .corpus import Corpus
 from .files import InputError, read_json
-from .index import Chunk, Index, chunk_units, gold_chunk_map, retrieval_metrics
+from .index import Chunk, Index, chunk_units, gold_chunk_map, retrieval_metrics, select_units
 from .score import names_answer
 from .models import SentenceEncoder, load_encoder
 
@@ -93,28 +92,26 @@ def hard_negatives(pairs: list[Pair], index: Index, encoder, k: int, headed: boo
     chunks, so the embedder learnt topics, and the unit shown was often the right section's wrong sentence; with these
     negatives the unit shown named the answer for more held-out questions (README, "Measured")."""
     questions = list(dict.fromkeys(p.question for p in pairs))
-    ranked = dict(zip(questions, index.search(encoder, questions, 2 * k)))
+    ranked = dict(zip(questions, ([chunk for chunk, _ in row] for row in index.search(encoder, questions, 2 * k))))
+    # every unit of each question's top-k chunks, most similar first (index.select_units ranks them, embedded once)
+    every = sum(len(chunk_units(c.text, headed)) for c in index.chunks)
+    by_similarity = dict(zip(questions, select_units(encoder, questions, [[(c.id, c.text) for c in ranked[q][:k]]
+                                                                          for q in questions], every, headed)))
     whole = {c.id: c.text for c in index.chunks}
     mined = []
     for p in pairs:
-        hits = [chunk for chunk, _ in ranked[p.question]]
         if p.text == whole.get(p.chunk_id):
-            wrong = next((c for c in hits if c.id not in p.gold_ids and not names_answer([c.text], list(p.gold),
-                                                                                         p.question)), None)
+            wrong = next((c for c in ranked[p.question] if c.id not in p.gold_ids
+                          and not names_answer([c.text], list(p.gold), p.question)), None)
             negative = (wrong.text, wrong.id) if wrong else None
         else:
-            units = [(c.id, u) for c in hits[:k] for u in chunk_units(c.text, headed)
-                     if u != p.text and not names_answer([u], list(p.gold), p.question)]
-            if units:
-                cosine = encoder.encode([u for _, u in units]) @ encoder.encode([p.question])[0]
-                negative = units[int(np.argmax(cosine))][::-1]
-            else:
-                negative = None
+            negative = next(((u, cid) for cid, u in by_similarity[p.question]
+                             if u != p.text and not names_answer([u], list(p.gold), p.question)), None)
         mined.append(p._replace(negative=negative[0], negative_id=negative[1]) if negative else p)
     return mined
 
 
-def unique_chunk_batches(pairs: list, size: int, rng: random.Random) -> list[list]:
+def unique_chunk_batches(pairs: list[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
     """Shuffled batches of at most `size` pairs in which no chunk occurs twice, as a positive or a negative."""
     pool = list(pairs)
     rng.shuffle(pool)
@@ -122,7 +119,7 @@ def unique_chunk_batches(pairs: list, size: int, rng: random.Random) -> list[lis
     while pool:
         batch, used, rest = [], set(), []
         for pair in pool:
-            ids = {pair[2]} | ({pair.negative_id} if getattr(pair, "negative_id", None) else set())
+            ids = {pair.chunk_id} | ({pair.negative_id} if pair.negative_id else set())
             if ids & used or len(batch) >= size:
                 rest.append(pair)
             else:
@@ -139,7 +136,7 @@ def validation_figures(index: Index, encoder, validation: list[tuple[str, set[st
     return {"recall_at": figures["recall_at"], "mrr": figures["mrr"]}
 
 
-def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_size: int, seed: int,
+def tune_encoder(encoder, pairs: list[Pair], epochs: int, learning_rate: float, batch_size: int, seed: int,
                  log=None) -> dict:
     """Train `encoder.model` (a SentenceTransformer) in place with MultipleNegativesRankingLoss; steps and seconds.
     `log` (optional) hears of every few batches, so the tuning is never silent for long."""
@@ -158,8 +155,8 @@ def tune_encoder(encoder, pairs: list, epochs: int, learning_rate: float, batch_
         for batch in unique_chunk_batches(pairs, batch_size, rng):
             if len(batch) < 2:  # one pair has no in-batch negative
                 continue
-            columns = [[b[0] for b in batch], [b[1] for b in batch]]
-            if all(getattr(b, "negative", None) for b in batch):  # each question's hard negative: a third column
+            columns = [[b.question for b in batch], [b.text for b in batch]]
+            if all(b.negative for b in batch):  # each question's hard negative: a third column
                 columns.append([b.negative for b in batch])
             loss = loss_fn([model.tokenize(column) for column in columns], None)
             optimizer.zero_grad()
