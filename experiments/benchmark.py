@@ -278,7 +278,8 @@ def context_sweep() -> list[dict]:
     return rows
 
 
-NEGATIVE_VARIANTS = [(False, 2), (True, 1), (True, 2)]  # (index.tune_negatives, index.tune_epochs): old default first
+# (index.tune_negatives, index.tune_epochs, training precision): old default first
+NEGATIVE_VARIANTS = [(False, 2, "float32"), (True, 1, "float32"), (True, 2, "float32"), (True, 1, "bfloat16")]
 
 
 def negatives_check(development_count: int = 60) -> dict:
@@ -309,20 +310,21 @@ def negatives_check(development_count: int = 60) -> dict:
     chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
     pairs, _ = tuning_pairs(tuned_on, chunks, cfg.index.tune_units, cfg.index.headed)
     rows = []
-    for negatives, epochs in NEGATIVE_VARIANTS:
+    for negatives, epochs, precision in NEGATIVE_VARIANTS:
         encoder = load_encoder(cfg.models.embedder)  # each variant tunes a fresh copy
         began = time.perf_counter()
         trained = (hard_negatives(pairs, Index(chunks, encoder.encode([c.text for c in chunks])), encoder,
                                   cfg.index.k, cfg.index.headed) if negatives else pairs)
         training = tune_encoder(encoder, trained, epochs, cfg.index.tune_learning_rate, cfg.index.tune_batch_size,
-                                cfg.seed)
+                                cfg.seed, precision=precision)
         seconds = time.perf_counter() - began
         index = Index(chunks, encoder.encode([c.text for c in chunks]))
         texts = [q for q, _ in asked]
         shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed)
         named = {name: float(np.mean([names_answer(t, list(gold), q) for t, (q, gold) in zip(shown[name], asked)]))
                  for name in ("best unit", "best two units", "whole chunks")}
-        rows.append({"tune_negatives": negatives, "tune_epochs": epochs, "pairs": len(pairs), "steps": training["steps"],
+        rows.append({"tune_negatives": negatives, "tune_epochs": epochs, "precision": precision, "pairs": len(pairs),
+                     "steps": training["steps"],
                      "seconds": round(seconds, 1), "questions": len(asked), **named})
         print(json.dumps(rows[-1]), flush=True)
     return {"development_facts": development_count, "variants": rows}
@@ -405,9 +407,11 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                       f"train questions and those of {check['development_facts']} facts the quick run does not score tune a "
                       f"fresh MiniLM, and the share of those facts' {check['variants'][0]['questions']} probe questions "
                       "whose shown text names the answer is measured; no scored question is asked):", "",
-                  "| hard negatives | epochs | best unit names the answer | best two units | top-3 chunks whole | tuning s |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {'yes' if v['tune_negatives'] else 'no'} | {v['tune_epochs']} | {100 * v['best unit']:.1f}% | "
+                  "| hard negatives | epochs | precision | best unit names the answer | best two units | top-3 chunks whole "
+                  "| tuning s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {'yes' if v['tune_negatives'] else 'no'} | {v['tune_epochs']} | {v.get('precision', 'float32')} | "
+                  f"{100 * v['best unit']:.1f}% | "
                   f"{100 * v['best two units']:.1f}% | {100 * v['whole chunks']:.1f}% | {v['seconds']:.0f} |"
                   for v in check["variants"]]
         index = load_config(None).index

@@ -108,7 +108,8 @@ def test_yaml_bombs_and_deep_nesting_get_a_line_not_a_hang(tmp_path):
 def test_null_layer_settings_fit_the_model_depth():
     from ragvsft.config import resolve_layers
 
-    quick = load_config(REPO / "experiments" / "quick.yaml")
+    assert load_config(REPO / "experiments" / "quick.yaml").finetune.first_lora_layer == 0  # every layer (README)
+    quick = load_config(REPO / "experiments" / "quick.yaml", ["finetune.first_lora_layer=null"])
     assert quick.finetune.first_lora_layer is None and quick.reader.head_layers is None
     layers = lambda cfg: (cfg.finetune.first_lora_layer, cfg.reader.first_lora_layer, cfg.reader.head_layers)  # noqa: E731
     assert layers(resolve_layers(quick, 30)) == (10, 10, [15, 30])  # SmolLM2: the settings measured in "Measured"
@@ -116,7 +117,7 @@ def test_null_layer_settings_fit_the_model_depth():
     assert layers(resolve_layers(quick, 1)) == (0, 0, [1])
     explicit = load_config(None, ["reader.head_layers=[3]", "finetune.first_lora_layer=5", "reader.first_lora_layer=4"])
     assert layers(resolve_layers(explicit, 30)) == (5, 4, [3])
-    assert layers(resolve_layers(load_config(None), 30))[0] == 0  # the full profile adapts every layer
+    assert layers(resolve_layers(load_config(None), 30))[0] == 0  # the defaults adapt every layer
 
 
 def test_an_experiment_file_builds_on_another_with_extends(tmp_path):

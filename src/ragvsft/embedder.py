@@ -11,6 +11,7 @@ first train question is held back as validation: the tuned embedder is kept only
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -137,9 +138,11 @@ def validation_figures(index: Index, encoder, validation: list[tuple[str, set[st
 
 
 def tune_encoder(encoder, pairs: list[Pair], epochs: int, learning_rate: float, batch_size: int, seed: int,
-                 log=None) -> dict:
+                 log=None, precision: str = "float32") -> dict:
     """Train `encoder.model` (a SentenceTransformer) in place with MultipleNegativesRankingLoss; steps and seconds.
-    `log` (optional) hears of every few batches, so the tuning is never silent for long."""
+    `log` (optional) hears of every few batches, so the tuning is never silent for long. `precision: bfloat16` runs
+    the forward pass under bfloat16 autocast (the weights, gradients and optimiser stay float32): the run passes its
+    training precision (finetune.precision), measured fastest on this machine."""
     from sentence_transformers import losses
 
     torch.manual_seed(seed)
@@ -151,6 +154,9 @@ def tune_encoder(encoder, pairs: list[Pair], epochs: int, learning_rate: float, 
     began, steps = time.perf_counter(), 0
     reported = began
     model.train()
+    device_type = next(model.parameters()).device.type
+    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bfloat16"
+                else contextlib.nullcontext())
     for epoch in range(epochs):
         for batch in unique_chunk_batches(pairs, batch_size, rng):
             if len(batch) < 2:  # one pair has no in-batch negative
@@ -158,7 +164,8 @@ def tune_encoder(encoder, pairs: list[Pair], epochs: int, learning_rate: float, 
             columns = [[b.question for b in batch], [b.text for b in batch]]
             if all(b.negative for b in batch):  # each question's hard negative: a third column
                 columns.append([b.negative for b in batch])
-            loss = loss_fn([model.tokenize(column) for column in columns], None)
+            with autocast:
+                loss = loss_fn([model.tokenize(column) for column in columns], None)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

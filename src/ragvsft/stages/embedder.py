@@ -21,6 +21,7 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, encoder: Encoder, embedd
     development = development_facts(corpus, sample) if cfg.index.tune_development else ()
     pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
     settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
+    settings["precision"] = cfg.finetune.precision  # the embedder trains in the run's training precision
     if cfg.index.tune_negatives:  # mined from the untuned embedder and these chunks: the key holds what decides them
         settings |= {"negatives": True, "k": cfg.index.k, "headed": cfg.index.headed}
     key = sha256_json({"embedder": embedder_hash, "pairs": [[p.question, p.chunk_id] for p in pairs],
@@ -47,7 +48,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder) -> tuple[E
             trained = (hard_negatives(pairs, untuned, encoder, cfg.index.k, cfg.index.headed)
                        if cfg.index.tune_negatives else pairs)
             training = tune_encoder(encoder, trained, cfg.index.tune_epochs, cfg.index.tune_learning_rate,
-                                    cfg.index.tune_batch_size, cfg.seed, run.log)
+                                    cfg.index.tune_batch_size, cfg.seed, run.log, cfg.finetune.precision)
             tuned = Index(chunks, encoder.encode(texts))
             after = validation_figures(tuned, encoder, validation)
             figures = {"pairs": len(pairs), "hard_negatives": sum(p.negative is not None for p in trained),
