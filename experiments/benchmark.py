@@ -118,8 +118,8 @@ def rerun_check(folder: str, setting: str, labels: tuple[str, str]) -> dict:
     source, out = REPO / "runs" / "bench-quick", REPO / "runs" / folder
     if not (source / "results.json").is_file():
         sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
-    if not out.exists():
-        shutil.copytree(source, out)
+    shutil.rmtree(out, ignore_errors=True)  # a copy of an earlier quick run would recompute every stage
+    shutil.copytree(source, out)
     command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
                "--set", setting]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
