@@ -64,6 +64,12 @@ def test_hard_negatives_are_the_closest_wrong_texts_and_never_name_the_answer():
     assert max(cosine[u] for u in units if "58 euros" in u and u != unit) > cosine[unit_pair.negative]
 
 
+def gold_chunk_pairs(corpus, index) -> list[Pair]:
+    """The first 8 (train question, chunk holding its fact's evidence) pairs of the toy corpus."""
+    return [Pair(q, c.text, c.id, tuple(f.gold), frozenset({c.id})) for f in corpus.facts for q in f.train_questions
+            for c in index.chunks if f.evidence in c.text][:8]
+
+
 def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     import torch
 
@@ -72,8 +78,7 @@ def test_tuning_moves_the_real_minilm_towards_the_gold_chunks(toy_corpus):
     corpus = load_corpus(toy_corpus)
     encoder = load_encoder("minilm")
     index = Index.build(corpus, encoder, 32, 8)
-    pairs = [Pair(q, c.text, c.id, tuple(f.gold), frozenset({c.id})) for f in corpus.facts for q in f.train_questions
-             for c in index.chunks if f.evidence in c.text][:8]
+    pairs = gold_chunk_pairs(corpus, index)
     before = [p.detach().clone() for p in encoder.model.parameters()][:3]
     untuned = encoder.encode([pairs[0][0]])
     figures = tune_encoder(encoder, pairs, epochs=2, learning_rate=5e-5, batch_size=4, seed=0)
@@ -92,8 +97,7 @@ def test_bfloat16_tuning_keeps_float32_weights_and_follows_the_float32_update(to
 
     corpus = load_corpus(toy_corpus)
     index = Index.build(corpus, load_encoder("minilm"), 32, 8)
-    pairs = [Pair(q, c.text, c.id, tuple(f.gold), frozenset({c.id})) for f in corpus.facts for q in f.train_questions
-             for c in index.chunks if f.evidence in c.text][:8]
+    pairs = gold_chunk_pairs(corpus, index)
     updates = {}
     for precision in ("float32", "bfloat16"):
         encoder = load_encoder("minilm")
@@ -109,7 +113,6 @@ def test_bfloat16_tuning_keeps_float32_weights_and_follows_the_float32_update(to
 
 def test_a_module_list_naming_a_foreign_class_is_refused_before_anything_is_imported(tmp_path):
     import json
-
 
     from ragvsft.files import InputError
     from ragvsft.models import SentenceEncoder
