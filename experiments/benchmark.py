@@ -9,6 +9,7 @@
     .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
+    .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
     .venv/bin/python experiments/benchmark.py --profile harbourline --readme  # the quick profile on a second corpus
@@ -278,6 +279,38 @@ def context_sweep() -> list[dict]:
     return rows
 
 
+DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
+
+
+def demos_sweep() -> list[dict]:
+    """The rag arm per `probe.rag_demos` on the quick profile's development questions (facts it does not score, and
+    unanswerable questions it does not ask: what its gate calibrates on); the probe asks only the train questions
+    back, so no scored question's answer is seen. The retrieval is the run's own and the same for every count."""
+    from ragvsft.corpus import load_corpus
+    from ragvsft.score import follows_style
+
+    markers = list(load_corpus(REPO / "corpus").style.markers)
+    rows, out = [], REPO / "runs" / "demos-sweep"  # one folder: the embedder and the index are computed once
+    for count in DEMO_COUNTS:
+        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+                   "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]", "--set", f"probe.rag_demos={count}"]
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        developed = [json.loads(line) for line in (out / "development.jsonl").read_text().splitlines()]
+        answerable = [r for r in developed if r["gold"]]
+        shown = [r for r in answerable if r["answer_shown"]]
+        unanswerable = [r for r in developed if not r["gold"]]
+        rows.append({"rag_demos": count, "questions": len(answerable), "unanswerable": len(unanswerable),
+                     "accuracy": sum(r["verdict"] == "correct" for r in answerable) / len(answerable),
+                     "answer_shown": len(shown) / len(answerable),
+                     "right_when_shown": sum(r["verdict"] == "correct" for r in shown) / max(1, len(shown)),
+                     "unanswerable_declined": sum(r["verdict"] == "abstained" for r in unanswerable) / max(1, len(unanswerable)),
+                     "style": sum(follows_style(r["answer"], markers) for r in developed) / len(developed),
+                     "prompt_tokens": sum(r["prompt_tokens"] for r in developed) / len(developed),
+                     "seconds": round(sum(r["seconds"] for r in developed), 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 # (index.tune_negatives, index.tune_epochs, training precision): old default first
 NEGATIVE_VARIANTS = [(False, 2, "float32"), (True, 1, "float32"), (True, 2, "float32"), (True, 1, "bfloat16")]
 
@@ -456,6 +489,19 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         default = load_config(None).index.context_units
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
+    if bench.get("demos"):
+        rows = bench["demos"]
+        best = max(rows, key=lambda r: (round(r["accuracy"], 4), -r["rag_demos"]))
+        lines += ["", f"Worked reading examples in the rag prompt (`--demos`; the quick profile's {rows[0]['questions']} "
+                      f"answerable and {rows[0]['unanswerable']} unanswerable development questions, of facts and "
+                      "questions it does not score; the run's own retrieval):", "",
+                  "| worked examples | RAG accuracy | unit shown names the answer | right when it does | unanswerable "
+                  "declined | house style | prompt tokens | generation s |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['rag_demos']} | {100 * r['accuracy']:.1f}% | {100 * r['answer_shown']:.0f}% | "
+                  f"{100 * r['right_when_shown']:.0f}% | {100 * r['unanswerable_declined']:.0f}% | {100 * r['style']:.0f}% | "
+                  f"{r['prompt_tokens']:.0f} | {r['seconds']:.0f} |" for r in rows]
+        lines += ["", f"Highest development accuracy (fewest examples on a tie): {best['rag_demos']}; the default "
+                      f"`probe.rag_demos` is {load_config(None).probe.rag_demos}."]
     if bench.get("reader_sweep"):
         rows = bench["reader_sweep"]
         chosen = reader_choice(rows)
@@ -527,6 +573,7 @@ def main() -> None:
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
+    parser.add_argument("--demos", action="store_true", help="RAG accuracy per probe.rag_demos on development questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
@@ -547,6 +594,9 @@ def main() -> None:
     if args.context:
         print("measuring how much context the base reader uses ...", flush=True)
         bench["context"] = context_sweep()
+    if args.demos:
+        print("measuring the rag arm's worked reading examples ...", flush=True)
+        bench["demos"] = demos_sweep()
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
@@ -554,7 +604,8 @@ def main() -> None:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
-    others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.reader_sweep]
+    others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.demos,
+              args.reader_sweep]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ragvsft.arms import PREFIX_MIN_TOKENS, batches, build_messages, fewshot_pairs, generate, prompt_ids, shared_prefix
+from ragvsft.arms import (PREFIX_MIN_TOKENS, batches, build_messages, fewshot_pairs, generate, prompt_ids, reading_demos,
+                          shared_prefix)
 from ragvsft.corpus import load_corpus
 from ragvsft.models import load_lm
 
@@ -116,6 +117,50 @@ def test_fewshot_examples_never_name_the_asked_answer_on_the_shipped_corpus():
             assert example_question not in facts[q.fact_id].train_questions
 
 
+def test_reading_demos_show_other_facts_evidence_and_train_questions_only_on_the_shipped_corpus(mock_encoder):
+    """Over every question of the full probe and every unanswerable one: the rag arm's worked examples are k other
+    facts, each its evidence unit (which names that fact's answer) with its first train question and styled answer;
+    none names the asked gold answer, and no probe or unanswerable question of the corpus is ever in them."""
+    from conftest import REPO
+    from ragvsft.config import load_config
+    from ragvsft.index import chunk_corpus, evidence_units
+    from ragvsft.probe import question_sets
+    from ragvsft.score import matches_gold
+
+    corpus = load_corpus(REPO / "corpus")
+    cfg = load_config(REPO / "experiments" / "full.yaml")
+    chunks = chunk_corpus(corpus, mock_encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
+    evidence = evidence_units(corpus.facts, chunks, corpus.documents, cfg.index.headed)
+    facts = {f.id: f for f in corpus.facts}
+    assert len(evidence) > 0.9 * len(facts)
+    assert all(matches_gold(unit, list(facts[fid].gold)) for fid, unit in evidence.items())
+    never = {q for f in corpus.facts for q in f.probe_questions} | {u.question for u in corpus.unanswerable}
+    by_answer = {corpus.style.answer(f.statement): f for f in corpus.facts}
+    questions = question_sets(corpus, cfg.probe.model_copy(update={"sets": ["heldout", "seen", "unanswerable"]}))
+    assert len(questions) > 600 and cfg.probe.rag_demos > 0
+    for q in questions:
+        demos = reading_demos(corpus, evidence, q.fact_id, cfg.probe.rag_demos, cfg.seed, q.gold)
+        assert len(demos) == cfg.probe.rag_demos
+        for text, answer in demos:
+            shown = by_answer[answer]
+            assert shown.id != q.fact_id and text.endswith(shown.train_questions[0])
+            assert evidence[shown.id] in text and not any(n in text for n in never), (q.qid, text)
+            assert not (q.gold and matches_gold(text + answer, list(q.gold))), (q.qid, text)
+
+
+def test_the_rag_prompt_puts_its_demos_between_the_system_prompt_and_the_question(toy_corpus, mock_encoder):
+    from ragvsft.index import chunk_corpus, evidence_units
+
+    corpus = load_corpus(toy_corpus)
+    evidence = evidence_units(corpus.facts, chunk_corpus(corpus, mock_encoder, 96, 24), corpus.documents, True)
+    demos = reading_demos(corpus, evidence, "security", 2, seed=0)
+    assert len(demos) == 2 and reading_demos(corpus, evidence, "security", 2, seed=0) == demos
+    messages = build_messages("rag", "Who leads security?", corpus, ["Dalia Fenwick is the head of security."], demos)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[2]["content"] == demos[0][1] and messages[-1]["content"].endswith("Who leads security?")
+    assert reading_demos(corpus, evidence, "security", 0, seed=0) == []
+
+
 def test_fewshot_skips_other_facts_that_give_the_answer_away(toy_corpus):
     corpus = load_corpus(toy_corpus)
     # "portal"'s reverse gold is "hotels": the "portal" fact itself is excluded by id, and no other statement says
@@ -180,7 +225,7 @@ def test_each_arm_declares_what_its_prompt_reads(toy_corpus):
         messages = build_messages(arm.name, "What is asked?", corpus, ["A retrieved passage."], [example])
         text = "\n".join(m["content"] for m in messages)
         assert (corpus.style.system_prompt in text) == arm.system_prompt, arm.name
-        assert (example[0] in text) == arm.examples, arm.name
+        assert (example[0] in text) == (arm.examples or arm.demos), arm.name
 
 
 def test_each_answer_carries_the_mean_log_probability_greedy_decoding_gave_its_tokens(tiny_lm, toy_corpus):

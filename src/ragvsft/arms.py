@@ -46,6 +46,21 @@ def fewshot_pairs(corpus: Corpus, exclude_fact: str | None, k: int, seed: int,
     return [(f.train_questions[0], corpus.style.answer(f.statement)) for f in itertools.islice(shown, k)]
 
 
+def reading_demos(corpus: Corpus, evidence: dict[str, str], exclude_fact: str | None, k: int, seed: int,
+                  gold: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, str]]:
+    """k worked examples of reading for the rag prompt, as (the fact's evidence unit and first train question laid
+    out as the arm's own question is, the styled answer): the first k facts with an evidence unit, in one seeded order,
+    that are not the asked fact and whose statement and unit do not name the asked question's gold answer. Train
+    questions only, so no scored question is ever shown; one block for nearly every question (a shared prefix).
+    Why: the 135M model, shown a unit that names the answer, often echoed the question or answered from its own
+    memory; shown how a passage is read it named the answer more often (README, "Measured": --demos)."""
+    order = sorted(corpus.facts, key=lambda f: zlib.crc32(f"{seed}:demos:{f.id}".encode()))
+    shown = (f for f in order if f.id in evidence and f.id != exclude_fact
+             and not (gold and matches_gold(f.statement + "\n" + evidence[f.id], list(gold))))
+    return [(context_block([evidence[f.id]]) + f.train_questions[0], corpus.style.answer(f.statement))
+            for f in itertools.islice(shown, k)]
+
+
 def closed_book_messages(question: str) -> list[dict]:
     """What the LoRA model is trained on and asked: the question alone, under an empty system message."""
     return [NO_SYSTEM, {"role": "user", "content": question}]
@@ -61,17 +76,20 @@ def _system(corpus: Corpus) -> dict:
     return {"role": "system", "content": corpus.style.system_prompt}
 
 
+def _shots(examples: list[tuple[str, str]] | None) -> list[dict]:
+    return [m for q, a in examples or [] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
 def _fewshot(question, corpus, chunks, examples):
-    shots = [m for q, a in examples or [] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-    return [_system(corpus), *shots, {"role": "user", "content": question}]
+    return [_system(corpus), *_shots(examples), {"role": "user", "content": question}]
 
 
 BUILDERS = {
     "base": lambda question, corpus, chunks, examples: [{"role": "user", "content": question}],
     "prompt": lambda question, corpus, chunks, examples: [_system(corpus), {"role": "user", "content": question}],
     "fewshot": _fewshot,
-    "rag": lambda question, corpus, chunks, examples: [
-        _system(corpus), {"role": "user", "content": context_block(chunks or []) + question}],
+    "rag": lambda question, corpus, chunks, examples: [  # examples: reading_demos
+        _system(corpus), *_shots(examples), {"role": "user", "content": context_block(chunks or []) + question}],
     "lora": lambda question, corpus, chunks, examples: closed_book_messages(question),
     "lora_rag": lambda question, corpus, chunks, examples: reader_messages(question, chunks or []),
     "raft": lambda question, corpus, chunks, examples: reader_messages(question, chunks or []),

@@ -21,7 +21,7 @@ import torch
 
 from .corpus import Corpus
 from .files import InputError, read_json
-from .index import Chunk, Index, chunk_units, gold_chunk_map, retrieval_metrics, select_units
+from .index import Chunk, Index, chunk_units, evidence_unit, gold_chunk_map, retrieval_metrics, select_units
 from .score import names_answer
 from .models import SentenceEncoder, load_encoder
 
@@ -79,8 +79,8 @@ def tuning_pairs(sample: Corpus, chunks: list[Chunk], units: bool = False, heade
         answers, gold_ids = tuple(fact.gold), frozenset(ids)
         for question in (fact.train_questions[1:] if scored else (*fact.train_questions, *fact.probe_questions)):
             pairs.append(Pair(question, text[ids[0]], ids[0], answers, gold_ids))
-            evidence = next(((cid, unit) for cid in ids for unit in chunk_units(text[cid], headed)
-                             if names_answer([unit], fact.gold, question)), None) if units else None
+            evidence = next(((cid, unit) for cid in ids if (unit := evidence_unit([text[cid]], list(fact.gold), question,
+                                                                                  headed))), None) if units else None
             if evidence:
                 pairs.append(Pair(question, evidence[1], evidence[0], answers, gold_ids))
     return pairs, validation

@@ -168,14 +168,18 @@ def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshot
             if epochs_at:
                 self._snapshot(0.0, model, None)
 
-        last = time.perf_counter()
+        last = step_began = time.perf_counter()
+        step_seconds = 0.0
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            # Every tenth of training, and at least every 10 s where steps are slow: never a silent stretch.
+            # Every tenth of training, and where steps are slow whenever waiting for the next step would leave more
+            # than 10 s without a line (a 2-core AMX host took 5-7 s a step: "more than 10 s since" left 15 s gaps).
+            now = time.perf_counter()
+            self.step_seconds, self.step_began = now - self.step_began, now
             every = max(1, state.max_steps // 10)
             due = state.global_step % every == 0 or state.global_step == state.max_steps
-            if log and logs and "loss" in logs and (due or time.perf_counter() - self.last > 10):
-                self.last = time.perf_counter()
+            if log and logs and "loss" in logs and (due or now - self.last + self.step_seconds > 10):
+                self.last = now
                 log(f"finetune: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):

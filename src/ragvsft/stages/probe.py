@@ -8,12 +8,12 @@ from __future__ import annotations
 import random
 import time
 
-from ..arms import RAG_ARMS, fewshot_pairs
+from ..arms import RAG_ARMS, fewshot_pairs, reading_demos
 from ..catalogue import ARMS, model_of, uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
-from ..index import Encoder, Index
+from ..index import Encoder, Index, evidence_units
 from ..probe import Question, development_facts, retrieve, run_models, run_probe
 from ..reader import fold_of_question
 from .cache import Run
@@ -24,7 +24,7 @@ ROWS_VERSION = 2
 
 
 def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
-            reader_key: str | None = None) -> str:
+            reader_key: str | None = None, evidence: dict[str, str] | None = None) -> str:
     """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
     style marker only re-scores."""
     # The device only where it is not the CPU: an accelerator's arithmetic differs slightly; CPU keys stay as they were.
@@ -42,6 +42,9 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     if ARMS[arm].examples:
         inputs["examples"] = [fewshot_pairs(sample, q.fact_id, cfg.probe.fewshot_k, cfg.seed, q.gold)
                               for q in questions]
+    if ARMS[arm].demos and evidence and cfg.probe.rag_demos:
+        inputs["demos"] = [reading_demos(sample, evidence, q.fact_id, cfg.probe.rag_demos, cfg.seed, q.gold)
+                           for q in questions]
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
     if model_of(arm) == "closed_book":
@@ -85,8 +88,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
     development = development_questions(cfg, corpus, sample)
     asked = {arm: questions + (development if arm in cfg.gated_arms else []) for arm in cfg.probe.arms}
-    keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key)
-            for arm in cfg.probe.arms}
+    evidence = evidence_units(sample.facts, index.chunks, corpus.documents, cfg.index.headed)
+    keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key,
+                         evidence) for arm in cfg.probe.arms}
     todo = [arm for arm in cfg.probe.arms
             if not (len(by_arm[arm]) == len(asked[arm]) and run.records.fresh(f"probe/{arm}", keys[arm], path))]
     models: dict = {}
@@ -109,7 +113,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
 
         def ask(_, arm=arm):
             by_arm[arm] = run_probe(models, tokenizer, sample, asked[arm], retrieved,
-                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.log, folds)
+                                    cfg.probe.model_copy(update={"arms": [arm]}), cfg.seed, run.log, folds, evidence)
             # Written after every arm, so a stopped probe keeps the arms it finished.
             probed, developed = _split([r for a in cfg.probe.arms for r in by_arm[a]])
             atomic_write_jsonl(dev_path, developed)

@@ -11,7 +11,7 @@ from ..config import Config, config_dict
 from ..corpus import Corpus
 from ..files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_json
 from ..finetune import arm_models, build_finetune_set, train_lora
-from ..index import Encoder, Index
+from ..index import Encoder, Index, evidence_units
 from ..precision import torch_dtype
 from ..probe import retrieve, run_models, run_probe
 from ..reader import fold_of_question
@@ -63,6 +63,8 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
                                 cfg.index.chunking)
             index.save(tmp / "index")
             index = index.using(cfg.index.retriever)
+            # the rag arm's worked reading examples are read off the new index too
+            evidence = evidence_units(sample_after.facts, index.chunks, sample_after.documents, cfg.index.headed)
             seconds = {"reindex": time.perf_counter() - t}
             t = time.perf_counter()
             for q in asked:  # what editing the few-shot prompt takes: its examples drawn again from the new facts
@@ -78,7 +80,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
             folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
             retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
             rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, sample_after, asked, retrieved,
-                                                               cfg.probe, cfg.seed, run.log, folds)]
+                                                               cfg.probe, cfg.seed, run.log, folds, evidence)]
             adapter_arms = [a for a in cfg.probe.arms if model_of(a) == "closed_book"]
             seconds["retrain"] = None
             if cfg.update.retrain and adapter_arms:
