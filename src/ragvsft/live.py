@@ -8,6 +8,7 @@ question is one of the run's probe questions, each answer also gets its verdict.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,11 @@ class Session:
         return cls(run_dir, config, corpus, index, encoder or run_encoder(run_dir, config.models.embedder),
                    tokenizer, models, known, folds, results.get("gate") or {})
 
+    @functools.cached_property
+    def evidence(self) -> dict[str, str]:
+        """The rag arm's worked reading examples' units (index.evidence_units), read off the run's index once."""
+        return evidence_units(self.corpus.facts, self.index.chunks, self.corpus.documents, self.config.index.headed)
+
     @property
     def arms(self) -> list[str]:
         return [a for a in self.config.probe.arms if model_of(a) in self.models]
@@ -109,9 +115,8 @@ class Session:
         cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
         folds = self.reader_folds if "reader" in self.models else None
         route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None
-        evidence = evidence_units(self.corpus.facts, self.index.chunks, self.corpus.documents, index.headed)
         rows = run_probe(self.models, self.tokenizer, self.corpus, [asked], retrieved, cfg, self.config.seed,
-                         reader_fold=route, evidence=evidence)
+                         reader_fold=route, evidence=self.evidence)
         self._gated(rows, asked)
         for row in rows:
             if probe_question is None:
