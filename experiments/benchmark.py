@@ -10,6 +10,7 @@
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
     .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
+    .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
     .venv/bin/python experiments/benchmark.py --profile harbourline --readme  # the quick profile on a second corpus
@@ -280,26 +281,28 @@ def context_sweep() -> list[dict]:
 
 
 DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
+CONTRAST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
-def demos_sweep() -> list[dict]:
-    """The rag arm per `probe.rag_demos` on the quick profile's development questions (facts it does not score, and
-    unanswerable questions it does not ask: what its gate calibrates on); the probe asks only the train questions
-    back, so no scored question's answer is seen. The retrieval is the run's own and the same for every count."""
+def rag_sweep(setting: str, values) -> list[dict]:
+    """The rag arm per value of one `probe.` setting (rag_demos, rag_contrast) on the quick profile's development
+    questions (facts it does not score, and unanswerable questions it does not ask: what its gate calibrates on); the
+    probe asks only the train questions back, so no scored question's answer is seen. The retrieval is the run's own
+    and the same for every value; each row keeps the setting under its own name."""
     from ragvsft.corpus import load_corpus
     from ragvsft.score import follows_style
 
     markers = list(load_corpus(REPO / "corpus").style.markers)
-    rows, out = [], REPO / "runs" / "demos-sweep"  # one folder: the embedder and the index are computed once
-    for count in DEMO_COUNTS:
+    rows, out = [], REPO / "runs" / f"{setting.replace('_', '-')}-sweep"  # one folder: embedder, index computed once
+    for value in values:
         command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
-                   "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]", "--set", f"probe.rag_demos={count}"]
+                   "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]", "--set", f"probe.{setting}={value}"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         developed = [json.loads(line) for line in (out / "development.jsonl").read_text().splitlines()]
         answerable = [r for r in developed if r["gold"]]
         shown = [r for r in answerable if r["answer_shown"]]
         unanswerable = [r for r in developed if not r["gold"]]
-        rows.append({"rag_demos": count, "questions": len(answerable), "unanswerable": len(unanswerable),
+        rows.append({setting: value, "questions": len(answerable), "unanswerable": len(unanswerable),
                      "accuracy": sum(r["verdict"] == "correct" for r in answerable) / len(answerable),
                      "answer_shown": len(shown) / len(answerable),
                      "right_when_shown": sum(r["verdict"] == "correct" for r in shown) / max(1, len(shown)),
@@ -489,19 +492,23 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         default = load_config(None).index.context_units
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
-    if bench.get("demos"):
-        rows = bench["demos"]
-        best = max(rows, key=lambda r: (round(r["accuracy"], 4), -r["rag_demos"]))
-        lines += ["", f"Worked reading examples in the rag prompt (`--demos`; the quick profile's {rows[0]['questions']} "
-                      f"answerable and {rows[0]['unanswerable']} unanswerable development questions, of facts and "
-                      "questions it does not score; the run's own retrieval):", "",
-                  "| worked examples | RAG accuracy | unit shown names the answer | right when it does | unanswerable "
+    for name, setting, what, column in (
+            ("demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples"),
+            ("contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w")):
+        if not bench.get(name):
+            continue
+        rows = bench[name]
+        best = max(rows, key=lambda r: (round(r["accuracy"], 4), -r[setting]))
+        lines += ["", f"{what} (`--{name}`; the quick profile's {rows[0]['questions']} answerable and "
+                      f"{rows[0]['unanswerable']} unanswerable development questions, of facts and questions it does "
+                      "not score; the run's own retrieval):", "",
+                  f"| {column} | RAG accuracy | unit shown names the answer | right when it does | unanswerable "
                   "declined | house style | prompt tokens | generation s |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['rag_demos']} | {100 * r['accuracy']:.1f}% | {100 * r['answer_shown']:.0f}% | "
+        lines += [f"| {r[setting]} | {100 * r['accuracy']:.1f}% | {100 * r['answer_shown']:.0f}% | "
                   f"{100 * r['right_when_shown']:.0f}% | {100 * r['unanswerable_declined']:.0f}% | {100 * r['style']:.0f}% | "
                   f"{r['prompt_tokens']:.0f} | {r['seconds']:.0f} |" for r in rows]
-        lines += ["", f"Highest development accuracy (fewest examples on a tie): {best['rag_demos']}; the default "
-                      f"`probe.rag_demos` is {load_config(None).probe.rag_demos}."]
+        lines += ["", f"Highest development accuracy (the smallest on a tie): {best[setting]}; the default "
+                      f"`probe.{setting}` is {getattr(load_config(None).probe, setting)}."]
     if bench.get("reader_sweep"):
         rows = bench["reader_sweep"]
         chosen = reader_choice(rows)
@@ -574,6 +581,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
     parser.add_argument("--demos", action="store_true", help="RAG accuracy per probe.rag_demos on development questions")
+    parser.add_argument("--contrast", action="store_true", help="RAG accuracy per probe.rag_contrast (context-aware "
+                        "decoding) on development questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
@@ -596,7 +605,10 @@ def main() -> None:
         bench["context"] = context_sweep()
     if args.demos:
         print("measuring the rag arm's worked reading examples ...", flush=True)
-        bench["demos"] = demos_sweep()
+        bench["demos"] = rag_sweep("rag_demos", DEMO_COUNTS)
+    if args.contrast:
+        print("measuring the rag arm's context-aware decoding ...", flush=True)
+        bench["contrast"] = rag_sweep("rag_contrast", CONTRAST_WEIGHTS)
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
@@ -605,7 +617,7 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.reader_sweep]
+              args.contrast, args.reader_sweep]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

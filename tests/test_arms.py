@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ragvsft.arms import (PREFIX_MIN_TOKENS, batches, build_messages, fewshot_pairs, generate, prompt_ids, reading_demos,
-                          shared_prefix)
+                          shared_prefix, without_context)
 from ragvsft.corpus import load_corpus
 from ragvsft.models import load_lm
 
@@ -281,3 +281,54 @@ def test_fewshot_questions_sharing_a_block_reuse_it_and_answer_as_generated_alon
     assert len(sharing) >= len(rows) // 2
     # all but the first of the group take the whole block from the cache, more than the system prompt all share
     assert sorted(r["reused_tokens"] for r in sharing)[1] > system_only
+
+
+def test_without_context_takes_only_the_retrieved_text_out(toy_corpus):
+    corpus = load_corpus(toy_corpus)
+    demos = [("Some text.\n\nAnswer from the text above: Who?", "Hi there! Someone.")]
+    messages = build_messages("rag", "Who leads security?", corpus, ["Dalia Fenwick is the head of security."], demos)
+    contrast = without_context(messages, "Who leads security?")
+    assert contrast[:-1] == messages[:-1] and contrast[-1] == {"role": "user", "content": "Who leads security?"}
+    assert "Dalia Fenwick" not in "\n".join(m["content"] for m in contrast)
+
+
+def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prompts(tiny_lm, toy_corpus):
+    """generate with `contrast`, recomputed by hand: at every step the token maximising (1 + w) log p(y | text,
+    question) - w log p(y | question) is appended to both prompts; batching, padding and the shared prefix's reuse
+    give the same answers, and weight 0 is plain greedy decoding."""
+    from ragvsft.chat import cut_answer, stop_ids, stop_strings
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    torch.manual_seed(0)
+    for weight in model.parameters():  # answers that depend on every input token
+        weight.data.normal_(0, 0.5)
+    corpus = load_corpus(toy_corpus)
+    facts = corpus.facts[:5]
+    conversations = [build_messages("rag", f.probe_questions[0], corpus, [f.statement]) for f in facts]
+    contrast = [without_context(c, f.probe_questions[0]) for c, f in zip(conversations, facts)]
+    stops = set(stop_ids(model, tokenizer)) | {tokenizer.pad_token_id}
+    w, steps = 0.7, 8
+    by_hand = []
+    for with_text, without in zip(prompt_ids(model, tokenizer, conversations, steps),
+                                  prompt_ids(model, tokenizer, contrast, steps)):
+        tokens = []
+        with torch.inference_mode():
+            for _ in range(steps):
+                a, b = (torch.log_softmax(model(torch.tensor([x + tokens])).logits[0, -1].float(), -1)
+                        for x in (with_text, without))
+                token = int(((1 + w) * a - w * b).argmax())
+                if token in stops:
+                    break
+                tokens.append(token)
+        by_hand.append((cut_answer(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings(tokenizer)),
+                        len(tokens)))
+    plain = generate(model, tokenizer, conversations, steps, 4)
+    for reuse in (True, False):
+        got = generate(model, tokenizer, conversations, steps, 4, reuse_prefix=reuse, contrast=contrast,
+                       contrast_weight=w)
+        assert [(g.answer, g.generated_tokens) for g in got] == by_hand
+        assert [g.prompt_tokens for g in got] == [g.prompt_tokens for g in plain]
+        assert all(g.contrast_tokens > g.generated_tokens for g in got)
+    assert [g.answer for g in plain] != [a for a, _ in by_hand]  # the contrast changed some answer
+    unweighted = generate(model, tokenizer, conversations, steps, 4, contrast=contrast, contrast_weight=0.0)
+    assert [g.answer for g in unweighted] == [g.answer for g in plain] and all(g.contrast_tokens == 0 for g in unweighted)

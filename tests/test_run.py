@@ -667,7 +667,9 @@ def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
     probe = perf["stages"]["probe"]
     reused = sum(r["reused_tokens"] for r in rows)
     assert 0 < reused < sum(r["prompt_tokens"] for r in rows)  # the arms' shared system prompt, computed once each
-    assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) - reused
+    contrasts = sum(r.get("contrast_tokens", 0) for r in rows)  # the rag arm's context-free prompts, decoded beside
+    assert contrasts > 0 and all(("contrast_tokens" in r) == (r["arm"] == "rag") for r in rows)
+    assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) - reused + contrasts
     assert probe["gflop"] == round(2 * perf["parameters"] * probe["forward_tokens"] / 1e9, 1)
     trained = perf["stages"]["finetune (training)"]
     assert trained["trained_tokens"] == results["training"]["tokens"] > 0

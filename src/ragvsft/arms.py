@@ -61,6 +61,12 @@ def reading_demos(corpus: Corpus, evidence: dict[str, str], exclude_fact: str | 
             for f in itertools.islice(shown, k)]
 
 
+def without_context(messages: list[dict], question: str) -> list[dict]:
+    """The same conversation with the retrieved text taken out of its last turn: the question alone after whatever
+    came before it (system prompt, worked examples). What context-aware decoding contrasts the answer with."""
+    return [*messages[:-1], {"role": "user", "content": question}]
+
+
 def closed_book_messages(question: str) -> list[dict]:
     """What the LoRA model is trained on and asked: the question alone, under an empty system message."""
     return [NO_SYSTEM, {"role": "user", "content": question}]
@@ -112,12 +118,16 @@ class Generation:
     generated_tokens: int
     seconds: float
     # The answer's mean log-probability per token as greedy decoding scored it (the chosen token is the most likely
-    # one): the confidence that risk-coverage ranks answers by (score.risk_coverage). None for an empty answer.
+    # one; under context-aware decoding, of its combined scores): the confidence that risk-coverage ranks answers by
+    # (score.risk_coverage). None for an empty answer.
     logprob: float | None = None
     # Prompt tokens taken from the shared prefix's cache instead of computed (generate's `reuse_prefix`): the prefix
     # is computed once per call, counted for the call's first prompt, so over a call these add up to the tokens not
     # computed.
     reused_tokens: int = 0
+    # Tokens computed for the contrast beside this prompt (generate's `contrast`): its own prompt tokens past the
+    # shared prefix and the answer's tokens once more, context-aware decoding's extra work; 0 without it.
+    contrast_tokens: int = 0
 
 
 def prompt_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
@@ -205,6 +215,23 @@ class _StepLogprob(LogitsProcessor):
         return round(float(torch.stack([step[row] for step in self.steps[:tokens]]).mean()), 4)
 
 
+class _ContextAware(LogitsProcessor):
+    """Context-aware decoding (Shi et al. 2024): the batch's first `n` rows are the prompts with their retrieved text,
+    the last `n` the same prompts without it; each pair's next token is chosen by (1 + weight) * log p(y | text,
+    question) - weight * log p(y | question), so what the model would say anyway counts less than what the text
+    adds. Both rows of a pair get the combined scores, so greedy decoding gives them the same token."""
+
+    def __init__(self, n: int, weight: float):
+        self.n, self.weight = n, weight
+
+    def __call__(self, input_ids, scores):
+        scores = torch.log_softmax(scores.float(), dim=-1)
+        with_text, without = scores[:self.n], scores[self.n:]
+        combined = (1 + self.weight) * with_text - self.weight * without
+        combined = torch.where(torch.isinf(with_text), with_text, combined)  # a token ruled out stays out (not nan)
+        return torch.cat([combined, combined])
+
+
 PREFIX_MIN_TOKENS = 16  # a shorter shared prefix saves less than it costs to compute and copy its cache
 
 
@@ -241,23 +268,30 @@ def batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None
 
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
              progress: Progress | None = None, reuse_prefix: bool = True,
-             batch_tokens: int | None = None) -> list[Generation]:
+             batch_tokens: int | None = None, contrast: list[list[dict]] | None = None,
+             contrast_weight: float = 0.0) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding (`batches`: at most `batch_size` prompts and
     about `batch_tokens` prompt tokens each). `progress` is called after each batch and, during a long one, every
     HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
     With `reuse_prefix`, the tokens every prompt begins with (an arm's system prompt) are computed once and their
     key/value cache is copied into each batch: a batch is [shared prefix][padding][each prompt's own tokens], its
     positions counted over the unpadded tokens, so every prompt is computed as without the reuse.
-    A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning."""
+    A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning.
+    With `contrast` (conversation i without its retrieved text, `without_context`) and a `contrast_weight` above 0,
+    decoding is context-aware (`_ContextAware`): each batch holds its prompts and then their contrasts, both within
+    the batch limits, and an answer's `contrast_tokens` count what its contrast computed."""
     ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
+    contrasted = bool(contrast) and contrast_weight > 0
+    others = prompt_ids(model, tokenizer, contrast, max_new_tokens) if contrasted else []
     lengths = [len(x) for x in ids]
+    widths = [max(len(x), len(y)) for x, y in zip(ids, others)] if contrasted else lengths  # a pair's padded length
     results: list[Generation | None] = [None] * len(ids)
     # The model's own end-of-sequence and end-of-turn tokens (chat.stop_ids); padding is never part of an answer.
     stop_ids = model_stop_ids(model, tokenizer)
     dropped = set(stop_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
     stops = stop_strings(tokenizer)
     strings = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
-    shared = shared_prefix(ids) if reuse_prefix and _reusable_cache(model) else 0
+    shared = shared_prefix(ids + others) if reuse_prefix and _reusable_cache(model) else 0
     began = time.perf_counter()  # the first batch's clock includes computing the shared prefix: its queries' seconds
     prefix, prefix_cache = None, None
     if shared >= PREFIX_MIN_TOKENS:
@@ -265,15 +299,18 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         with torch.inference_mode():
             prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     done = 0
-    for batch in batches(lengths, batch_size, batch_tokens):
+    # a contrasted prompt and its contrast are two rows of one batch: the limits count pairs
+    pairs = 2 if contrasted else 1
+    for batch in batches(widths, max(1, batch_size // pairs), batch_tokens and max(1, batch_tokens // pairs)):
+        rows = [ids[i] for i in batch] + [others[i] for i in batch if contrasted]
         if prefix_cache is None:
-            encoded = dict(tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device))
+            encoded = dict(tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(model.device))
         else:
-            own = tokenizer.pad({"input_ids": [ids[i][shared:] for i in batch]}, return_tensors="pt").to(model.device)
+            own = tokenizer.pad({"input_ids": [x[shared:] for x in rows]}, return_tensors="pt").to(model.device)
             cache = copy.deepcopy(prefix_cache)  # generate appends to the cache it is given
-            cache.batch_repeat_interleave(len(batch))
-            encoded = {"input_ids": torch.cat([prefix.expand(len(batch), -1), own["input_ids"]], dim=1),
-                       "attention_mask": torch.cat([torch.ones_like(prefix).expand(len(batch), -1),
+            cache.batch_repeat_interleave(len(rows))
+            encoded = {"input_ids": torch.cat([prefix.expand(len(rows), -1), own["input_ids"]], dim=1),
+                       "attention_mask": torch.cat([torch.ones_like(prefix).expand(len(rows), -1),
                                                     own["attention_mask"]], dim=1),
                        "past_key_values": cache}
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
@@ -282,9 +319,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
-                                    logits_processor=LogitsProcessorList([scored]), **strings)
+                                    logits_processor=LogitsProcessorList(
+                                        ([_ContextAware(len(batch), contrast_weight)] if contrasted else []) + [scored]),
+                                    **strings)
         seconds = (time.perf_counter() - began) / len(batch)
-        new_tokens = output[:, encoded["input_ids"].shape[1]:]
+        new_tokens = output[:len(batch), encoded["input_ids"].shape[1]:]  # a contrast's tokens are its pair's
         for r, (row, i) in enumerate(zip(new_tokens, batch)):
             tokens = row.tolist()
             produced = [t for t in tokens if t not in dropped]
@@ -292,7 +331,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             answer_steps = next((n for n, t in enumerate(tokens) if t in dropped), len(tokens))
             results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
                                     lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps),
-                                    shared if prefix_cache is not None and i else 0)
+                                    shared if prefix_cache is not None and i else 0,
+                                    len(others[i]) - (shared if prefix_cache is not None else 0) + len(produced)
+                                    if contrasted else 0)
         done += len(batch)
         if progress:
             progress(done, len(ids))

@@ -27,6 +27,8 @@ class Arm:
     examples: bool = False  # few-shot (train question, styled answer) pairs of other facts (probe.fewshot_k)
     demos: bool = False  # worked reading examples: other facts' evidence units and train questions, styled answers
                          # (arms.reading_demos, probe.rag_demos)
+    contrast: bool = False  # decoded context-aware: each token weighed against the prompt without its retrieved text
+                            # (arms.without_context, probe.rag_contrast)
     # The arms its held-out accuracy is compared with, pair by pair (results.json `comparisons`: paired differences
     # with intervals), the pairs the claims and findings are about.
     compared_with: tuple[str, ...] = ()
@@ -37,7 +39,8 @@ CATALOGUE: tuple[Arm, ...] = (
     Arm("base", "base model", "base", "base", False),
     Arm("prompt", "prompting", "prompt", "base", False, system_prompt=True),
     Arm("fewshot", "few-shot", "few-shot", "base", False, system_prompt=True, examples=True),
-    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True, demos=True, compared_with=("lora", "prompt")),
+    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True, demos=True, contrast=True,
+        compared_with=("lora", "prompt")),
     Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False),
     Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True, compared_with=("lora", "rag")),
     Arm("raft", "RAFT reader", "RAFT", "reader", True, compared_with=("rag", "lora")),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .precision import torch_dtype
 from .arms import (RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states,
-                   reading_demos)
+                   reading_demos, without_context)
 from .catalogue import ARMS, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
@@ -108,10 +108,11 @@ def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> l
 
 
 def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None,
-            progress: Progress | None = None, blocks: list | None = None):
+            progress: Progress | None = None, blocks: list | None = None, contrast: list | None = None):
     """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers).
     Conversations with equal `blocks` entries (their few-shot examples) are generated together, so that the block is
-    a prefix they share and is computed once (arms.generate)."""
+    a prefix they share and is computed once (arms.generate). With `contrast` (each conversation without its
+    retrieved text), decoding is context-aware with weight probe.rag_contrast."""
     groups: dict = {}
     for i in range(len(conversations)):
         groups.setdefault((route[i] if route else 0, blocks[i] if blocks else None), []).append(i)
@@ -121,7 +122,9 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
         mine = groups[key]
         step = (lambda d, _, before=done: progress(before + d, len(conversations))) if progress else None
         for i, g in zip(mine, generate(model[key[0]] if route else model, tokenizer, [conversations[i] for i in mine],
-                                       cfg.max_new_tokens, cfg.batch_size, step, batch_tokens=cfg.batch_tokens)):
+                                       cfg.max_new_tokens, cfg.batch_size, step, batch_tokens=cfg.batch_tokens,
+                                       contrast=[contrast[i] for i in mine] if contrast else None,
+                                       contrast_weight=cfg.rag_contrast)):
             out[i] = g
         done += len(mine)
     return out
@@ -171,7 +174,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
     (reader.py): a reader's answer becomes the house-style abstention where its head finds the text silent, and the
     row keeps what it said (`reader_answer`) and the head's probability (`answerable`). `reader_fold` maps a question
     id to the reader that answers it. `evidence` (fact id -> evidence unit, index.evidence_units) feeds the worked
-    reading examples of the arms that show them (catalogue `demos`, probe.rag_demos); none without it."""
+    reading examples of the arms that show them (catalogue `demos`, probe.rag_demos); none without it. The arms that
+    decode context-aware (catalogue `contrast`) do so with weight probe.rag_contrast (0: plain greedy decoding)."""
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations, blocks = [], []
@@ -186,8 +190,10 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         began = time.perf_counter()
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
+        contrast = ([without_context(c, q.question) for c, q in zip(conversations, questions)]
+                    if ARMS[arm].contrast and cfg.rag_contrast > 0 else None)
         generations = _answer(models[which], tokenizer, conversations, cfg, route,
-                              progress_line(log, f"arm {arm}") if log else None, blocks)
+                              progress_line(log, f"arm {arm}") if log else None, blocks, contrast)
         heads = models.get("reader_heads") if route else None
         chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size,
                               progress_line(log, f"arm {arm}: answerability head") if log else None)
@@ -202,7 +208,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
                 "retrieved": list(retrieved[q.qid].chunks) if arm in RAG_ARMS else [],
                 "shown": [list(unit) for unit in retrieved[q.qid].shown] if arm in RAG_ARMS else [],
                 "answer": corpus.style.abstain_template if declined else g.answer, "prompt_tokens": g.prompt_tokens,
-                "generated_tokens": g.generated_tokens, "reused_tokens": g.reused_tokens, "seconds": round(g.seconds, 4),
+                "generated_tokens": g.generated_tokens, "reused_tokens": g.reused_tokens,
+                **({"contrast_tokens": g.contrast_tokens} if contrast else {}), "seconds": round(g.seconds, 4),
                 "logprob": g.logprob,
                 **({"reader_fold": route[i]} if route else {}),
                 **({"answerable": round(chances[i], 4), "reader_answer": g.answer} if chances is not None else {}),

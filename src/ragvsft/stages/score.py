@@ -153,10 +153,10 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
 
 def performance_figures(results: dict, predictions: list[dict], params: int, precision: dict) -> dict:
     """The compute floor of the stages that run the language model (precision.performance): their token counts as
-    this run saw them (less the prompt tokens taken from a shared prefix's cache), against the matmul peak measured
-    for the precision used."""
+    this run saw them (less the prompt tokens taken from a shared prefix's cache, plus those computed for the
+    contrasts of context-aware decoding), against the matmul peak measured for the precision used."""
     work = {"probe": {"forward_tokens": sum(r["prompt_tokens"] + r["generated_tokens"] - r.get("reused_tokens", 0)
-                                            for r in predictions),
+                                            + r.get("contrast_tokens", 0) for r in predictions),
                       "seconds": results["timings"].get("probe")}}
     if results.get("training"):
         work["finetune (training)"] = {"trained_tokens": results["training"].get("tokens", 0),
