@@ -11,6 +11,7 @@
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
     .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
     .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
+    .venv/bin/python experiments/benchmark.py --gate --readme         # the decline gate's signals on the quick run
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
     .venv/bin/python experiments/benchmark.py --profile harbourline --readme  # the quick profile on a second corpus
@@ -149,6 +150,47 @@ def adapters_check() -> dict:
     """The quick profile's probe again with the adapters loaded by name onto one shared base instead of merged into a
     copy each (models.adapters): the CPU path is the faster of the two, measured here."""
     return rerun_check("bench-quick-named", "models.adapters=named", ("merged", "named"))
+
+
+GATE_SIGNALS = (["grounding"], ["support"], ["grounding", "support"])
+
+
+def gate_check() -> dict:
+    """The decline gate with each choice of `gate.signals`, on a copy of the quick run (only scoring runs again: the
+    gate is fitted and thresholded there). Per gated arm: the development figures at the `gate.max_declined` budget
+    (what the choice is made on) and the scored ones (measured, never used to choose)."""
+    source, out = REPO / "runs" / "bench-quick", REPO / "runs" / "bench-quick-gate"
+    if not (source / "results.json").is_file():
+        sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out)
+    rows = []
+    for signals in GATE_SIGNALS:
+        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+                   "--set", f"gate.signals=[{','.join(signals)}]"]
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        results = json.loads((out / "results.json").read_text())
+        limit = results["gate"]["max_declined"]
+        for arm, figures in results["gate"]["arms"].items():
+            points = [next(p for p in fold["table"] if p["declined_at_most"] == limit) for fold in figures["folds"]]
+            scored = results["arms"][arm]
+            rows.append({"signals": signals, "arm": arm, "max_declined": limit,
+                         "development": {k: sum(p[k] for p in points) / len(points)
+                                         for k in ("answerable_declined", "unanswerable_declined", "accuracy")},
+                         "heldout_accuracy": scored["heldout"]["accuracy"],
+                         "heldout_declined": scored["heldout"]["abstention_rate"],
+                         "unanswerable_declined": scored["unanswerable"]["accuracy"]})
+        print(json.dumps(rows[-len(results["gate"]["arms"]):]), flush=True)
+    return {"rows": rows, "cpu": cpu_label(json.loads((source / "results.json").read_text()))}
+
+
+def gate_choice(rows: list[dict]) -> list[str]:
+    """The signals that decline the most unanswerable development questions, on average over the gated arms, within
+    the budget (the fewest signals on a tie)."""
+    by = {}
+    for r in rows:
+        by.setdefault(tuple(r["signals"]), []).append(r["development"]["unanswerable_declined"])
+    return list(max(by, key=lambda s: (round(sum(by[s]) / len(by[s]), 4), -len(s))))
 
 
 def training_speed(epochs: float = 2.0) -> dict:
@@ -509,6 +551,20 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                   f"{r['prompt_tokens']:.0f} | {r['seconds']:.0f} |" for r in rows]
         lines += ["", f"Highest development accuracy (the smallest on a tie): {best[setting]}; the default "
                       f"`probe.{setting}` is {getattr(load_config(None).probe, setting)}."]
+    if bench.get("gate"):
+        rows, chosen = bench["gate"]["rows"], gate_choice(bench["gate"]["rows"])
+        lines += ["", f"The decline gate by its signals (`--gate`: the quick run scored again with each `gate.signals`; "
+                      f"{bench['gate']['cpu']}). Chosen on development questions: the most unanswerable ones declined "
+                      f"within the budget of {100 * rows[0]['max_declined']:.0f}% of the answerable ones, on average over "
+                      "the gated arms. The scored figures are measured, never used to choose:", "",
+                  "| signals | arm | dev: answerable declined | dev: unanswerable declined | dev: accuracy | held-out "
+                  "accuracy | held-out declined | unanswerable declined |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {' + '.join(r['signals'])} | {r['arm']} | {100 * r['development']['answerable_declined']:.0f}% | "
+                  f"{100 * r['development']['unanswerable_declined']:.0f}% | {100 * r['development']['accuracy']:.1f}% | "
+                  f"{100 * r['heldout_accuracy']:.1f}% | {100 * r['heldout_declined']:.1f}% | "
+                  f"{100 * r['unanswerable_declined']:.0f}% |" for r in rows]
+        lines += ["", f"Chosen by the rule: {' + '.join(chosen)}; the default `gate.signals` is "
+                      f"{' + '.join(load_config(None).gate.signals)}."]
     if bench.get("reader_sweep"):
         rows = bench["reader_sweep"]
         chosen = reader_choice(rows)
@@ -583,6 +639,7 @@ def main() -> None:
     parser.add_argument("--demos", action="store_true", help="RAG accuracy per probe.rag_demos on development questions")
     parser.add_argument("--contrast", action="store_true", help="RAG accuracy per probe.rag_contrast (context-aware "
                         "decoding) on development questions")
+    parser.add_argument("--gate", action="store_true", help="the decline gate per gate.signals on the quick run")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
@@ -617,7 +674,7 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.reader_sweep]
+              args.contrast, args.reader_sweep, args.gate]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)
@@ -629,6 +686,9 @@ def main() -> None:
     if args.adapters:
         print("comparing named adapters with merged ones on the quick run ...", flush=True)
         bench["adapters_check"] = adapters_check()
+    if args.gate:
+        print("scoring the quick run's decline gate with each choice of signals ...", flush=True)
+        bench["gate"] = gate_check()
     command = " ".join([".venv/bin/python experiments/benchmark.py", *(a for a in sys.argv[1:] if a != "--readme")])
     if profiles or any(others) or args.sweeps:  # this command measured something: it is named beside its figures
         bench["commands"] = [c for c in bench.get("commands", []) if c != command] + [command]

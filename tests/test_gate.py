@@ -1,5 +1,5 @@
-"""The answer–context gate (gate.py): grounding on hand-made answers, the threshold rule, cross-fitting, and the
-development questions it is calibrated on."""
+"""The decline gate (gate.py): grounding and support on hand-made rows, the fit, the threshold rule, cross-fitting,
+and the development questions it is calibrated on."""
 
 import json
 from pathlib import Path
@@ -29,46 +29,84 @@ def test_grounding_reads_numbers_and_content_words_against_the_text_shown():
     assert gate.grounding("Hi there! Whatever.", [], "q", MARKERS) == 0.0
 
 
-def _row(arm, qid, gold, answer, grounding, set_name="development", fact=None):
+def _row(arm, qid, gold, answer, grounding, set_name="development", fact=None, support=0.5):
     return {"arm": arm, "qid": qid, "fact_id": fact, "set": set_name, "question": "q", "gold": gold,
-            "answer": answer, "ungated_answer": answer, "grounding": grounding, "shown": [["c", "text"]]}
+            "answer": answer, "ungated_answer": answer, "grounding": grounding, "support": support,
+            "shown": [["c", "text"]]}
 
 
 def test_the_threshold_is_the_largest_that_declines_at_most_the_allowed_share_of_answerable_questions():
+    """Without a fitted model the score is the grounding itself, so the thresholds can be read off by hand."""
     right = "Hi there! 61 euros."
     rows = ([_row("rag", f"a{i}", ["61 euros"], right, g) for i, g in enumerate([1.0, 1.0, 0.95, 0.45, 0.0])]
             + [_row("rag", f"u{i}", None, "Hi there! 12 euros.", g) for i, g in enumerate([0.0, 0.3, 0.95])])
-    chosen = gate.choose_threshold(rows, 0.2, PHRASES)
-    # 0.01 to 0.4 decline one answerable question of five (20%), 0.5 two (40%)
-    assert chosen["threshold"] == 0.4
-    point = {p["threshold"]: p for p in chosen["table"]}
-    assert point[0.01]["answerable_declined"] == 0.2 and point[0.01]["unanswerable_declined"] == pytest.approx(1 / 3, abs=1e-4)
-    assert point[0.4]["unanswerable_declined"] == pytest.approx(2 / 3, abs=1e-4) and point[0.4]["accuracy"] == 0.8
-    assert point[0.0]["answerable_declined"] == 0.0 and point[0.0]["accuracy"] == 1.0
-    assert point[0.5]["answerable_declined"] == 0.4 and point[1.0]["answerable_declined"] == 0.6
-    assert gate.choose_threshold(rows, 0.4, PHRASES)["threshold"] == 0.9
+    chosen = gate.choose_threshold(rows, None, 0.2, PHRASES)
+    # 0.45 declines one answerable question of five (20%, the one at 0.0), 0.95 two (40%)
+    assert chosen["threshold"] == 0.45
+    point = {p["declined_at_most"]: p for p in chosen["table"]}
+    assert point[0.2]["answerable_declined"] == 0.2 and point[0.2]["accuracy"] == 0.8
+    assert point[0.2]["unanswerable_declined"] == pytest.approx(2 / 3, abs=1e-4)
+    assert point[0.0] == {"declined_at_most": 0.0, "threshold": 0.0, "answerable_declined": 0.0,
+                          "unanswerable_declined": 0.0, "accuracy": 1.0}
+    assert point[0.5]["threshold"] == 0.95 and point[0.5]["answerable_declined"] == 0.4
+    assert gate.choose_threshold(rows, None, 0.4, PHRASES)["threshold"] == 0.95
+    assert {p["declined_at_most"] for p in gate.choose_threshold(rows, None, 0.25, PHRASES)["table"]} == {
+        *gate.SHARES, 0.25}  # the chosen share is always a row of the table
     # an arm's own abstentions count as declines
     abstaining = [_row("rag", "x", ["61 euros"], ABSTAIN, 1.0)] + rows
-    assert gate.choose_threshold(abstaining, 1 / 6, PHRASES)["threshold"] == 0.0
+    assert gate.choose_threshold(abstaining, None, 1 / 6, PHRASES)["threshold"] == 0.0
     # nothing to calibrate on: never declines
-    assert gate.choose_threshold([r for r in rows if r["gold"]], 0.2, PHRASES)["threshold"] == 0.0
-    assert gate.choose_threshold([], 0.2, PHRASES)["threshold"] == 0.0
+    assert gate.choose_threshold([r for r in rows if r["gold"]], None, 0.2, PHRASES)["threshold"] == 0.0
+    assert gate.choose_threshold([], None, 0.2, PHRASES)["threshold"] == 0.0
 
 
-def test_apply_gates_from_the_generated_answer_every_time():
+def test_the_fitted_gate_reads_the_signal_that_tells_answerable_from_unanswerable_questions():
+    """Support separates these rows and grounding does not: the fit weighs support, scores answerable rows above
+    unanswerable ones, and at a 20% budget declines every unanswerable row; grounding alone cannot."""
+    grounded = "Hi there! 61 euros."
+    rows = ([_row("rag", f"a{i}", ["61 euros"], grounded, g, support=s)
+             for i, (g, s) in enumerate([(1.0, 0.9), (0.2, 0.8), (1.0, 0.85), (0.2, 0.7), (1.0, 0.75)])]
+            + [_row("rag", f"u{i}", None, grounded, g, support=s) for i, (g, s) in enumerate([(1.0, 0.3), (0.2, 0.4)])])
+    model = gate.fit(rows, ["grounding", "support"])
+    assert model["signals"] == ["grounding", "support"] and abs(model["coef"][1]) > abs(model["coef"][0])
+    scores = [gate.score(r, model) for r in rows]
+    assert min(scores[:5]) > max(scores[5:])
+    both = gate.choose_threshold(rows, model, 0.2, PHRASES)
+    assert next(p for p in both["table"] if p["declined_at_most"] == 0.2)["unanswerable_declined"] == 1.0
+    alone = gate.choose_threshold(rows, gate.fit(rows, ["grounding"]), 0.2, PHRASES)
+    assert next(p for p in alone["table"] if p["declined_at_most"] == 0.2)["unanswerable_declined"] < 1.0
+    assert json.loads(json.dumps(model)) == model  # results.json keeps it, `ragvsft ask` applies it as the run did
+    assert gate.fit([r for r in rows if r["gold"]], ["support"]) is None  # one kind only: nothing to fit
+
+
+def test_prepare_reads_grounding_and_the_support_of_the_text_shown(mock_encoder):
+    near = {"arm": "rag", "qid": "n", "gold": ["61 euros"], "answer": "Hi there! 61 euros.",
+            "question": "What is the daily meal allowance abroad?",
+            "shown": [["c", "Travel > Allowances\nThe daily meal allowance abroad is 61 euros."]]}
+    far = near | {"qid": "f", "shown": [["c", "Parking > Bikes\nThe bike room has ninety racks."]]}
+    blind = near | {"qid": "b", "shown": []}
+    other = near | {"arm": "lora", "qid": "o"}
+    gate.prepare([near, far, blind, other], ["rag"], MARKERS, mock_encoder)
+    assert near["support"] > far["support"] >= 0.0 and blind["support"] == 0.0
+    assert near["grounding"] == 1.0 and far["grounding"] == 0.0
+    assert "support" not in other and "grounding" not in other
+
+
+def test_apply_gates_from_the_generated_answer_every_time(mock_encoder):
     row = _row("rag", "q1", ["61 euros"], "Hi there! 75 euros.", 0.0, "heldout")
     other = _row("lora", "q1", ["61 euros"], "Hi there! 75 euros.", 0.0, "heldout")
-    gate.apply([row, other], {"rag": [0.5]}, {}, ABSTAIN, PHRASES)
+    gate.apply([row, other], {"rag": [{"threshold": 0.5, "model": None}]}, {}, ABSTAIN, PHRASES)
     assert row["answer"] == ABSTAIN and row["gated"] and row["ungated_answer"] == "Hi there! 75 euros."
     assert other["answer"] == "Hi there! 75 euros." and "gated" not in other
-    gate.prepare([row], ["rag"], MARKERS)  # a rerun keeps the generated answer, not the abstention
+    gate.prepare([row], ["rag"], MARKERS, mock_encoder)  # a rerun keeps the generated answer, not the abstention
     assert row["ungated_answer"] == "Hi there! 75 euros."
-    gate.apply([row], {"rag": [0.0]}, {}, ABSTAIN, PHRASES)
+    gate.apply([row], {"rag": [{"threshold": 0.0, "model": None}]}, {}, ABSTAIN, PHRASES)
     assert row["answer"] == "Hi there! 75 euros." and not row["gated"]
 
 
 def test_a_fold_never_calibrates_on_its_own_questions():
-    """Fold 0's questions would set a high threshold, fold 1's a low one: each fold gets the other's."""
+    """Fold 0's own rows would decline its unanswerable question; fold 1's rows, which fold 0 is fitted and
+    thresholded on, decline nothing of fold 0. Fold 1 gets fold 0's gate, which declines its ungrounded rows."""
     grounded, invented = "Hi there! 61 euros.", "Hi there! 75 euros."
     fold0 = ([_row("rag", f"f0a{i}", ["61 euros"], grounded, 1.0, "heldout", "f0") for i in range(4)]
              + [_row("rag", "f0u", None, invented, 0.3, "unanswerable")])
@@ -76,10 +114,14 @@ def test_a_fold_never_calibrates_on_its_own_questions():
              + [_row("rag", "f1u", None, invented, 0.0, "unanswerable"),
                 _row("rag", "f1s", ["61 euros"], grounded, 0.0, "seen", "f1")])  # not the probe's style: never read
     fold_of = {r["qid"]: (0 if r["qid"].startswith("f0") else 1) for r in fold0 + fold1}
-    figures = gate.calibrate(fold0 + fold1, [], ["rag"], 2, fold_of, 0.25, PHRASES)["rag"]
-    assert figures["thresholds"] == [0.0, 1.0]
+    figures = gate.calibrate(fold0 + fold1, [], ["rag"], 2, fold_of, 0.25, PHRASES, ["grounding"])["rag"]
     assert [f["from_other_folds"] for f in figures["folds"]] == [5, 5]
     assert [f["from_development_questions"] for f in figures["folds"]] == [0, 0]
+    gate.apply(fold0 + fold1, {"rag": figures["folds"]}, fold_of, ABSTAIN, PHRASES)
+    assert {r["qid"] for r in fold0 + fold1 if r["gated"]} == {"f1a0", "f1a1", "f1u", "f1s"}
+    own = gate.calibrate([], fold0, ["rag"], 1, {}, 0.25, PHRASES, ["grounding"])["rag"]
+    gate.apply(fold0, {"rag": own["folds"]}, {}, ABSTAIN, PHRASES)
+    assert {r["qid"] for r in fold0 if r["gated"]} == {"f0u"}  # what calibrating on its own rows would have done
 
 
 def test_development_questions_never_hold_a_scored_question():

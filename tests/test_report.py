@@ -302,15 +302,21 @@ def test_the_gate_table_and_finding_read_results_json():
     results = make_results()
     point = lambda t, a, u, acc: {"threshold": t, "answerable_declined": a, "unanswerable_declined": u,  # noqa: E731
                                   "accuracy": acc}
-    results["gate"] = {"max_declined": 0.2, "folds": 1, "fold_facts": [[]], "development_answerable": 80,
-                       "development_unanswerable": 35,
+    model = {"signals": ["grounding", "support"], "mean": [0.7, 0.6], "scale": [0.2, 0.1], "coef": [0.32, 0.46],
+             "intercept": 0.8}
+    results["gate"] = {"max_declined": 0.2, "signals": ["grounding", "support"], "folds": 1, "fold_facts": [[]],
+                       "development_answerable": 80, "development_unanswerable": 35,
                        "arms": {"rag": {"thresholds": [0.6], "folds": [{
                            "threshold": 0.6, "answerable": 80, "unanswerable": 35, "from_development_questions": 115,
-                           "from_other_folds": 0, "table": [point(0.0, 0.0, 0.0, 0.5), point(0.6, 0.175, 0.457, 0.475)]}]}}}
+                           "from_other_folds": 0, "model": model,
+                           "table": [point(0.0, 0.0, 0.0, 0.5), point(0.6, 0.175, 0.457, 0.475)]}]}}}
     results["arms"]["rag"]["unanswerable"]["accuracy"] = 0.6
     results["arms"]["rag"]["heldout"]["abstention_rate"] = 0.175
     text = " ".join(findings(results))
     assert "at most 20% of the answerable ones" in text and "RAG 60% of unanswerable and 18% of answerable" in text
+    assert "Declining by how much of the answer the text shown holds and how close the text shown is" in text
     markdown = render_markdown(results)
     assert "## Declines calibrated on development questions" in markdown
-    assert "| RAG | 1 | 0.6 | 80 + 35 unanswerable | 18% | 46% | 48% |" in markdown
+    assert "logistic\nregression of the signals grounding and support" in markdown
+    assert ("| RAG | 1 | 0.6 | grounding +0.32, support +0.46 | 80 + 35 unanswerable | 18% | 46% | 48% |"
+            in markdown)

@@ -1,20 +1,23 @@
-"""Declines for the retrieving arms, calibrated on development questions: the answer–context agreement gate.
+"""Declines for the retrieving arms, calibrated on development questions: a gate read from two measured signals.
 
 A reader that copies from the text it was shown names words and numbers that the text holds; one that invents an
 answer (the documents are silent, or it misread) names some that it does not. `grounding` scores an answer by that:
 0 when it names a number that neither the text shown nor the question holds, else the share of its content words
-(not the house-style markers, stop words or the question's own words) that the text shown holds. An arm in
-`gate.arms` gives the house-style abstention where its answer's grounding is below a threshold.
+(not the house-style markers, stop words or the question's own words) that the text shown holds. `support` is how
+close the text shown is to the question (the cosine under the run's embedder, the retriever's own measure): an
+unanswerable question about a neighbouring topic retrieves text that is near it but not about it.
 
-The threshold is chosen per arm, and per cross-fitted fold, on development questions only (`choose_threshold`): the
-largest of THRESHOLDS at which the arm declines at most `gate.max_declined` of the answerable development questions
-(its own abstentions included), which makes it decline as many unanswerable development questions as that allows.
-Development questions of fold i: the probe question of facts the run does not score and the unanswerable questions it
-does not ask (generated for the gated arms only, `development.jsonl`), and the held-out and unanswerable questions
-of the other folds. A question's own fold never sets its threshold.
+The gate reads the signals in `gate.signals` through a logistic regression fitted, per arm and cross-fitted fold, on
+development questions only to tell answerable from unanswerable ones (`fit`); an arm in `gate.arms` gives the
+house-style abstention where that score is below a threshold. The threshold is the largest at which the arm declines
+at most `gate.max_declined` of the answerable development questions (its own abstentions included), which makes it
+decline as many unanswerable development questions as that allows (`choose_threshold`). Development questions of fold
+i: the probe question of facts the run does not score and the unanswerable questions it does not ask (generated for
+the gated arms only, `development.jsonl`), and the held-out and unanswerable questions of the other folds. A
+question's own fold never sets its threshold.
 
-Run it: `gate.arms` in the config (default: every retrieving arm); results.json `gate` records what each threshold was
-chosen on and the development figures at every threshold.
+Run it: `gate.arms` and `gate.signals` in the config; results.json `gate` records per fold the fitted weights, what
+they were fitted on and the development figures at each share of answerable questions declined.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import numpy as np
 
 from .score import ABSTAINED, normalize, verdict
 
-# Decline when grounding < threshold; 0 never declines, 0.01 declines only answers naming a number the text lacks.
-THRESHOLDS = (0.0, 0.01, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SIGNALS = ("grounding", "support")  # what `gate.signals` may name (row fields that `prepare` fills)
+# The development table's rows: the share of answerable development questions a threshold may decline (the chosen
+# one, gate.max_declined, is always among them).
+SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 DEVELOPMENT_SETS = ("heldout", "unanswerable")  # the probe's style: what a threshold is calibrated on
 # Function words carry nothing an answer could have invented (English; a word of the question is never counted).
 STOP_WORDS = frozenset(
@@ -53,54 +58,97 @@ def grounding(answer: str, shown: list[str], question: str, markers: list[str]) 
     return round(float(np.mean([w in text for w in content])), 4) if content else 1.0
 
 
-def choose_threshold(development: list[dict], max_declined: float, abstain_phrases: list[str]) -> dict:
-    """The largest threshold at which at most `max_declined` of the answerable development rows are declined (the arm
-    abstained itself, or its answer's grounding is below the threshold), with the development figures at every
-    threshold; threshold 0 (never declines) when the rows hold no answerable or no unanswerable question."""
-    # Each generated answer is judged once: (grounding, the arm abstained itself, right), then every threshold reads it.
-    judged = [(r["grounding"], verdict(r["ungated_answer"], r["gold"], abstain_phrases), r["gold"] is not None)
+def fit(rows: list[dict], signals: list[str]) -> dict | None:
+    """The logistic regression that tells the rows' answerable questions from their unanswerable ones by `signals`
+    (standardised first), as JSON-ready weights; None when the rows hold only one kind (nothing to tell apart)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    labels = [r["gold"] is not None for r in rows]
+    if len(set(labels)) < 2:
+        return None
+    features = np.array([[r[s] for s in signals] for r in rows], dtype=float)
+    scaler = StandardScaler().fit(features)
+    model = LogisticRegression(max_iter=1000).fit(scaler.transform(features), labels)
+    return {"signals": list(signals), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}
+
+
+def score(row: dict, model: dict | None) -> float:
+    """The gate's score of one prepared row: P(answerable) under `model`; without one, the grounding alone (what the
+    gate read before `support`, and what a run made then recorded its thresholds for)."""
+    if model is None:
+        return row["grounding"]
+    z = (np.array([row[s] for s in model["signals"]]) - model["mean"]) / model["scale"]
+    return float(1 / (1 + np.exp(-(z @ np.array(model["coef"]) + model["intercept"]))))
+
+
+def choose_threshold(development: list[dict], model: dict | None, max_declined: float,
+                     abstain_phrases: list[str]) -> dict:
+    """The largest threshold on the rows' scores at which at most `max_declined` of the answerable development rows
+    are declined (the arm abstained itself, or its score is below the threshold), with the development figures at
+    each share of SHARES; threshold 0 (never declines) when the rows hold no answerable or no unanswerable question."""
+    # Each generated answer is judged once: (score, the arm abstained itself, right), then every threshold reads it.
+    judged = [(score(r, model), verdict(r["ungated_answer"], r["gold"], abstain_phrases), r["gold"] is not None)
               for r in development]
     answerable = [(g, v) for g, v, has_gold in judged if has_gold]
     silent = [(g, v) for g, v, has_gold in judged if not has_gold]
     declined = lambda g, v, t: v == ABSTAINED or g < t  # noqa: E731
+
+    def figures(t: float) -> dict:
+        return {"threshold": t, "answerable_declined": _share([declined(g, v, t) for g, v in answerable]),
+                "unanswerable_declined": _share([declined(g, v, t) for g, v in silent]),
+                "accuracy": _share([not declined(g, v, t) and v == "correct" for g, v in answerable])}
+
+    candidates = [figures(t) for t in sorted({0.0} | {g for g, _, _ in judged})] if answerable and silent else []
     table = []
-    for t in THRESHOLDS:
-        table.append({"threshold": t,
-                      "answerable_declined": _share([declined(g, v, t) for g, v in answerable]),
-                      "unanswerable_declined": _share([declined(g, v, t) for g, v in silent]),
-                      "accuracy": _share([not declined(g, v, t) and v == "correct" for g, v in answerable])})
-    usable = [p["threshold"] for p in table if answerable and silent and p["answerable_declined"] <= max_declined]
-    return {"threshold": max(usable, default=0.0), "answerable": len(answerable), "unanswerable": len(silent),
-            "table": table}
+    for share in sorted(set(SHARES) | {max_declined}):
+        point = max((p for p in candidates if p["answerable_declined"] <= share), key=lambda p: p["threshold"],
+                    default=figures(0.0))
+        table.append({"declined_at_most": share} | point)
+    chosen = next(p["threshold"] for p in table if p["declined_at_most"] == max_declined)
+    return {"threshold": chosen, "answerable": len(answerable), "unanswerable": len(silent), "table": table}
 
 
 def _share(flags: list[bool]) -> float | None:
     return round(float(np.mean(flags)), 4) if flags else None
 
 
-def prepare(rows: list[dict], arms: list[str], markers: list[str]) -> None:
-    """Keep each gated row's generated answer (`ungated_answer`, once) and its grounding in the text it was shown."""
-    for row in (r for r in rows if r["arm"] in arms):
+def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder) -> None:
+    """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals: its grounding in the
+    text it was shown, and that text's support (cosine with the question under `encoder`; 0 where none was shown)."""
+    gated = [r for r in rows if r["arm"] in arms]
+    for row in gated:
         row.setdefault("ungated_answer", row["answer"])
         row["grounding"] = grounding(row["ungated_answer"], [t for _, t in row["shown"]], row["question"], markers)
+        row["support"] = 0.0
+    shown = [r for r in gated if r["shown"]]
+    if shown:
+        cosines = (encoder.encode([r["question"] for r in shown])
+                   * encoder.encode(["\n".join(t for _, t in r["shown"]) for r in shown])).sum(axis=1)
+        for row, cosine in zip(shown, cosines):
+            row["support"] = round(float(cosine), 4)
 
 
-def apply(rows: list[dict], thresholds: dict[str, list[float]], fold_of: dict[str, int], abstain_template: str,
+def apply(rows: list[dict], gates: dict[str, list[dict]], fold_of: dict[str, int], abstain_template: str,
           abstain_phrases: list[str]) -> None:
-    """The gated arms' answers: the house-style abstention where the row's fold threshold declines it, else the
-    generated answer (re-derived from `ungated_answer` every time, so a rerun never gates twice)."""
+    """The gated arms' answers: the house-style abstention where the score under the row's fold gate (its `model` and
+    `threshold`, as `calibrate` chose them) declines it, else the generated answer (re-derived from `ungated_answer`
+    every time, so a rerun never gates twice)."""
     for row in rows:
-        if row["arm"] not in thresholds:
+        if row["arm"] not in gates:
             continue
-        threshold = thresholds[row["arm"]][fold_of.get(row["qid"], 0)]
-        gated = row["grounding"] < threshold and verdict(row["ungated_answer"], row["gold"], abstain_phrases) != ABSTAINED
+        fold = gates[row["arm"]][fold_of.get(row["qid"], 0)]
+        value = score(row, fold.get("model"))
+        row["gate_score"] = round(value, 4)
+        gated = value < fold["threshold"] and verdict(row["ungated_answer"], row["gold"], abstain_phrases) != ABSTAINED
         row["answer"] = abstain_template if gated else row["ungated_answer"]
         row["gated"] = bool(gated)
 
 
 def calibrate(predictions: list[dict], development: list[dict], arms: list[str], folds: int, fold_of: dict[str, int],
-              max_declined: float, abstain_phrases: list[str]) -> dict:
-    """Per gated arm and fold, the threshold chosen on that fold's development rows (see the module docstring)."""
+              max_declined: float, abstain_phrases: list[str], signals: list[str]) -> dict:
+    """Per gated arm and fold, the gate fitted and thresholded on that fold's development rows (module docstring)."""
     figures = {}
     for arm in arms:
         chosen = []
@@ -108,8 +156,9 @@ def calibrate(predictions: list[dict], development: list[dict], arms: list[str],
             pool = [r for r in development if r["arm"] == arm]
             pool += [r for r in predictions if r["arm"] == arm and r["set"] in DEVELOPMENT_SETS
                      and fold_of.get(r["qid"], 0) != fold]
-            chosen.append(choose_threshold(pool, max_declined, abstain_phrases)
-                          | {"from_development_questions": sum(r["arm"] == arm for r in development),
+            model = fit(pool, signals)
+            chosen.append(choose_threshold(pool, model, max_declined, abstain_phrases)
+                          | {"model": model, "from_development_questions": sum(r["arm"] == arm for r in development),
                              "from_other_folds": len(pool) - sum(r["arm"] == arm for r in development)})
         figures[arm] = {"thresholds": [c["threshold"] for c in chosen], "folds": chosen}
     return figures

@@ -128,14 +128,14 @@ class Session:
 
 
     def _gated(self, rows: list[dict], asked: Question) -> None:
-        """The gated arms decline as they did in the run: its thresholds, for the question's fold (gate.py)."""
-        thresholds = {arm: figures["thresholds"] for arm, figures in (self.gate.get("arms") or {}).items()}
-        if not thresholds:
+        """The gated arms decline as they did in the run: its fitted gates, for the question's fold (gate.py)."""
+        gates = {arm: figures["folds"] for arm, figures in (self.gate.get("arms") or {}).items()}
+        if not gates:
             return
         folds = self.gate.get("fold_facts") or [[]]
         style = self.corpus.style
-        gate.prepare(rows, list(thresholds), list(style.markers))
-        gate.apply(rows, thresholds, {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)},
+        gate.prepare(rows, list(gates), list(style.markers), self.encoder)
+        gate.apply(rows, gates, {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)},
                    style.abstain_template, self.corpus.abstain_phrases)
         score_rows(rows, [asked], self.corpus)
 

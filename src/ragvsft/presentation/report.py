@@ -96,6 +96,10 @@ def selective_rows(results: dict) -> list[dict]:
     return rows
 
 
+SIGNAL_WORDS = {"grounding": "how much of the answer the text shown holds",
+                "support": "how close the text shown is to the question"}
+
+
 def gate_rows(results: dict) -> list[dict]:
     """The decline gate's table (results.json `gate`, gate.py): per gated arm and fold, the threshold chosen on
     development questions and what it declined there."""
@@ -103,12 +107,20 @@ def gate_rows(results: dict) -> list[dict]:
     for arm, figures in ((results.get("gate") or {}).get("arms") or {}).items():
         for i, fold in enumerate(figures["folds"]):
             point = next(p for p in fold["table"] if p["threshold"] == fold["threshold"])
-            rows.append({"arm": label(arm), "fold": str(i + 1), "threshold": f"{fold['threshold']:g}",
+            rows.append({"arm": label(arm), "fold": str(i + 1), "threshold": f"{fold['threshold']:.3g}",
+                         "signal weights": _weights(fold.get("model")),
                          "development questions": f"{fold['answerable']} + {fold['unanswerable']} unanswerable",
                          "answerable declined": pct(point["answerable_declined"]),
                          "unanswerable declined": pct(point["unanswerable_declined"]),
                          "accuracy": pct(point["accuracy"])})
     return rows
+
+
+def _weights(model: dict | None) -> str:
+    """A fitted gate's weights per standardised signal ("grounding +0.41, support +0.87"); grounding alone without one."""
+    if not model:
+        return "grounding (as is)"
+    return ", ".join(f"{name} {weight:+.2f}" for name, weight in zip(model["signals"], model["coef"]))
 
 
 def _finding_gate(results: dict) -> list[str]:
@@ -121,9 +133,9 @@ def _finding_gate(results: dict) -> list[str]:
     if not parts:
         return []
     limit = results["gate"]["max_declined"]
-    return [f"Declining where the answer names a number, or too few words, that the text shown does not hold (a "
-            f"threshold chosen on development questions to decline at most {pct(limit)} of the answerable ones "
-            f"there), the retrieving arms declined: {'; '.join(parts)}."]
+    signals = " and ".join(SIGNAL_WORDS[s] for s in results["gate"].get("signals", ["grounding"]))
+    return [f"Declining by {signals} (a gate fitted, and its threshold chosen, on development questions to decline "
+            f"at most {pct(limit)} of the answerable ones there), the retrieving arms declined: {'; '.join(parts)}."]
 
 
 def _side(results: dict, test: str) -> int:
@@ -186,8 +198,8 @@ def _reader_sentence(results: dict) -> str:
             sentence += (" It declines where an answerability head on its hidden state, fitted on the same facts' train "
                          "questions shown with and without their answer, finds the text silent.")
         if "raft" in ((results.get("gate") or {}).get("arms") or {}):
-            sentence += (" It declines where its answer is not grounded in the text shown (the answer–context gate, "
-                         "calibrated on development questions).")
+            sentence += (" It declines where the decline gate, fitted on development questions, scores its answer "
+                         "as unlikely to be answerable from the text shown.")
     declined = [f"{pct(raft[s]['abstention_rate' if s == 'heldout' else 'accuracy'])} of {what}"
                 for s, what in (("unanswerable", "unanswerable questions"), ("heldout", "answerable held-out ones"))
                 if raft.get(s)]

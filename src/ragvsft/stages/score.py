@@ -79,8 +79,8 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | N
                                    "unanswerable": gated["development_unanswerable"] if gated else 0}}
 
 
-def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict],
-                 development: list[dict]) -> dict | None:
+def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict], development: list[dict],
+                 encoder: Encoder) -> dict | None:
     """Calibrate the gated arms' thresholds on development questions, per cross-fitted fold (the reader's folds, for
     every arm alike), and gate their answers in place (gate.py); results.json `gate`."""
     arms = cfg.gated_arms
@@ -91,13 +91,14 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     markers, phrases = list(sample.style.markers), sample.abstain_phrases
     score_rows(development, [], sample)
     for rows in (predictions, development):
-        gate.prepare(rows, arms, markers)
-    figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases)
-    gate.apply(predictions, {arm: figures[arm]["thresholds"] for arm in arms}, fold_of, sample.style.abstain_template,
+        gate.prepare(rows, arms, markers, encoder)
+    figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases,
+                             cfg.gate.signals)
+    gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
                phrases)
     dev = {r["qid"]: r["gold"] is not None for r in development}
-    return {"arms": figures, "max_declined": cfg.gate.max_declined, "folds": len(folds), "fold_facts": folds,
-            "development_answerable": sum(dev.values()), "development_unanswerable": len(dev) - sum(dev.values())}
+    return {"arms": figures, "signals": cfg.gate.signals, "max_declined": cfg.gate.max_declined, "folds": len(folds),
+            "fold_facts": folds, "development_answerable": sum(dev.values()), "development_unanswerable": len(dev) - sum(dev.values())}
 
 
 def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
@@ -106,10 +107,10 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     cfg = run.cfg
     with run.timing("score"):
         score_rows(predictions, questions, sample)
-        gated = gate_figures(cfg, corpus, sample, predictions, development or [])
+        gated = gate_figures(cfg, corpus, sample, predictions, development or [], encoder)
         if gated:
             run.log("score: decline thresholds per fold, chosen on development questions: " + ", ".join(
-                f"{arm} {v['thresholds']}" for arm, v in gated["arms"].items()))
+                f"{arm} {[round(t, 3) for t in v['thresholds']]}" for arm, v in gated["arms"].items()))
             score_rows(predictions, questions, sample)  # the verdicts of the gated answers
         gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
         split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
