@@ -11,6 +11,7 @@
     .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
     .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
     .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
+    .venv/bin/python experiments/benchmark.py --raft-contrast --readme  # the same for the RAFT reader
     .venv/bin/python experiments/benchmark.py --gate --readme         # the decline gate's signals on the quick run
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
@@ -324,13 +325,15 @@ def context_sweep() -> list[dict]:
 
 DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
 CONTRAST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+RAFT_CONTRAST_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-def rag_sweep(setting: str, values) -> list[dict]:
-    """The rag arm per value of one `probe.` setting (rag_demos, rag_contrast) on the quick profile's development
-    questions (facts it does not score, and unanswerable questions it does not ask: what its gate calibrates on); the
-    probe asks only the train questions back, so no scored question's answer is seen. The retrieval is the run's own
-    and the same for every value; each row keeps the setting under its own name."""
+def rag_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
+    """One gated arm (rag, raft) per value of one `probe.` setting (rag_demos, rag_contrast, raft_contrast) on the
+    quick profile's development questions (facts it does not score, and unanswerable questions it does not ask: what
+    its gate calibrates on); the probe asks only the train questions back, so no scored question's answer is seen.
+    The retrieval (and the RAFT reader) is the run's own and the same for every value; each row keeps the setting
+    under its own name."""
     from ragvsft.corpus import load_corpus
     from ragvsft.score import follows_style
 
@@ -338,7 +341,7 @@ def rag_sweep(setting: str, values) -> list[dict]:
     rows, out = [], REPO / "runs" / f"{setting.replace('_', '-')}-sweep"  # one folder: embedder, index computed once
     for value in values:
         command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
-                   "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]", "--set", f"probe.{setting}={value}"]
+                   "--set", f"probe.arms=[{arm}]", "--set", "probe.sets=[seen]", "--set", f"probe.{setting}={value}"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         developed = [json.loads(line) for line in (out / "development.jsonl").read_text().splitlines()]
         answerable = [r for r in developed if r["gold"]]
@@ -534,17 +537,19 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         default = load_config(None).index.context_units
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
-    for name, setting, what, column in (
-            ("demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples"),
-            ("contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w")):
+    for name, setting, what, column, arm in (
+            ("demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG"),
+            ("contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w", "RAG"),
+            ("raft_contrast", "raft_contrast", "Context-aware decoding of the RAFT reader, by its weight w", "weight w",
+             "RAFT")):
         if not bench.get(name):
             continue
         rows = bench[name]
         best = max(rows, key=lambda r: (round(r["accuracy"], 4), -r[setting]))
-        lines += ["", f"{what} (`--{name}`; the quick profile's {rows[0]['questions']} answerable and "
+        lines += ["", f"{what} (`--{name.replace('_', '-')}`; the quick profile's {rows[0]['questions']} answerable and "
                       f"{rows[0]['unanswerable']} unanswerable development questions, of facts and questions it does "
                       "not score; the run's own retrieval):", "",
-                  f"| {column} | RAG accuracy | unit shown names the answer | right when it does | unanswerable "
+                  f"| {column} | {arm} accuracy | unit shown names the answer | right when it does | unanswerable "
                   "declined | house style | prompt tokens | generation s |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r[setting]} | {100 * r['accuracy']:.1f}% | {100 * r['answer_shown']:.0f}% | "
                   f"{100 * r['right_when_shown']:.0f}% | {100 * r['unanswerable_declined']:.0f}% | {100 * r['style']:.0f}% | "
@@ -640,6 +645,8 @@ def main() -> None:
     parser.add_argument("--contrast", action="store_true", help="RAG accuracy per probe.rag_contrast (context-aware "
                         "decoding) on development questions")
     parser.add_argument("--gate", action="store_true", help="the decline gate per gate.signals on the quick run")
+    parser.add_argument("--raft-contrast", action="store_true", help="RAFT accuracy per probe.raft_contrast on "
+                        "development questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
@@ -666,6 +673,9 @@ def main() -> None:
     if args.contrast:
         print("measuring the rag arm's context-aware decoding ...", flush=True)
         bench["contrast"] = rag_sweep("rag_contrast", CONTRAST_WEIGHTS)
+    if args.raft_contrast:
+        print("measuring the RAFT reader's context-aware decoding ...", flush=True)
+        bench["raft_contrast"] = rag_sweep("raft_contrast", RAFT_CONTRAST_WEIGHTS, arm="raft")
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
@@ -674,7 +684,7 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.reader_sweep, args.gate]
+              args.contrast, args.raft_contrast, args.reader_sweep, args.gate]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

@@ -11,7 +11,7 @@ from ragvsft.cli import app
 from ragvsft.files import InputError, read_jsonl
 from ragvsft.run import run_experiment
 
-from ragvsft.catalogue import NAMES, RETRIEVING
+from ragvsft.catalogue import NAMES, RETRIEVING, contrast_weight
 
 ARMS = list(NAMES)
 
@@ -659,7 +659,7 @@ def test_the_learning_curve_draws_its_facts_across_the_sample(tmp_path):
 
 
 def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
-    _, out = tiny_run
+    cfg, out = tiny_run
     results = json.loads((out / "results.json").read_text())
     perf = results["performance"]
     rows = read_jsonl(out / "predictions.jsonl") + (read_jsonl(out / "development.jsonl")
@@ -667,8 +667,10 @@ def test_the_compute_floor_counts_the_tokens_the_run_saw(tiny_run):
     probe = perf["stages"]["probe"]
     reused = sum(r["reused_tokens"] for r in rows)
     assert 0 < reused < sum(r["prompt_tokens"] for r in rows)  # the arms' shared system prompt, computed once each
-    contrasts = sum(r.get("contrast_tokens", 0) for r in rows)  # the rag arm's context-free prompts, decoded beside
-    assert contrasts > 0 and all(("contrast_tokens" in r) == (r["arm"] == "rag") for r in rows)
+    contrasts = sum(r.get("contrast_tokens", 0) for r in rows)  # the context-free prompts, decoded beside
+    contrasted = {arm for arm in cfg.probe.arms if contrast_weight(arm, cfg.probe) > 0}
+    assert contrasts > 0 and "rag" in contrasted and "lora" not in contrasted
+    assert all(("contrast_tokens" in r) == (r["arm"] in contrasted) for r in rows)
     assert probe["forward_tokens"] == sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) - reused + contrasts
     assert probe["gflop"] == round(2 * perf["parameters"] * probe["forward_tokens"] / 1e9, 1)
     trained = perf["stages"]["finetune (training)"]

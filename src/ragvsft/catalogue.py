@@ -27,8 +27,8 @@ class Arm:
     examples: bool = False  # few-shot (train question, styled answer) pairs of other facts (probe.fewshot_k)
     demos: bool = False  # worked reading examples: other facts' evidence units and train questions, styled answers
                          # (arms.reading_demos, probe.rag_demos)
-    contrast: bool = False  # decoded context-aware: each token weighed against the prompt without its retrieved text
-                            # (arms.without_context, probe.rag_contrast)
+    contrast: str | None = None  # the probe setting of its weight where it decodes context-aware: each token
+                                 # weighed against the prompt without its retrieved text (arms.without_context)
     # The arms its held-out accuracy is compared with, pair by pair (results.json `comparisons`: paired differences
     # with intervals), the pairs the claims and findings are about.
     compared_with: tuple[str, ...] = ()
@@ -39,11 +39,11 @@ CATALOGUE: tuple[Arm, ...] = (
     Arm("base", "base model", "base", "base", False),
     Arm("prompt", "prompting", "prompt", "base", False, system_prompt=True),
     Arm("fewshot", "few-shot", "few-shot", "base", False, system_prompt=True, examples=True),
-    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True, demos=True, contrast=True,
+    Arm("rag", "RAG", "RAG", "base", True, system_prompt=True, demos=True, contrast="rag_contrast",
         compared_with=("lora", "prompt")),
     Arm("lora", "LoRA fine-tuned", "LoRA", "closed_book", False),
     Arm("lora_rag", "LoRA + RAG", "LoRA+RAG", "closed_book", True, compared_with=("lora", "rag")),
-    Arm("raft", "RAFT reader", "RAFT", "reader", True, compared_with=("rag", "lora")),
+    Arm("raft", "RAFT reader", "RAFT", "reader", True, contrast="raft_contrast", compared_with=("rag", "lora")),
 )
 ARMS: dict[str, Arm] = {arm.name: arm for arm in CATALOGUE}
 NAMES: tuple[str, ...] = tuple(ARMS)
@@ -52,6 +52,12 @@ SHORT_LABELS: dict[str, str] = {arm.name: arm.short for arm in CATALOGUE}
 TRAINED: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.model != "base")
 RETRIEVING: tuple[str, ...] = tuple(arm.name for arm in CATALOGUE if arm.retrieves)
 COMPARISONS: tuple[tuple[str, str], ...] = tuple((arm.name, other) for arm in CATALOGUE for other in arm.compared_with)
+
+
+def contrast_weight(arm: str, probe) -> float:
+    """The weight with which `arm` decodes context-aware under the probe config (0: plain greedy decoding)."""
+    setting = ARMS[arm].contrast
+    return getattr(probe, setting) if setting else 0.0
 
 
 def label(name: str) -> str:

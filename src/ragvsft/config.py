@@ -119,6 +119,7 @@ class ProbeConfig(_Section):
     fewshot_k: int = Field(ge=0)
     rag_demos: int = Field(ge=0)
     rag_contrast: float = Field(ge=0)
+    raft_contrast: float = Field(ge=0)
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     batch_tokens: int = Field(ge=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from .precision import torch_dtype
 from .arms import (RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states,
                    reading_demos, without_context)
-from .catalogue import ARMS, model_of
+from .catalogue import ARMS, contrast_weight, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .finetune import arm_models
@@ -108,11 +108,12 @@ def score_rows(rows: list[dict], questions: list[Question], corpus: Corpus) -> l
 
 
 def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list[int] | None,
-            progress: Progress | None = None, blocks: list | None = None, contrast: list | None = None):
+            progress: Progress | None = None, blocks: list | None = None, contrast: list | None = None,
+            contrast_weight: float = 0.0):
     """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers).
     Conversations with equal `blocks` entries (their few-shot examples) are generated together, so that the block is
     a prefix they share and is computed once (arms.generate). With `contrast` (each conversation without its
-    retrieved text), decoding is context-aware with weight probe.rag_contrast."""
+    retrieved text), decoding is context-aware with `contrast_weight`."""
     groups: dict = {}
     for i in range(len(conversations)):
         groups.setdefault((route[i] if route else 0, blocks[i] if blocks else None), []).append(i)
@@ -124,7 +125,7 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
         for i, g in zip(mine, generate(model[key[0]] if route else model, tokenizer, [conversations[i] for i in mine],
                                        cfg.max_new_tokens, cfg.batch_size, step, batch_tokens=cfg.batch_tokens,
                                        contrast=[contrast[i] for i in mine] if contrast else None,
-                                       contrast_weight=cfg.rag_contrast)):
+                                       contrast_weight=contrast_weight)):
             out[i] = g
         done += len(mine)
     return out
@@ -175,7 +176,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
     row keeps what it said (`reader_answer`) and the head's probability (`answerable`). `reader_fold` maps a question
     id to the reader that answers it. `evidence` (fact id -> evidence unit, index.evidence_units) feeds the worked
     reading examples of the arms that show them (catalogue `demos`, probe.rag_demos); none without it. The arms that
-    decode context-aware (catalogue `contrast`) do so with weight probe.rag_contrast (0: plain greedy decoding)."""
+    decode context-aware (catalogue `contrast`) do so with the weight of their setting, probe.rag_contrast or
+    probe.raft_contrast (0: plain greedy decoding)."""
     rows: list[dict] = []
     for arm in cfg.arms:
         conversations, blocks = [], []
@@ -190,10 +192,10 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         began = time.perf_counter()
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
-        contrast = ([without_context(c, q.question) for c, q in zip(conversations, questions)]
-                    if ARMS[arm].contrast and cfg.rag_contrast > 0 else None)
+        weight = contrast_weight(arm, cfg)
+        contrast = [without_context(c, q.question) for c, q in zip(conversations, questions)] if weight > 0 else None
         generations = _answer(models[which], tokenizer, conversations, cfg, route,
-                              progress_line(log, f"arm {arm}") if log else None, blocks, contrast)
+                              progress_line(log, f"arm {arm}") if log else None, blocks, contrast, weight)
         heads = models.get("reader_heads") if route else None
         chances = (answerable(models[which], heads, tokenizer, conversations, route, generations, cfg.batch_size,
                               progress_line(log, f"arm {arm}: answerability head") if log else None)

@@ -9,7 +9,7 @@ import random
 import time
 
 from ..arms import RAG_ARMS, fewshot_pairs, reading_demos
-from ..catalogue import ARMS, model_of, uses
+from ..catalogue import ARMS, contrast_weight, model_of, uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
@@ -45,8 +45,8 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
     if ARMS[arm].demos and evidence and cfg.probe.rag_demos:
         inputs["demos"] = [reading_demos(sample, evidence, q.fact_id, cfg.probe.rag_demos, cfg.seed, q.gold)
                            for q in questions]
-    if ARMS[arm].contrast and cfg.probe.rag_contrast:
-        inputs["contrast"] = cfg.probe.rag_contrast
+    if contrast_weight(arm, cfg.probe):
+        inputs["contrast"] = contrast_weight(arm, cfg.probe)
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
     if model_of(arm) == "closed_book":
