@@ -180,6 +180,11 @@ def test_the_raft_finding_states_what_the_reader_learnt_on():
     assert "+30 points" in sentence and "RAFT reader is clearly better" in sentence
     assert "2 cross-fitted folds" in sentence and "94 and 94 other facts" in sentence
     assert "abstained on 70% of unanswerable questions and on 10% of answerable held-out ones" in sentence
+    assert "context-aware" not in sentence  # a run config without the setting says nothing of it
+    results["config"] = {"probe": {"raft_contrast": 1.0}}
+    assert "It decodes context-aware (weight 1)" in next(s for s in findings(results) if s.startswith("RAFT reader"))
+    results["config"] = {"probe": {"raft_contrast": 0.0}}  # plain greedy decoding
+    assert "context-aware" not in next(s for s in findings(results) if s.startswith("RAFT reader"))
 
 
 def test_the_run_config_cost_section_sets_the_table_and_flags_override_it():

@@ -194,6 +194,10 @@ def _reader_sentence(results: dict) -> str:
                     f"fold{'s' if reader['folds'] > 1 else ''}) learnt to read on train questions of "
                     f"{' and '.join(str(n) for n in reader['trained_on_facts'])} other facts with their retrieved chunks, "
                     f"never on the facts {'they were' if reader['folds'] > 1 else 'it was'} asked about.")
+        weight = ((results.get("config") or {}).get("probe") or {}).get("raft_contrast")
+        if weight:
+            sentence += (f" It decodes context-aware (weight {weight:g}): each token weighed against what it would "
+                         "say without the text shown.")
         if reader.get("abstain_by") == "head":
             sentence += (" It declines where an answerability head on its hidden state, fitted on the same facts' train "
                          "questions shown with and without their answer, finds the text silent.")
