@@ -115,15 +115,21 @@ def run_sweep_file(name: str) -> dict:
             "run_seconds": {r.name: json.loads((r / "manifest.json").read_text())["seconds"] for r in runs}}
 
 
-def rerun_check(folder: str, setting: str, labels: tuple[str, str]) -> dict:
-    """Re-run the quick profile on a copy of its run folder with one `--set` changed: what the setting does not
-    change is reused by the stage keys, the rest is computed again; verdicts, accuracies and speed compared, under
-    `labels` (the benchmark run's, the rerun's)."""
+def copy_of_quick_run(folder: str) -> tuple[Path, Path]:
+    """(the benchmark's quick run folder, a fresh copy of it in runs/FOLDER) for reruns with one setting changed."""
     source, out = REPO / "runs" / "bench-quick", REPO / "runs" / folder
     if not (source / "results.json").is_file():
         sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
     shutil.rmtree(out, ignore_errors=True)  # a copy of an earlier quick run would recompute every stage
     shutil.copytree(source, out)
+    return source, out
+
+
+def rerun_check(folder: str, setting: str, labels: tuple[str, str]) -> dict:
+    """Re-run the quick profile on a copy of its run folder with one `--set` changed: what the setting does not
+    change is reused by the stage keys, the rest is computed again; verdicts, accuracies and speed compared, under
+    `labels` (the benchmark run's, the rerun's)."""
+    source, out = copy_of_quick_run(folder)
     command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
                "--set", setting]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
@@ -160,11 +166,7 @@ def gate_check() -> dict:
     """The decline gate with each choice of `gate.signals`, on a copy of the quick run (only scoring runs again: the
     gate is fitted and thresholded there). Per gated arm: the development figures at the `gate.max_declined` budget
     (what the choice is made on) and the scored ones (measured, never used to choose)."""
-    source, out = REPO / "runs" / "bench-quick", REPO / "runs" / "bench-quick-gate"
-    if not (source / "results.json").is_file():
-        sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out)
+    source, out = copy_of_quick_run("bench-quick-gate")
     rows = []
     for signals in GATE_SIGNALS:
         command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
@@ -328,7 +330,7 @@ CONTRAST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RAFT_CONTRAST_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-def rag_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
+def development_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
     """One gated arm (rag, raft) per value of one `probe.` setting (rag_demos, rag_contrast, raft_contrast) on the
     quick profile's development questions (facts it does not score, and unanswerable questions it does not ask: what
     its gate calibrates on); the probe asks only the train questions back, so no scored question's answer is seen.
@@ -669,13 +671,13 @@ def main() -> None:
         bench["context"] = context_sweep()
     if args.demos:
         print("measuring the rag arm's worked reading examples ...", flush=True)
-        bench["demos"] = rag_sweep("rag_demos", DEMO_COUNTS)
+        bench["demos"] = development_sweep("rag_demos", DEMO_COUNTS)
     if args.contrast:
         print("measuring the rag arm's context-aware decoding ...", flush=True)
-        bench["contrast"] = rag_sweep("rag_contrast", CONTRAST_WEIGHTS)
+        bench["contrast"] = development_sweep("rag_contrast", CONTRAST_WEIGHTS)
     if args.raft_contrast:
         print("measuring the RAFT reader's context-aware decoding ...", flush=True)
-        bench["raft_contrast"] = rag_sweep("raft_contrast", RAFT_CONTRAST_WEIGHTS, arm="raft")
+        bench["raft_contrast"] = development_sweep("raft_contrast", RAFT_CONTRAST_WEIGHTS, arm="raft")
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()

@@ -129,7 +129,7 @@ class ProbeConfig(_Section):
 class GateConfig(_Section):
     """Declines for the retrieving arms by answer–context agreement, calibrated on development questions (gate.py)."""
     arms: list[Literal[RETRIEVING]]  # type: ignore[valid-type]
-    signals: list[Literal["grounding", "support"]] = Field(min_length=1)
+    signals: list[Literal["grounding", "support"]] = Field(min_length=1)  # row fields that gate.prepare fills
     max_declined: float = Field(ge=0, le=1)
     development_questions: int = Field(ge=0)
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from .score import ABSTAINED, normalize, verdict
 
-SIGNALS = ("grounding", "support")  # what `gate.signals` may name (row fields that `prepare` fills)
 # The development table's rows: the share of answerable development questions a threshold may decline (the chosen
 # one, gate.max_declined, is always among them).
 SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
