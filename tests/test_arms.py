@@ -73,6 +73,29 @@ def test_a_shared_prompt_prefix_computed_once_gives_the_same_answers(tiny_lm, to
     assert all(g.reused_tokens == 0 for g in whole)
 
 
+def test_the_shared_prefix_is_held_once_so_the_batch_limits_count_each_prompts_own_tokens(tiny_lm, toy_corpus):
+    """With the prefix computed once, `batch_tokens` counts the tokens each prompt adds, not the prefix every prompt
+    would otherwise carry; a model whose attention the shared-prefix path cannot reproduce (a sliding window shorter
+    than the prompts) generates every prompt whole, with the same answers."""
+    model, tokenizer = load_lm(str(tiny_lm))
+    corpus = load_corpus(toy_corpus)
+    conversations = [build_messages("prompt", f.train_questions[0], corpus) for f in corpus.facts]
+    ids = prompt_ids(model, tokenizer, conversations, 5)
+    shared = shared_prefix(ids)
+    assert shared >= PREFIX_MIN_TOKENS
+    own = max(len(x) for x in ids) - shared
+    limit = 2 * own  # two prompts' own tokens, less than one whole prompt
+    assert limit < min(len(x) for x in ids)
+    batches_seen: list = []
+    reused = generate(model, tokenizer, conversations, 5, 8, lambda d, t: batches_seen.append(d), batch_tokens=limit)
+    assert len(batches_seen) == -(-len(ids) // 2)  # two prompts a batch
+    assert sum(g.reused_tokens for g in reused) == shared * (len(ids) - 1)
+    model.config.sliding_window = shared  # shorter than any prompt
+    whole = generate(model, tokenizer, conversations, 5, 8, batch_tokens=limit)
+    assert all(g.reused_tokens == 0 for g in whole)
+    assert [g.answer for g in whole] == [g.answer for g in reused]
+
+
 def test_batches_hold_similar_lengths_within_both_limits_evened_out():
     lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10]
     by_count = batches(lengths, batch_size=4)

@@ -8,7 +8,8 @@ one, SmolLM2's chat template inserts its own ~20-token default system prompt int
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import contextvars
 import itertools
 import time
 import warnings
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (AttentionInterface, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .catalogue import NAMES, RETRIEVING
 from .chat import cut_answer, render, stop_ids as model_stop_ids, stop_strings
@@ -232,7 +236,57 @@ class _ContextAware(LogitsProcessor):
         return torch.cat([combined, combined])
 
 
-PREFIX_MIN_TOKENS = 16  # a shorter shared prefix saves less than it costs to compute and copy its cache
+PREFIX_MIN_TOKENS = 16  # a shorter shared prefix saves less than it costs to compute
+
+SHARED_PREFIX_ATTENTION = "ragvsft_shared_prefix"
+# The shared prefix's keys and values, one (key, value) per layer, while a batch generates after it (_prefix_of).
+_prefix: contextvars.ContextVar = contextvars.ContextVar("shared prefix", default=None)
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention over [the shared prefix][each row's own tokens], with the prefix's keys and values held once for the
+    whole batch rather than in every row's cache. Why: copied into each row, the prefix (the rag arm's worked
+    examples, ~370 tokens) made copying and reading the cache, not the model's weights, most of each decoding step.
+    A batch's first pass (many query tokens) runs transformers' own sdpa attention on the prefix joined to the rows
+    once; each decoding step (one query token) meets the prefix in one matrix product per key/value head for all rows
+    at once, then one float32 softmax over both parts (the arithmetic of transformers' eager attention)."""
+    prefix_key, prefix_value = _prefix.get()[module.layer_idx]  # (1, kv heads, prefix, dim)
+    rows, heads, length, dim = query.shape
+    kv_heads, shared, own = key.shape[1], prefix_key.shape[2], key.shape[2]
+    # the own tokens' additive mask (rows, 1, length, own), eager_mask's: padding and causality, never None
+    if length > 1:
+        join = lambda prefix, mine: torch.cat([prefix.expand(rows, -1, -1, -1), mine], dim=2)  # noqa: E731
+        mask = torch.cat([attention_mask.new_zeros(rows, 1, length, shared), attention_mask], dim=-1)
+        return sdpa_attention_forward(module, query, join(prefix_key, key), join(prefix_value, value), mask,
+                                      dropout=dropout, scaling=scaling)
+    group = heads // kv_heads
+    flat = query.reshape(rows, kv_heads, group, dim).transpose(0, 1).reshape(kv_heads, rows * group, dim)
+    to_prefix = torch.matmul(flat, prefix_key[0].transpose(1, 2))  # (kv heads, rows * group, prefix)
+    to_own = torch.matmul(query.reshape(rows, kv_heads, group, dim), key.transpose(2, 3))  # (rows, kv, group, own)
+    to_own = to_own + attention_mask.reshape(rows, 1, 1, own)
+    scores = torch.cat([to_prefix.reshape(kv_heads, rows, group, shared).transpose(0, 1), to_own], dim=-1) * scaling
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    on_prefix, on_own = weights.split([shared, own], dim=-1)
+    from_prefix = torch.matmul(on_prefix.transpose(0, 1).reshape(kv_heads, rows * group, shared), prefix_value[0])
+    out = from_prefix.reshape(kv_heads, rows, group, dim).transpose(0, 1) + torch.matmul(on_own, value)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+AttentionInterface.register(SHARED_PREFIX_ATTENTION, _shared_prefix_attention)
+AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, eager_mask)  # additive float masks of the own tokens
+
+
+@contextlib.contextmanager
+def _prefix_of(model, layers: list):
+    """The model attends through `_shared_prefix_attention` to `layers` (the prefix's keys and values) meanwhile."""
+    config = model.config
+    was, token = config._attn_implementation, _prefix.set(layers)
+    config._attn_implementation = SHARED_PREFIX_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = was
+        _prefix.reset(token)
 
 
 def shared_prefix(ids: list[list[int]]) -> int:
@@ -246,9 +300,15 @@ def shared_prefix(ids: list[list[int]]) -> int:
     return length
 
 
-def _reusable_cache(model) -> bool:
-    # A configured cache (static, offloaded) is built by generate itself and cannot start from one computed here.
-    return getattr(getattr(model, "generation_config", None), "cache_implementation", None) is None
+def _prefix_shareable(model, longest: int) -> bool:
+    """Whether `_shared_prefix_attention` computes what the model's own attention would for sequences up to `longest`
+    tokens: plain causal attention (no configured cache, which generate builds itself; no soft-capped scores; no
+    sliding window shorter than the sequence)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    return (getattr(getattr(model, "generation_config", None), "cache_implementation", None) is None
+            and getattr(config, "attn_logit_softcapping", None) is None and (not window or window >= longest)
+            and config._attn_implementation in ("sdpa", "eager"))
 
 
 def batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
@@ -273,9 +333,10 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     """Greedy answers for many conversations, batched with left padding (`batches`: at most `batch_size` prompts and
     about `batch_tokens` prompt tokens each). `progress` is called after each batch and, during a long one, every
     HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
-    With `reuse_prefix`, the tokens every prompt begins with (an arm's system prompt) are computed once and their
-    key/value cache is copied into each batch: a batch is [shared prefix][padding][each prompt's own tokens], its
-    positions counted over the unpadded tokens, so every prompt is computed as without the reuse.
+    With `reuse_prefix`, the tokens every prompt begins with (an arm's system prompt, its worked examples) are
+    computed once and their keys and values held once for every batch (`_shared_prefix_attention`): a batch holds
+    each prompt's own tokens, left padded, their positions counted on from the prefix, so every prompt is computed as
+    without the reuse; the batch limits count those own tokens.
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning.
     With `contrast` (conversation i without its retrieved text, `without_context`) and a `contrast_weight` above 0,
     decoding is context-aware (`_ContextAware`): each batch holds its prompts and then their contrasts, both within
@@ -291,32 +352,30 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     dropped = set(stop_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
     stops = stop_strings(tokenizer)
     strings = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
-    shared = shared_prefix(ids + others) if reuse_prefix and _reusable_cache(model) else 0
+    longest = max(lengths + [len(x) for x in others], default=0) + max_new_tokens
+    shared = shared_prefix(ids + others) if reuse_prefix and _prefix_shareable(model, longest) else 0
+    shared = shared if shared >= PREFIX_MIN_TOKENS else 0
     began = time.perf_counter()  # the first batch's clock includes computing the shared prefix: its queries' seconds
-    prefix, prefix_cache = None, None
-    if shared >= PREFIX_MIN_TOKENS:
-        prefix = torch.tensor([ids[0][:shared]], device=model.device)
+    layers: list = []
+    if shared:
         with torch.inference_mode():
-            prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            cache = model(input_ids=torch.tensor([ids[0][:shared]], device=model.device), use_cache=True,
+                          logits_to_keep=1).past_key_values
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
     done = 0
-    # a contrasted prompt and its contrast are two rows of one batch: the limits count pairs
+    # a contrasted prompt and its contrast are two rows of one batch: the limits count pairs, and only the tokens
+    # each row computes and holds (the shared prefix is held once)
     pairs = 2 if contrasted else 1
-    for batch in batches(widths, max(1, batch_size // pairs), batch_tokens and max(1, batch_tokens // pairs)):
-        rows = [ids[i] for i in batch] + [others[i] for i in batch if contrasted]
-        if prefix_cache is None:
-            encoded = dict(tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(model.device))
-        else:
-            own = tokenizer.pad({"input_ids": [x[shared:] for x in rows]}, return_tensors="pt").to(model.device)
-            cache = copy.deepcopy(prefix_cache)  # generate appends to the cache it is given
-            cache.batch_repeat_interleave(len(rows))
-            encoded = {"input_ids": torch.cat([prefix.expand(len(rows), -1), own["input_ids"]], dim=1),
-                       "attention_mask": torch.cat([torch.ones_like(prefix).expand(len(rows), -1),
-                                                    own["attention_mask"]], dim=1),
-                       "past_key_values": cache}
+    for batch in batches([w - shared for w in widths], max(1, batch_size // pairs),
+                         batch_tokens and max(1, batch_tokens // pairs)):
+        rows = [ids[i][shared:] for i in batch] + [others[i][shared:] for i in batch if contrasted]
+        encoded = dict(tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(model.device))
+        if shared:  # each row's own tokens are counted on from the prefix, padding left out
+            encoded["position_ids"] = (encoded["attention_mask"].cumsum(-1) - 1).clamp(min=0) + shared
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
         beats = StoppingCriteriaList([_Heartbeat(lambda before=done: progress(before, len(ids)))] if progress else [])
         scored = _StepLogprob()
-        with torch.inference_mode():
+        with torch.inference_mode(), (_prefix_of(model, layers) if shared else contextlib.nullcontext()):
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
                                     logits_processor=LogitsProcessorList(
@@ -331,8 +390,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             answer_steps = next((n for n, t in enumerate(tokens) if t in dropped), len(tokens))
             results[i] = Generation(cut_answer(tokenizer.decode(produced, skip_special_tokens=True), stops),
                                     lengths[i], len(produced), seconds, scored.mean_over(r, answer_steps),
-                                    shared if prefix_cache is not None and i else 0,
-                                    len(others[i]) - (shared if prefix_cache is not None else 0) + len(produced)
+                                    shared if shared and i else 0,
+                                    len(others[i]) - shared + len(produced)
                                     if contrasted else 0)
         done += len(batch)
         if progress:
