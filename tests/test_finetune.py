@@ -240,7 +240,7 @@ def test_named_adapters_on_one_base_answer_as_the_merged_copies(tmp_path, tiny_l
     """models.adapters: every adapter loaded by name onto one shared base gives the tokens and hidden states of
     merging it into its own copy, whichever adapter was used last; the base view has every adapter disabled."""
     from conftest import FACTS
-    from ragvsft.arms import generate, prompt_states
+    from ragvsft.arms import PREFIX_MIN_TOKENS, generate, prompt_states
     from ragvsft.finetune import arm_models
 
     model, tokenizer = load_lm(str(tiny_lm))
@@ -250,7 +250,10 @@ def test_named_adapters_on_one_base_answer_as_the_merged_copies(tmp_path, tiny_l
     merged = arm_models(model, adapters, torch.float32, "cpu", "merged")
     named = arm_models(model, adapters, torch.float32, "cpu", "named")
     assert named["base"]._shared is named["closed_book"]._shared is named["reader"][1]._shared  # one base
-    asked = [[{"role": "user", "content": q}] for f in FACTS for q in f["train_questions"]][:4]
+    # a system prompt every question shares: generated through the shared-prefix attention on both kinds of model
+    system = {"role": "system", "content": "You answer questions about the company's documents in one sentence."}
+    asked = [[system, {"role": "user", "content": q}] for f in FACTS for q in f["train_questions"]][:4]
+    assert generate(named["closed_book"], tokenizer, asked, 8, 4)[1].reused_tokens >= PREFIX_MIN_TOKENS
     pairs = [(merged["base"], named["base"]), (merged["closed_book"], named["closed_book"]),
              (merged["reader"][0], named["reader"][0]), (merged["reader"][1], named["reader"][1])]
     answers = []
