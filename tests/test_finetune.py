@@ -55,6 +55,39 @@ def test_lora_trains_and_saves_safetensors(tmp_path, toy_corpus, tiny_lm):
     assert any(not torch.equal(before[k], v) for k, v in merged.state_dict().items())
 
 
+def test_a_long_training_step_says_it_is_still_running_and_trains_the_same(tmp_path, toy_corpus, tiny_lm, monkeypatch):
+    """A step that runs past the heartbeat logs "still running" lines from a thread until it ends; the losses are
+    those of training without them."""
+    import time as clock
+
+    from ragvsft import finetune
+
+    model, tokenizer = load_lm(str(tiny_lm))
+    cfg = load_config(None, ["finetune.min_steps=0", "finetune.epochs=1", "finetune.batch_size=2"]).finetune
+    rows = build_finetune_set(load_corpus(toy_corpus))
+    quiet = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / "quiet", work_dir=tmp_path / "w1",
+                       log=lambda line: None)
+    monkeypatch.setattr(finetune, "STEP_HEARTBEAT_SECONDS", 0.05)
+    step = finetune._answer_loss_trainer
+
+    def slow_trainer(tally=None):
+        class Slow(step(tally)):
+            def compute_loss(self, *args, **kwargs):
+                clock.sleep(0.2)  # a step that outlasts the heartbeat
+                return super().compute_loss(*args, **kwargs)
+        return Slow
+
+    monkeypatch.setattr(finetune, "_answer_loss_trainer", slow_trainer)
+    lines: list[str] = []
+    loud = train_lora(model, tokenizer, rows, cfg, seed=0, adapter_dir=tmp_path / "loud", work_dir=tmp_path / "w2",
+                      log=lines.append)
+    beats = [line for line in lines if "still running" in line]
+    assert beats and beats[0].startswith("finetune: step 1/3 still running")
+    clock.sleep(0.2)
+    assert len([line for line in lines if "still running" in line]) == len(beats)  # no beat once training ended
+    assert loud["loss"] == quiet["loss"]
+
+
 def test_answer_only_logits_give_the_full_loss(toy_corpus, tiny_lm):
     """The trainer's loss (logits for answer positions only) equals the model's own loss over full logits."""
     from ragvsft.finetune import _Collator, _answer_loss_trainer

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,9 @@ def curve_epochs(epochs: float, points: int) -> list[int]:
     return sorted({max(1, round(last * i / points)) for i in range(1, points + 1)})
 
 
+STEP_HEARTBEAT_SECONDS = 10.0  # the longest one training step runs without a line
+
+
 def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshots: list):
     from peft import get_peft_model_state_dict
     from transformers import TrainerCallback
@@ -170,6 +174,26 @@ def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshot
 
         last = step_began = time.perf_counter()
         step_seconds = 0.0
+
+        beating: threading.Event | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # A step longer than STEP_HEARTBEAT_SECONDS (a long batch of the reader's on a slow CPU: 15 s between
+            # lines on a 2-core AMX host) says it is still running, from a thread, until it ends.
+            if log:
+                self.beating = threading.Event()
+                threading.Thread(target=self._beat, args=(self.beating, state.global_step + 1, state.max_steps),
+                                 daemon=True).start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.beating is not None:
+                self.beating.set()
+
+        def _beat(self, stopped: threading.Event, step: int, steps: int):
+            began = time.perf_counter()
+            while not stopped.wait(STEP_HEARTBEAT_SECONDS):
+                self.last = time.perf_counter()
+                log(f"finetune: step {step}/{steps} still running, {self.last - began:.0f} s so far")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # Every tenth of training, and where steps are slow whenever waiting for the next step would leave more
