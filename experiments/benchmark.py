@@ -153,6 +153,48 @@ def dtype_check() -> dict:
     return rerun_check("bench-quick-fp32", "models.dtype=float32", ("bfloat16", "float32"))
 
 
+def prefix_check(questions: int = 24) -> dict:
+    """The quick run's rag prompts (development questions under the worked-example block most of them share,
+    context-aware at the run's weight) generated with the shared prefix held once (arms._shared_prefix_attention) and
+    whole, in float32 and in bfloat16, and held once under half the batch limit: seconds, answers the same as generated
+    whole, answers correct. What the reuse changes (nothing in float32) beside what the batch a question lands in
+    changes in bfloat16."""
+    from ragvsft.arms import generate, without_context
+    from ragvsft.models import load_lm
+    from ragvsft.score import matches_gold
+
+    run = REPO / "runs" / "bench-quick"
+    if not (run / "development.jsonl").is_file():
+        sys.exit("run the quick profile first: experiments/benchmark.py --profile quick")
+    config = json.loads((run / "results.json").read_text())["config"]
+    rows = [r for r in map(json.loads, (run / "development.jsonl").read_text().splitlines())
+            if r["arm"] == "rag" and r["gold"]]
+    blocks = [json.dumps(r["messages"][:-1]) for r in rows]
+    common = max(set(blocks), key=blocks.count)
+    rows = [r for r, b in zip(rows, blocks) if b == common][:questions]
+    conversations = [r["messages"] for r in rows]
+    contrast = [without_context(c, r["question"]) for c, r in zip(conversations, rows)]
+    probe = config["probe"]
+    variants = [("whole", False, probe["batch_tokens"]), ("held once", True, probe["batch_tokens"]),
+                ("held once, half the batch limit", True, probe["batch_tokens"] // 2)]
+    out = {"questions": len(rows), "contrast": probe["rag_contrast"], "rows": []}
+    for dtype in ("float32", "bfloat16"):
+        model, tokenizer = load_lm(config["models"]["lm"], dtype)
+        whole = None
+        for name, reuse, limit in variants:
+            began = time.perf_counter()
+            answers = [g.answer for g in generate(model, tokenizer, conversations, probe["max_new_tokens"],
+                                                  probe["batch_size"], reuse_prefix=reuse, batch_tokens=limit,
+                                                  contrast=contrast, contrast_weight=probe["rag_contrast"])]
+            seconds = time.perf_counter() - began
+            whole = whole or answers
+            out["rows"].append({"precision": dtype, "generation": name, "seconds": round(seconds, 1),
+                                "same_as_whole": sum(a == b for a, b in zip(answers, whole)),
+                                "correct": sum(matches_gold(a, r["gold"]) for a, r in zip(answers, rows))})
+            print(json.dumps(out["rows"][-1]), flush=True)
+    return out
+
+
 def adapters_check() -> dict:
     """The quick profile's probe again with the adapters loaded by name onto one shared base instead of merged into a
     copy each (models.adapters): the CPU path is the faster of the two, measured here."""
@@ -474,6 +516,15 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                       f"generation in the other dtype, {reader}): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
                       f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
+    check = bench.get("prefix_check")
+    if check:
+        lines += ["", f"The prefix every prompt shares, held once for the batch against each prompt generated whole "
+                      f"(`--prefix`: {check['questions']} of the quick run's rag development prompts under one block of "
+                      f"worked examples, context-aware at w = {check['contrast']:g}; in float32 both ways compute the same "
+                      "numbers, in bfloat16 they round differently):", "",
+                  "| precision | generation | seconds | answers as generated whole | correct |", "|---|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['generation']} | {r['seconds']:.1f} | {r['same_as_whole']} of "
+                  f"{check['questions']} | {r['correct']} |" for r in check["rows"]]
     check = bench.get("adapters_check")
     if check:
         arms = {a: f for a, f in check["arms"].items() if model_of(a) != "base"}  # arms on the base hold no adapter
@@ -639,6 +690,7 @@ def main() -> None:
                         "markers <!-- benchmark-NAME:start/end --> (e.g. noamx), beside the main one")
     parser.add_argument("--dtype-check", action="store_true", help="compare bfloat16 with float32 on the quick run")
     parser.add_argument("--adapters", action="store_true", help="merged adapters against named ones on the quick run")
+    parser.add_argument("--prefix", action="store_true", help="the shared prefix held once against whole prompts")
     parser.add_argument("--negatives", action="store_true", help="embedder tuning with and without hard negatives")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
@@ -685,7 +737,7 @@ def main() -> None:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
-    others = [args.dtype_check, args.adapters, args.negatives, args.training, args.sweep, args.context, args.demos,
+    others = [args.dtype_check, args.adapters, args.prefix, args.negatives, args.training, args.sweep, args.context, args.demos,
               args.contrast, args.raft_contrast, args.reader_sweep, args.gate]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
@@ -698,6 +750,9 @@ def main() -> None:
     if args.adapters:
         print("comparing named adapters with merged ones on the quick run ...", flush=True)
         bench["adapters_check"] = adapters_check()
+    if args.prefix:
+        print("generating the rag prompts with the shared prefix held once and whole ...", flush=True)
+        bench["prefix_check"] = prefix_check()
     if args.gate:
         print("scoring the quick run's decline gate with each choice of signals ...", flush=True)
         bench["gate"] = gate_check()
