@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from ragvsft.precision import cpu_name, matmul_rate  # noqa: E402
 from ragvsft.files import atomic_write_json, atomic_write_text  # noqa: E402
-from ragvsft.catalogue import model_of  # noqa: E402
+from ragvsft.catalogue import label, model_of  # noqa: E402
 from ragvsft.claims import evaluate_claims  # noqa: E402
 from ragvsft.config import load_config  # noqa: E402
 from ragvsft.presentation.report import cell, findings, markdown_table, update_rows  # noqa: E402
@@ -509,12 +509,16 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
     if check:
         speedups = [a["float32"]["seconds_per_query"] / a["bfloat16"]["seconds_per_query"] for a in check["arms"].values()]
         gaps = [abs(a["float32"]["heldout_accuracy"] - a["bfloat16"]["heldout_accuracy"]) for a in check["arms"].values()]
+        widest, apart = max(check["arms"].items(), key=lambda item: abs(item[1]["float32"]["heldout_accuracy"]
+                                                                       - item[1]["bfloat16"]["heldout_accuracy"]))
         # A reader that declines by its head is trained again (the head reads states in the generation dtype).
         reader = ("and the RAFT reader trained again, its answerability head on states in that dtype"
                   if check.get("reader_retrained", True) else "the same RAFT reader")
         lines += ["", f"bfloat16 against float32 on the quick run (`--dtype-check`: same index and closed-book adapter; "
                       f"generation in the other dtype, {reader}): the same verdict on {check['same_verdict']} of {check['answers']} answers, "
-                      f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart, generation "
+                      f"held-out accuracy per arm at most {100 * max(gaps):.1f} points apart ({label(widest)}: "
+                      f"{100 * apart['bfloat16']['heldout_accuracy']:.1f}% in bfloat16, "
+                      f"{100 * apart['float32']['heldout_accuracy']:.1f}% in float32), generation "
                       f"{min(speedups):.1f}–{max(speedups):.1f}× faster in bfloat16."]
     check = bench.get("prefix_check")
     if check:
