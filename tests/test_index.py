@@ -201,3 +201,14 @@ def test_an_interrupted_save_keeps_the_old_index_whole(tmp_path, toy_corpus, moc
     assert {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()} == before  # a matching pair, as it was
     assert len(Index.load(tmp_path / "index").chunks) == len(old.chunks)
     assert json.loads((tmp_path / "index" / "meta.json").read_text()) == {"encoder": "configured"}
+
+
+def test_an_overlong_paragraph_is_cut_between_sentences(mock_encoder):
+    sentences = [f"Item {i} has order code TRN-T{i}-WAK and weighs {i} kg." for i in range(8)]
+    text = "# Kits\n" + " ".join(sentences)
+    chunks = chunk_sections("kits.md", text, mock_encoder.token_spans, limit=30)
+    assert len(chunks) > 2 and all(len(mock_encoder.token_spans(c.text)) <= 30 for c in chunks)
+    bodies = [text[c.start:c.end] for c in chunks]
+    assert all(c.text == "Kits\n" + body for c, body in zip(chunks, bodies))
+    # every sentence whole in exactly one chunk, in order: no code is cut from its end
+    assert [s for body in bodies for s in chunk_units(body, headed=False)] == sentences

@@ -145,10 +145,9 @@ def chunk_sections(path: str, text: str, token_spans, limit: int) -> list[Chunk]
             if packed and (part is None or count_tokens(text[packed[0].start:part.end]) > room):
                 emit(prefix, packed[0].start, packed[-1].end, text[packed[0].start:packed[-1].end])
                 packed = []
-            if part is not None and size > room:  # one over-long block: token windows of it
-                body = text[part.start:part.end]
-                for window in chunk_document(path, body, token_spans(body), room, 0):
-                    emit(prefix, part.start + window.start, part.start + window.end, window.text)
+            if part is not None and size > room:  # one over-long block: its sentences packed, never cut mid-sentence
+                for start, end in _sentence_pieces(text, part.start, part.end, token_spans, room):
+                    emit(prefix, start, end, text[start:end])
             elif part is not None:
                 packed.append(part)
         group = []
@@ -156,6 +155,25 @@ def chunk_sections(path: str, text: str, token_spans, limit: int) -> list[Chunk]
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+
+
+def _sentence_pieces(text: str, start: int, end: int, token_spans, room: int) -> list[tuple[int, int]]:
+    """Document character ranges that cut the block text[start:end] into pieces of at most `room` tokens at sentence
+    ends (SENTENCE_END, as chunk_units reads them); only a sentence longer than `room` is cut into token windows.
+    Why: token windows cut "order code TRN-" from "T5-WAK.", so no chunk and no unit held the answer whole."""
+    body = text[start:end]
+    bounds = [0] + [m.end() for m in SENTENCE_END.finditer(body)] + [len(body)]
+    sentences = [(a, b) for a, b in zip(bounds, bounds[1:]) if body[a:b].strip()]
+    pieces: list[tuple[int, int]] = []
+    for a, b in sentences:
+        if pieces and len(token_spans(body[pieces[-1][0]:b])) <= room:
+            pieces[-1] = (pieces[-1][0], b)  # the sentence joins the piece before it
+        elif len(token_spans(body[a:b])) <= room:
+            pieces.append((a, b))
+        else:
+            pieces += [(a + w.start, a + w.end) for w in chunk_document("", body[a:b], token_spans(body[a:b]), room, 0)]
+    # a piece ends at its sentence's last character, not the whitespace the next one starts after
+    return [(start + a, start + a + len(body[a:b].rstrip())) for a, b in pieces]
 
 
 def chunk_units(text: str, headed: bool) -> list[str]:

@@ -8,6 +8,8 @@ from ..files import sha256_json
 from ..index import Encoder, Index
 from .cache import Run
 
+CHUNKER = 2  # section chunking's version: 2 cuts an over-long paragraph between sentences, not inside one
+
 
 def keys(cfg: Config, corpus: Corpus, embedder_key: str) -> tuple[str, str]:
     """(the stage's key, the key of what the arms search): exactly what chunking and embedding read — the documents,
@@ -15,7 +17,7 @@ def keys(cfg: Config, corpus: Corpus, embedder_key: str) -> tuple[str, str]:
     changes what every retrieving arm is shown, not the stage."""
     key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
                        "chunking": cfg.index.chunking, "chunk_tokens": cfg.index.chunk_tokens,
-                       "chunk_overlap": cfg.index.chunk_overlap})
+                       "chunk_overlap": cfg.index.chunk_overlap, "chunker": CHUNKER})
     return key, sha256_json({"index": key, "retriever": cfg.index.retriever})
 
 
