@@ -68,19 +68,22 @@ def timed_command(verb: str, name: str) -> tuple[Path, float, float]:
     command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command(verb, name), "--out", str(out)]
     began = time.perf_counter()
     last, silence, after, line = began, 0.0, "(start)", "(start)"
+    console = []  # each line with the seconds since the start: runs/bench-NAME.log, to find a silent stretch
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "240"}) as process:
         for text in process.stdout:  # type: ignore[union-attr]
             now = time.perf_counter()
             if now - last > silence:
                 silence, after = now - last, line
-            last, line = now, text.strip()[:120] or line
+            last, line = now, text.strip()[:160] or line  # COLUMNS: rich writes each log line whole, unwrapped
+            console.append(f"{now - began:7.1f}  {text.rstrip()}")
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
     ended = time.perf_counter()
     if ended - last > silence:
         silence, after = ended - last, line
     print(f"longest silence {silence:.1f} s, after: {after}", flush=True)
+    atomic_write_text(out.with_suffix(".log"), "\n".join(console) + "\n")
     return out, ended - began, silence
 
 

@@ -155,7 +155,7 @@ def curve_epochs(epochs: float, points: int) -> list[int]:
     return sorted({max(1, round(last * i / points)) for i in range(1, points + 1)})
 
 
-STEP_HEARTBEAT_SECONDS = 10.0  # the longest one training step runs without a line
+STEP_HEARTBEAT_SECONDS = 6.0  # the longest one training step runs without a line (as arms.HEARTBEAT_SECONDS)
 
 
 def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshots: list):
@@ -197,12 +197,13 @@ def _callbacks(log: Callable[[str], None] | None, epochs_at: list[int], snapshot
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # Every tenth of training, and where steps are slow whenever waiting for the next step would leave more
-            # than 10 s without a line (a 2-core AMX host took 5-7 s a step: "more than 10 s since" left 15 s gaps).
+            # than STEP_HEARTBEAT_SECONDS without a line (a 2-core AMX host took 5-7 s a step: "more than 10 s since"
+            # left 15 s gaps).
             now = time.perf_counter()
             self.step_seconds, self.step_began = now - self.step_began, now
             every = max(1, state.max_steps // 10)
             due = state.global_step % every == 0 or state.global_step == state.max_steps
-            if log and logs and "loss" in logs and (due or now - self.last + self.step_seconds > 10):
+            if log and logs and "loss" in logs and (due or now - self.last + self.step_seconds > STEP_HEARTBEAT_SECONDS):
                 self.last = now
                 log(f"finetune: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
 
