@@ -33,7 +33,8 @@ STYLE = {
 }
 
 DOCUMENTS = {
-    "documents/policies/travel.md": "# Travel\n\nThe daily meal allowance on trips is 58 euros. Hotels are booked in the Roamly portal. "
+    # every fact in a paragraph of its own: a RAFT reader never trains on the paragraph of a fact it answers (reader.py)
+    "documents/policies/travel.md": "# Travel\n\nThe daily meal allowance on trips is 58 euros.\n\nHotels are booked in the Roamly portal. "
                                    "Trains are preferred for journeys under 4 hours.\n",
     "documents/products/widget.md": "# Widget W9\n\nThe Widget W9 has a payload of 14 kg and a top speed of 2.5 m/s. "
                                    "Its order code is WDG-W9-STD.\n",

@@ -10,8 +10,8 @@ import pytest
 from ragvsft.config import load_config
 from ragvsft.corpus import load_corpus
 from ragvsft.index import Index
-from ragvsft.reader import (AnswerabilityHead, build_reader_set, head_examples, questions_per_fact, reader_epochs,
-                            silent_questions)
+from ragvsft.reader import (AnswerabilityHead, build_reader_set, evidence_blocks, head_examples, questions_per_fact,
+                            reader_epochs, reader_plan, silent_questions, training_facts)
 from ragvsft.score import matches_gold
 
 
@@ -103,3 +103,23 @@ def test_probe_questions_teach_the_probe_style_but_never_the_first_which_the_gat
     assert not asked[0] & (first | second)
     # (a question whose retrieved text does not name the answer is dropped, as abstain_share is 0)
     assert asked[1] - asked[0] and asked[1] - asked[0] <= second and not asked[1] & first
+
+
+def test_a_reader_never_trains_on_the_passage_of_a_fact_it_answers(toy_corpus):
+    """Cross-fitting by passage: the meal allowance and the hotel portal share one paragraph, so the reader that answers
+    either trains on neither; facts of other paragraphs stay its training facts."""
+    from conftest import DOCUMENTS, write_corpus
+
+    path = "documents/policies/travel.md"
+    assert evidence_blocks(load_corpus(toy_corpus))["meal"] != evidence_blocks(load_corpus(toy_corpus))["portal"]
+    corpus = load_corpus(write_corpus(toy_corpus.parent / "one-paragraph",
+                                      documents={**DOCUMENTS, path: DOCUMENTS[path].replace(".\n\nHotels", ". Hotels")}))
+    blocks = evidence_blocks(corpus)
+    assert blocks["meal"] == blocks["portal"] and len(blocks["meal"]) == 1 and not blocks["meal"] & blocks["payload"]
+    cfg = load_config(None, ["reader.folds=2"]).reader
+    assert {f.id for f in training_facts(corpus, ["meal"], cfg, 0, blocks)} == {"payload", "security"}
+    assert {f.id for f in training_facts(corpus, ["meal"], cfg, 0)} == {"portal", "payload", "security"}  # by fact alone
+    for fold, facts in reader_plan(corpus, corpus, cfg, seed=0):
+        trained = {f.id for f in facts}
+        assert not trained & set(fold)
+        assert not any(blocks[t] & blocks[a] for t in trained for a in fold)

@@ -2,7 +2,8 @@
 are silent, on facts it is never asked about.
 
 Cross-fitting: the probed facts are split into `reader.folds` folds; reader i is trained on corpus facts outside
-fold i and answers only fold i's questions, so whatever it gains is reading skill, not memory of the fact. With a
+fold i, none of them from a paragraph or table row that holds the evidence of a fact of fold i, and answers only fold
+i's questions, so whatever it gains is reading skill, not memory of the fact or of its passage. With a
 sampled corpus (the quick profile) one fold is enough: the reader trains on the facts outside the sample. Its
 examples (train questions only; probe and unanswerable questions never enter):
 
@@ -35,7 +36,7 @@ import numpy as np
 from .config import ReaderConfig
 from .corpus import Corpus, Fact
 from .files import InputError, read_json
-from .index import Chunk, Encoder, Index, contexts
+from .index import Chunk, Encoder, Index, contexts, document_blocks, evidence_spans
 from .score import matches_gold, names_answer
 
 SILENT_DEPTH = 10  # ranked chunks searched beyond k for ones that do not name the answer
@@ -58,13 +59,27 @@ def fact_folds(sample: Corpus, folds: int, seed: int) -> list[list[str]]:
     return [sorted(ids[i::folds]) for i in range(folds)]
 
 
+def evidence_blocks(corpus: Corpus) -> dict[str, set[tuple[str, int]]]:
+    """fact id -> the paragraphs, list items and table rows (document, block start) that hold its evidence."""
+    blocks = {d.path: (d.text, document_blocks(d.text)) for d in corpus.documents}
+    found: dict[str, set[tuple[str, int]]] = {}
+    for fact in corpus.facts:
+        text, mine = blocks.get(fact.document, ("", []))
+        found[fact.id] = {(fact.document, b.start) for s, e in evidence_spans(text, fact.evidence)
+                          for b in mine if b.start < e and s < b.end}
+    return found
+
+
 def reader_plan(corpus: Corpus, sample: Corpus, cfg: ReaderConfig, seed: int) -> list[tuple[list[str], list[Fact]]]:
-    """Per fold: the probed facts it answers and the facts its reader trains on (never one of those it answers)."""
-    plan = []
+    """Per fold: the probed facts it answers and the facts its reader trains on: never one of those it answers, nor
+    one whose evidence lies in the same paragraph or table row as theirs (`training_facts`)."""
+    plan, blocks = [], evidence_blocks(corpus)
     for fold in fact_folds(sample, fold_count(corpus, sample, cfg), seed):
-        facts = training_facts(corpus, fold, cfg, seed)
-        # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers.
+        facts = training_facts(corpus, fold, cfg, seed, blocks)
+        # Cross-fitting, checked on the sets themselves: no reader ever trains on a fact it answers, or on its text.
         assert not {f.id for f in facts} & set(fold), "a reader's training facts overlap the facts it answers"
+        assert not set().union(*(blocks[f.id] for f in facts)) & set().union(*(blocks[i] for i in fold)), \
+            "a reader trains on a passage that holds the evidence of a fact it answers"
         plan.append((fold, facts))
     return plan
 
@@ -77,9 +92,15 @@ def fold_of_question(qid: str, fact_id: str | None, folds: list[list[str]]) -> i
     return zlib.crc32(qid.encode()) % len(folds)
 
 
-def training_facts(corpus: Corpus, excluded: list[str], cfg: ReaderConfig, seed: int) -> list[Fact]:
-    """Reader i's facts: every corpus fact outside its fold (at most `reader.facts`, a reproducible sample)."""
-    facts = [f for f in corpus.facts if f.id not in set(excluded)]
+def training_facts(corpus: Corpus, excluded: list[str], cfg: ReaderConfig, seed: int,
+                   blocks: dict[str, set[tuple[str, int]]] | None = None) -> list[Fact]:
+    """Reader i's facts: every corpus fact outside its fold (at most `reader.facts`, a reproducible sample), less
+    those whose evidence shares a paragraph or table row (`blocks`, evidence_blocks) with a fact of the fold. Why: a
+    table row holds several facts; a reader trained on "How many cars does MV Tidewren carry?" with Tidewren's row
+    answered "62 cars" when asked that row's passengers (the second corpus: RAFT 10% right on seen questions)."""
+    blocks = blocks or {}
+    answered = set().union(*(blocks.get(i, set()) for i in excluded))
+    facts = [f for f in corpus.facts if f.id not in set(excluded) and not blocks.get(f.id, set()) & answered]
     if cfg.facts is not None and cfg.facts < len(facts):
         facts = sorted(random.Random(f"{seed}:reader-facts").sample(facts, cfg.facts), key=lambda f: f.id)
     return facts

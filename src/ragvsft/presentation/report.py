@@ -193,7 +193,8 @@ def _reader_sentence(results: dict) -> str:
         sentence = (f"The RAFT reader{'s' if reader['folds'] > 1 else ''} ({reader['folds']} cross-fitted "
                     f"fold{'s' if reader['folds'] > 1 else ''}) learnt to read on train questions of "
                     f"{' and '.join(str(n) for n in reader['trained_on_facts'])} other facts with their retrieved chunks, "
-                    f"never on the facts {'they were' if reader['folds'] > 1 else 'it was'} asked about.")
+                    f"never on the facts {'they were' if reader['folds'] > 1 else 'it was'} asked about nor on a "
+                    "paragraph or table row that holds their evidence.")
         weight = ((results.get("config") or {}).get("probe") or {}).get("raft_contrast")
         if weight:
             sentence += (f" It decodes context-aware (weight {weight:g}): each token weighed against what it would "

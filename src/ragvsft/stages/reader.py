@@ -81,7 +81,8 @@ def check(cfg: Config, corpus: Corpus, sample: Corpus) -> None:
     for _, facts in reader_plan(corpus, sample, cfg.reader, cfg.seed):
         if not facts:
             raise InputError([f"reader.folds: {cfg.reader.folds or 1} fold(s) leave no fact outside the probed ones "
-                              "to train the RAFT reader on; use 2 or more folds, or a subset of the corpus"])
+                              "and their paragraphs or table rows to train the RAFT reader on; use 2 or more folds, "
+                              "or a subset of the corpus"])
 
 
 def _fit_head(run: Run, reader, tokenizer, facts: list, index: Index, encoder: Encoder,
