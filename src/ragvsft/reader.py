@@ -93,14 +93,13 @@ def fold_of_question(qid: str, fact_id: str | None, folds: list[list[str]]) -> i
 
 
 def training_facts(corpus: Corpus, excluded: list[str], cfg: ReaderConfig, seed: int,
-                   blocks: dict[str, set[tuple[str, int]]] | None = None) -> list[Fact]:
+                   blocks: dict[str, set[tuple[str, int]]]) -> list[Fact]:
     """Reader i's facts: every corpus fact outside its fold (at most `reader.facts`, a reproducible sample), less
     those whose evidence shares a paragraph or table row (`blocks`, evidence_blocks) with a fact of the fold. Why: a
     table row holds several facts; a reader trained on "How many cars does MV Tidewren carry?" with Tidewren's row
     answered "62 cars" when asked that row's passengers (the second corpus: RAFT 10% right on seen questions)."""
-    blocks = blocks or {}
-    answered = set().union(*(blocks.get(i, set()) for i in excluded))
-    facts = [f for f in corpus.facts if f.id not in set(excluded) and not blocks.get(f.id, set()) & answered]
+    answered = set().union(*(blocks[i] for i in excluded))
+    facts = [f for f in corpus.facts if f.id not in set(excluded) and not blocks[f.id] & answered]
     if cfg.facts is not None and cfg.facts < len(facts):
         facts = sorted(random.Random(f"{seed}:reader-facts").sample(facts, cfg.facts), key=lambda f: f.id)
     return facts
