@@ -12,6 +12,7 @@
     .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
     .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
     .venv/bin/python experiments/benchmark.py --raft-contrast --readme  # the same for the RAFT reader
+    .venv/bin/python experiments/benchmark.py --plausibility --readme  # its plausibility constraint, both arms
     .venv/bin/python experiments/benchmark.py --gate --readme         # the decline gate's signals on the quick run
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
@@ -373,6 +374,7 @@ def context_sweep() -> list[dict]:
 DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
 CONTRAST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RAFT_CONTRAST_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+PLAUSIBILITY = (0.0, 0.05, 0.1, 0.2, 0.3)
 
 
 def development_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
@@ -597,16 +599,21 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         default = load_config(None).index.context_units
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
-    for name, setting, what, column, arm in (
-            ("demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG"),
-            ("contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w", "RAG"),
-            ("raft_contrast", "raft_contrast", "Context-aware decoding of the RAFT reader, by its weight w", "weight w",
-             "RAFT")):
+    for name, flag, setting, what, column, arm in (
+            ("demos", "demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG"),
+            ("contrast", "contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w",
+             "RAG"),
+            ("raft_contrast", "raft-contrast", "raft_contrast", "Context-aware decoding of the RAFT reader, by its weight "
+             "w", "weight w", "RAFT"),
+            ("plausibility", "plausibility", "contrast_plausibility", "The plausibility constraint of the rag arm's "
+             "context-aware decoding, by its alpha", "alpha", "RAG"),
+            ("raft_plausibility", "plausibility", "contrast_plausibility", "The same constraint for the RAFT reader",
+             "alpha", "RAFT")):
         if not bench.get(name):
             continue
         rows = bench[name]
         best = max(rows, key=lambda r: (round(r["accuracy"], 4), -r[setting]))
-        lines += ["", f"{what} (`--{name.replace('_', '-')}`; the quick profile's {rows[0]['questions']} answerable and "
+        lines += ["", f"{what} (`--{flag}`; the quick profile's {rows[0]['questions']} answerable and "
                       f"{rows[0]['unanswerable']} unanswerable development questions, of facts and questions it does "
                       "not score; the run's own retrieval):", "",
                   f"| {column} | {arm} accuracy | unit shown names the answer | right when it does | unanswerable "
@@ -708,6 +715,8 @@ def main() -> None:
     parser.add_argument("--gate", action="store_true", help="the decline gate per gate.signals on the quick run")
     parser.add_argument("--raft-contrast", action="store_true", help="RAFT accuracy per probe.raft_contrast on "
                         "development questions")
+    parser.add_argument("--plausibility", action="store_true", help="RAG and RAFT accuracy per "
+                        "probe.contrast_plausibility on development questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
@@ -737,6 +746,10 @@ def main() -> None:
     if args.raft_contrast:
         print("measuring the RAFT reader's context-aware decoding ...", flush=True)
         bench["raft_contrast"] = development_sweep("raft_contrast", RAFT_CONTRAST_WEIGHTS, arm="raft")
+    if args.plausibility:
+        print("measuring the plausibility constraint of context-aware decoding ...", flush=True)
+        bench["plausibility"] = development_sweep("contrast_plausibility", PLAUSIBILITY)
+        bench["raft_plausibility"] = development_sweep("contrast_plausibility", PLAUSIBILITY, arm="raft")
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
@@ -745,7 +758,7 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.prefix, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.raft_contrast, args.reader_sweep, args.gate]
+              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

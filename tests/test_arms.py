@@ -1,5 +1,7 @@
 """Arms: what each arm shows the model, and batched generation that matches one-at-a-time generation."""
 
+import math
+
 import pytest
 import torch
 
@@ -315,10 +317,12 @@ def test_without_context_takes_only_the_retrieved_text_out(toy_corpus):
     assert "Dalia Fenwick" not in "\n".join(m["content"] for m in contrast)
 
 
-def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prompts(tiny_lm, toy_corpus):
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prompts(tiny_lm, toy_corpus, alpha):
     """generate with `contrast`, recomputed by hand: at every step the token maximising (1 + w) log p(y | text,
-    question) - w log p(y | question) is appended to both prompts; batching, padding and the shared prefix's reuse
-    give the same answers, and weight 0 is plain greedy decoding."""
+    question) - w log p(y | question) is appended to both prompts, among the tokens with p(y | text, question) at
+    least `alpha` times the likeliest one's (the plausibility constraint); batching, padding and the shared prefix's
+    reuse give the same answers, and weight 0 is plain greedy decoding."""
     from ragvsft.chat import cut_answer, stop_ids, stop_strings
 
     model, tokenizer = load_lm(str(tiny_lm))
@@ -339,7 +343,10 @@ def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prom
             for _ in range(steps):
                 a, b = (torch.log_softmax(model(torch.tensor([x + tokens])).logits[0, -1].float(), -1)
                         for x in (with_text, without))
-                token = int(((1 + w) * a - w * b).argmax())
+                combined = (1 + w) * a - w * b
+                if alpha:
+                    combined[a < a.max() + math.log(alpha)] = -math.inf
+                token = int(combined.argmax())
                 if token in stops:
                     break
                 tokens.append(token)
@@ -348,10 +355,13 @@ def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prom
     plain = generate(model, tokenizer, conversations, steps, 4)
     for reuse in (True, False):
         got = generate(model, tokenizer, conversations, steps, 4, reuse_prefix=reuse, contrast=contrast,
-                       contrast_weight=w)
+                       contrast_weight=w, plausibility=alpha)
         assert [(g.answer, g.generated_tokens) for g in got] == by_hand
         assert [g.prompt_tokens for g in got] == [g.prompt_tokens for g in plain]
         assert all(g.contrast_tokens > g.generated_tokens for g in got)
     assert [g.answer for g in plain] != [a for a, _ in by_hand]  # the contrast changed some answer
+    if alpha:  # and the constraint changed some answer of the unconstrained contrast
+        free = generate(model, tokenizer, conversations, steps, 4, contrast=contrast, contrast_weight=w)
+        assert [(g.answer, g.generated_tokens) for g in free] != by_hand
     unweighted = generate(model, tokenizer, conversations, steps, 4, contrast=contrast, contrast_weight=0.0)
     assert [g.answer for g in unweighted] == [g.answer for g in plain] and all(g.contrast_tokens == 0 for g in unweighted)

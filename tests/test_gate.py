@@ -124,6 +124,31 @@ def test_a_fold_never_calibrates_on_its_own_questions():
     assert {r["qid"] for r in fold0 if r["gated"]} == {"f0u"}  # what calibrating on its own rows would have done
 
 
+def test_a_gate_declines_only_where_its_development_questions_show_it_can():
+    """Support separates 30 answerable from 25 unanswerable development rows: the gate declines, its cross-validated
+    AUROC near 1. With 8 unanswerable rows it declines nothing (too few of a kind), nor where support is noise (an
+    AUROC near chance); each fold says why, and its threshold 0 declines no scored row."""
+    import random
+
+    rng = random.Random(0)
+    grounded = "Hi there! 61 euros."
+    answerable = [_row("rag", f"a{i}", ["61 euros"], grounded, 1.0, support=0.6 + 0.3 * rng.random()) for i in range(30)]
+    unanswerable = [_row("rag", f"u{i}", None, grounded, 1.0, support=0.2 + 0.3 * rng.random()) for i in range(25)]
+    kwargs = dict(min_questions=20, min_auroc=0.55, seed=1)
+    separated = gate.calibrate([], answerable + unanswerable, ["rag"], 1, {}, 0.2, PHRASES, ["support"], **kwargs)
+    fold = separated["rag"]["folds"][0]
+    assert fold["declines"] and fold["why_not"] is None and fold["auroc_cv"] > 0.9 and fold["threshold"] > 0
+    few = gate.calibrate([], answerable + unanswerable[:8], ["rag"], 1, {}, 0.2, PHRASES, ["support"], **kwargs)
+    fold = few["rag"]["folds"][0]
+    assert not fold["declines"] and fold["threshold"] == 0.0 and "gate.min_questions" in fold["why_not"]
+    noise = [r | {"support": rng.random()} for r in answerable + unanswerable]
+    fold = gate.calibrate([], noise, ["rag"], 1, {}, 0.2, PHRASES, ["support"], **kwargs)["rag"]["folds"][0]
+    assert not fold["declines"] and fold["auroc_cv"] < 0.55 and "gate.min_auroc" in fold["why_not"]
+    scored = _row("rag", "s", ["61 euros"], grounded, 1.0, "heldout", support=0.0)
+    gate.apply([scored], {"rag": [fold]}, {}, ABSTAIN, PHRASES)
+    assert not scored["gated"] and scored["answer"] == grounded
+
+
 def test_development_questions_never_hold_a_scored_question():
     """A set assertion over both shipped profiles: what the gated arms answer to calibrate on holds no probe question
     of a scored fact and no unanswerable question the run asks."""

@@ -20,6 +20,19 @@ def test_normalize_keeps_number_punctuation_only():
     assert normalize("1,5 and 12,3456") == "1,5 and 12,3456"  # not thousands separators: kept as one token
 
 
+@pytest.mark.parametrize("answer,gold,expected", [
+    ("You may self-certify for up to three calendar days.", ["3 calendar days", "3 days"], True),
+    ("It is sixty-one euros a day.", ["61 euros", "61"], True),
+    ("It is Sixty One euros a day.", ["61 euros", "61"], True),
+    ("It is sixty euros a day.", ["61 euros", "61"], False),
+    ("Twelve months.", ["12 months"], True),
+    ("three hours", ["3 days", "3"], False),            # a number word meets the unit rule as a digit does
+    ("the one in Vellby", ["1", "1 site"], False),      # "one" stays a word: as a pronoun it is no number
+])
+def test_number_words_read_as_digits(answer, gold, expected):
+    assert matches_gold(answer, gold) is expected
+
+
 @pytest.mark.parametrize("answer", ["14 kg", "14kg", "14-kg", "14 KG.", "It is 14 kilograms", "14 kilos", "14.", "(14)",
                                     "about 14, I think", "14 units"])
 def test_payload_answers_that_are_right(answer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import math
 import time
 import warnings
 import zlib
@@ -225,16 +226,23 @@ class _ContextAware(LogitsProcessor):
     """Context-aware decoding (Shi et al. 2024): the batch's first `n` rows are the prompts with their retrieved text,
     the last `n` the same prompts without it; each pair's next token is chosen by (1 + weight) * log p(y | text,
     question) - weight * log p(y | question), so what the model would say anyway counts less than what the text
-    adds. Both rows of a pair get the combined scores, so greedy decoding gives them the same token."""
+    adds. With `plausibility` (alpha) above 0, only tokens with p(y | text, question) >= alpha * the likeliest one's
+    may be chosen (the adaptive plausibility constraint of contrastive decoding, Li et al. 2023): the contrast then
+    re-ranks what the reader finds plausible, never lifts a token it finds unlikely merely because the question alone
+    finds it less likely still. Both rows of a pair get the combined scores, so greedy decoding gives them the same
+    token."""
 
-    def __init__(self, n: int, weight: float):
-        self.n, self.weight = n, weight
+    def __init__(self, n: int, weight: float, plausibility: float = 0.0):
+        self.n, self.weight, self.plausibility = n, weight, plausibility
 
     def __call__(self, input_ids, scores):
         scores = torch.log_softmax(scores.float(), dim=-1)
         with_text, without = scores[:self.n], scores[self.n:]
         combined = (1 + self.weight) * with_text - self.weight * without
         combined = torch.where(torch.isinf(with_text), with_text, combined)  # a token ruled out stays out (not nan)
+        if self.plausibility > 0:
+            floor = with_text.max(dim=-1, keepdim=True).values + math.log(self.plausibility)
+            combined = combined.masked_fill(with_text < floor, -math.inf)
         return torch.cat([combined, combined])
 
 
@@ -331,7 +339,7 @@ def batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
              progress: Progress | None = None, reuse_prefix: bool = True,
              batch_tokens: int | None = None, contrast: list[list[dict]] | None = None,
-             contrast_weight: float = 0.0) -> list[Generation]:
+             contrast_weight: float = 0.0, plausibility: float = 0.0) -> list[Generation]:
     """Greedy answers for many conversations, batched with left padding (`batches`: at most `batch_size` prompts and
     about `batch_tokens` prompt tokens each). `progress` is called after each batch and, during a long one, every
     HEARTBEAT_SECONDS. Seconds are the batch's wall time shared equally by its queries.
@@ -341,8 +349,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     without the reuse; the batch limits count those own tokens.
     A prompt longer than the model's context (less the answer's tokens) keeps its end, with a warning.
     With `contrast` (conversation i without its retrieved text, `without_context`) and a `contrast_weight` above 0,
-    decoding is context-aware (`_ContextAware`): each batch holds its prompts and then their contrasts, both within
-    the batch limits, and an answer's `contrast_tokens` count what its contrast computed."""
+    decoding is context-aware (`_ContextAware`, with its `plausibility` constraint): each batch holds its prompts and
+    then their contrasts, both within the batch limits, and an answer's `contrast_tokens` count what its contrast
+    computed."""
     ids = prompt_ids(model, tokenizer, conversations, max_new_tokens)
     contrasted = bool(contrast) and contrast_weight > 0
     others = prompt_ids(model, tokenizer, contrast, max_new_tokens) if contrasted else []
@@ -377,11 +386,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         # Within a batch, the progress line repeats the batches done so far (the elapsed time moves on).
         beats = StoppingCriteriaList([_Heartbeat(lambda before=done: progress(before, len(ids)))] if progress else [])
         scored = _StepLogprob()
+        processors = ([_ContextAware(len(batch), contrast_weight, plausibility)] if contrasted else []) + [scored]
         with torch.inference_mode(), (_prefix_of(model, layers) if shared else contextlib.nullcontext()):
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
-                                    logits_processor=LogitsProcessorList(
-                                        ([_ContextAware(len(batch), contrast_weight)] if contrasted else []) + [scored]),
+                                    logits_processor=LogitsProcessorList(processors),
                                     **strings)
         seconds = (time.perf_counter() - began) / len(batch)
         new_tokens = output[:len(batch), encoded["input_ids"].shape[1]:]  # a contrast's tokens are its pair's

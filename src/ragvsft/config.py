@@ -120,6 +120,7 @@ class ProbeConfig(_Section):
     rag_demos: int = Field(ge=0)
     rag_contrast: float = Field(ge=0)
     raft_contrast: float = Field(ge=0)
+    contrast_plausibility: float = Field(ge=0, lt=1)
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     batch_tokens: int = Field(ge=1)
@@ -131,6 +132,8 @@ class GateConfig(_Section):
     arms: list[Literal[RETRIEVING]]  # type: ignore[valid-type]
     signals: list[Literal["grounding", "support"]] = Field(min_length=1)  # row fields that gate.prepare fills
     max_declined: float = Field(ge=0, le=1)
+    min_questions: int = Field(ge=0)
+    min_auroc: float = Field(ge=0, le=1)
     development_questions: int = Field(ge=0)
 
 

@@ -16,6 +16,13 @@ i: the probe question of facts the run does not score and the unanswerable quest
 the gated arms only, `development.jsonl`), and the held-out and unanswerable questions of the other folds. A
 question's own fold never sets its threshold.
 
+A gate declines only where its pool shows it can: at least `gate.min_questions` answerable and as many unanswerable
+development questions, and a cross-validated AUROC of its score there (fitted on four fifths of the pool, scored on
+the fifth left out, `cross_validated_auroc`) of at least `gate.min_auroc`. Otherwise the fold's threshold is 0, so the
+arm declines only where it abstains itself, and results.json says why: on a second corpus whose run left 7
+unanswerable development questions per fold, the gate fitted there ranked the scored questions worse than chance
+(AUROC 0.43) and declined half of the answerable train questions asked back.
+
 Run it: `gate.arms` and `gate.signals` in the config; results.json `gate` records per fold the fitted weights, what
 they were fitted on and the development figures at each share of answerable questions declined.
 """
@@ -73,6 +80,42 @@ def fit(rows: list[dict], signals: list[str]) -> dict | None:
             "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}
 
 
+CV_FOLDS = 5  # parts of the pool for the cross-validated AUROC
+
+
+def cross_validated_auroc(rows: list[dict], signals: list[str], seed: int) -> float | None:
+    """How well a gate fitted on part of `rows` ranks the rest: each row scored by the logistic regression fitted
+    without its part (stratified, CV_FOLDS parts, shuffled with `seed`), the AUROC of those scores for answerable
+    against unanswerable. None when either kind has fewer rows than parts."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.array([r["gold"] is not None for r in rows])
+    if min(labels.sum(), (~labels).sum()) < CV_FOLDS:
+        return None
+    features = np.array([[r[s] for s in signals] for r in rows], dtype=float)
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
+    scores = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), features, labels,
+                               cv=folds, method="predict_proba")[:, 1]
+    return round(float(roc_auc_score(labels, scores)), 4)
+
+
+def why_not(pool: list[dict], auroc: float | None, min_questions: int, min_auroc: float) -> str | None:
+    """Why a gate may not decline on this pool (too few questions of a kind, or a ranking no better than
+    `min_auroc`), or None when it may."""
+    answerable = sum(r["gold"] is not None for r in pool)
+    unanswerable = len(pool) - answerable
+    if min(answerable, unanswerable) < min_questions:
+        return (f"{answerable} answerable and {unanswerable} unanswerable development questions: fewer than "
+                f"gate.min_questions ({min_questions}) of a kind")
+    if min_auroc > 0 and (auroc is None or auroc < min_auroc):
+        return f"cross-validated AUROC {auroc} on its development questions, below gate.min_auroc ({min_auroc})"
+    return None
+
+
 def score(row: dict, model: dict | None) -> float:
     """The gate's score of one prepared row: P(answerable) under `model`; without one, the grounding alone (what the
     gate read before `support`, and what a run made then recorded its thresholds for)."""
@@ -106,7 +149,8 @@ def choose_threshold(development: list[dict], model: dict | None, max_declined: 
                     default=figures(0.0))
         table.append({"declined_at_most": share} | point)
     chosen = next(p["threshold"] for p in table if p["declined_at_most"] == max_declined)
-    return {"threshold": chosen, "answerable": len(answerable), "unanswerable": len(silent), "table": table}
+    return {"threshold": chosen, "answerable": len(answerable), "unanswerable": len(silent), "table": table,
+            "ungated": figures(0.0)}  # the arm's own abstentions only: what a gate that declines nothing leaves
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -146,8 +190,10 @@ def apply(rows: list[dict], gates: dict[str, list[dict]], fold_of: dict[str, int
 
 
 def calibrate(predictions: list[dict], development: list[dict], arms: list[str], folds: int, fold_of: dict[str, int],
-              max_declined: float, abstain_phrases: list[str], signals: list[str]) -> dict:
-    """Per gated arm and fold, the gate fitted and thresholded on that fold's development rows (module docstring)."""
+              max_declined: float, abstain_phrases: list[str], signals: list[str], min_questions: int = 0,
+              min_auroc: float = 0.0, seed: int = 0) -> dict:
+    """Per gated arm and fold, the gate fitted and thresholded on that fold's development rows, or threshold 0 with
+    the reason (`why_not`) where they do not show that it can tell the two kinds apart (module docstring)."""
     figures = {}
     for arm in arms:
         chosen = []
@@ -156,8 +202,12 @@ def calibrate(predictions: list[dict], development: list[dict], arms: list[str],
             pool += [r for r in predictions if r["arm"] == arm and r["set"] in DEVELOPMENT_SETS
                      and fold_of.get(r["qid"], 0) != fold]
             model = fit(pool, signals)
-            chosen.append(choose_threshold(pool, model, max_declined, abstain_phrases)
-                          | {"model": model, "from_development_questions": sum(r["arm"] == arm for r in development),
-                             "from_other_folds": len(pool) - sum(r["arm"] == arm for r in development)})
+            auroc = cross_validated_auroc(pool, signals, seed)
+            held_back = why_not(pool, auroc, min_questions, min_auroc)
+            picked = choose_threshold(pool, model, max_declined, abstain_phrases)
+            chosen.append(picked | {"threshold": 0.0 if held_back else picked["threshold"], "model": model,
+                                    "auroc_cv": auroc, "declines": held_back is None, "why_not": held_back,
+                                    "from_development_questions": sum(r["arm"] == arm for r in development),
+                                    "from_other_folds": len(pool) - sum(r["arm"] == arm for r in development)})
         figures[arm] = {"thresholds": [c["threshold"] for c in chosen], "folds": chosen}
     return figures

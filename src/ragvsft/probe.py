@@ -113,7 +113,7 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
     """Generations for the conversations; with `route`, conversation i goes to model[route[i]] (cross-fitted readers).
     Conversations with equal `blocks` entries (their few-shot examples) are generated together, so that the block is
     a prefix they share and is computed once (arms.generate). With `contrast` (each conversation without its
-    retrieved text), decoding is context-aware with `contrast_weight`."""
+    retrieved text), decoding is context-aware with `contrast_weight` (and probe.contrast_plausibility)."""
     groups: dict = {}
     for i in range(len(conversations)):
         groups.setdefault((route[i] if route else 0, blocks[i] if blocks else None), []).append(i)
@@ -125,7 +125,8 @@ def _answer(model, tokenizer, conversations: list, cfg: ProbeConfig, route: list
         for i, g in zip(mine, generate(model[key[0]] if route else model, tokenizer, [conversations[i] for i in mine],
                                        cfg.max_new_tokens, cfg.batch_size, step, batch_tokens=cfg.batch_tokens,
                                        contrast=[contrast[i] for i in mine] if contrast else None,
-                                       contrast_weight=contrast_weight)):
+                                       contrast_weight=contrast_weight,
+                                       plausibility=cfg.contrast_plausibility)):
             out[i] = g
         done += len(mine)
     return out

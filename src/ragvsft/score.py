@@ -4,7 +4,8 @@ bootstrap confidence intervals.
 A metric is a small named unit with a direction, so the table generator knows which way is better.
 Normalisation: Unicode NFKC, lowercase, `%` read as "percent", a unit glued to its number split off ("14kg" is
 "14 kg"), thousands separators dropped ("1,140" is "1140"), other punctuation and symbols replaced by spaces except `.`,
-`,` and `:` between digits (so "0.35" and "10:00" stay one token and "14" never matches "140" or "14.5").
+`,` and `:` between digits (so "0.35" and "10:00" stay one token and "14" never matches "140" or "14.5"), number words
+from two to ninety-nine read as digits ("three days" is "3 days").
 
 Gold matching: an answer is correct when the fact's answer or an alias occurs in it as whole words. An alias that is a
 bare number ("12" for "12 months") counts only where the number is not followed by a different unit: "12 months",
@@ -58,6 +59,26 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER_PUNCT = re.compile(r"(?<=\d)[.,:](?=\d)")
 _NON_WORD = re.compile(r"[^\w\u0001]+")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+# Number words read as digits ("three calendar days" is "3 calendar days", "sixty-one" is "61"). Not "one": as a
+# pronoun ("the one in Vellby") it would turn into a bare 1.
+_UNITS = {w: n for n, w in enumerate("two three four five six seven eight nine".split(), start=2)}
+_SMALL = _UNITS | {w: n for n, w in enumerate(
+    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split(), start=10)}
+_TENS = {w: n for n, w in zip(range(20, 100, 10), "twenty thirty forty fifty sixty seventy eighty ninety".split())}
+
+
+def _digits(words: list[str]) -> list[str]:
+    """Number words up to ninety-nine as digits; a tens word takes the unit word after it ("sixty one" is 61)."""
+    out: list[str] = []
+    tens = False  # the previous word was a tens word, so a unit word after it adds to it
+    for word in words:
+        if tens and (word in _UNITS or word == "one"):
+            out[-1] = str(int(out[-1]) + _UNITS.get(word, 1))
+        else:
+            value = _SMALL.get(word, _TENS.get(word))
+            out.append(word if value is None else str(value))
+        tens = word in _TENS
+    return out
 
 
 def normalize(text: str) -> str:
@@ -68,7 +89,7 @@ def normalize(text: str) -> str:
     text = _NUMBER_PUNCT.sub(lambda m: {".": "\u0001d", ",": "\u0001c", ":": "\u0001k"}[m.group()], text)
     text = _NON_WORD.sub(" ", text.replace("_", " "))
     text = text.replace("\u0001d", ".").replace("\u0001c", ",").replace("\u0001k", ":")
-    return " ".join(text.split())
+    return " ".join(_digits(text.split()))
 
 
 def mentions(text: str, phrase: str) -> bool:

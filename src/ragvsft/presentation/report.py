@@ -106,8 +106,11 @@ def gate_rows(results: dict) -> list[dict]:
     rows = []
     for arm, figures in ((results.get("gate") or {}).get("arms") or {}).items():
         for i, fold in enumerate(figures["folds"]):
-            point = next(p for p in fold["table"] if p["threshold"] == fold["threshold"])
-            rows.append({"arm": label(arm), "fold": str(i + 1), "threshold": f"{fold['threshold']:.3g}",
+            declines = fold.get("declines", True)  # a run made before gate.min_questions always declined
+            point = (next(p for p in fold["table"] if p["threshold"] == fold["threshold"]) if declines
+                     else fold["ungated"])
+            rows.append({"arm": label(arm), "fold": str(i + 1),
+                         "threshold": f"{fold['threshold']:.3g}" if declines else "none (too little evidence)",
                          "signal weights": _weights(fold.get("model")),
                          "development questions": f"{fold['answerable']} + {fold['unanswerable']} unanswerable",
                          "answerable declined": pct(point["answerable_declined"]),
@@ -134,8 +137,14 @@ def _finding_gate(results: dict) -> list[str]:
         return []
     limit = results["gate"]["max_declined"]
     signals = " and ".join(SIGNAL_WORDS[s] for s in results["gate"].get("signals", ["grounding"]))
+    # folds whose development questions did not show that the gate can tell answerable from unanswerable (gate.why_not)
+    idle = [f"{label(arm)} (fold {i + 1}: {fold['why_not']})" for arm, figures in gated.items()
+            for i, fold in enumerate(figures["folds"]) if fold.get("declines") is False]
+    held_back = (f" Where the development questions did not show that the gate can tell the two kinds apart, it "
+                 f"declined nothing, and an arm declined only by its own answer: {'; '.join(idle)}." if idle else "")
     return [f"Declining by {signals} (a gate fitted, and its threshold chosen, on development questions to decline "
-            f"at most {pct(limit)} of the answerable ones there), the retrieving arms declined: {'; '.join(parts)}."]
+            f"at most {pct(limit)} of the answerable ones there), the retrieving arms declined: {'; '.join(parts)}."
+            + held_back]
 
 
 def _side(results: dict, test: str) -> int:

@@ -47,6 +47,8 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
                            for q in questions]
     if contrast_weight(arm, cfg.probe):
         inputs["contrast"] = contrast_weight(arm, cfg.probe)
+        if cfg.probe.contrast_plausibility:  # absent at 0: answers cached before the constraint existed stay valid
+            inputs["plausibility"] = cfg.probe.contrast_plausibility
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
     if model_of(arm) == "closed_book":

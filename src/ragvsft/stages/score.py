@@ -93,7 +93,7 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     for rows in (predictions, development):
         gate.prepare(rows, arms, markers, encoder)
     figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases,
-                             cfg.gate.signals)
+                             cfg.gate.signals, cfg.gate.min_questions, cfg.gate.min_auroc, cfg.seed)
     gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
                phrases)
     dev = {r["qid"]: r["gold"] is not None for r in development}
@@ -111,6 +111,10 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
         if gated:
             run.log("score: decline thresholds per fold, chosen on development questions: " + ", ".join(
                 f"{arm} {[round(t, 3) for t in v['thresholds']]}" for arm, v in gated["arms"].items()))
+            for arm, v in gated["arms"].items():
+                for i, fold in enumerate(v["folds"]):
+                    if not fold["declines"]:
+                        run.log(f"score: {arm}, fold {i + 1}: the gate declines nothing: {fold['why_not']}")
             score_rows(predictions, questions, sample)  # the verdicts of the gated answers
         gold = gold_chunk_map(sample.facts, index.chunks, corpus.documents)
         split = sorted(fact for fact, g in gold.items() if not g.whole and g.ids)
