@@ -78,12 +78,15 @@ def test_units_keep_heading_and_table_header(mock_encoder):
     chunks = chunk_sections("t.md", HANDBOOK, mock_encoder.token_spans, limit=40)
     table = next(c for c in chunks if "| Item |" in c.text)
     units = chunk_units(table.text, headed=True)
-    assert units[0] == "Travel Policy > Allowances\n| Item | Domestic | Abroad |\n| Meal allowance | 46 euros | 61 euros |"
+    assert units[0] == "Travel Policy > Allowances\nItem: Meal allowance; Domestic: 46 euros; Abroad: 61 euros"
     prose = chunk_units("Booking\nBook through the portal. Rail under 4 hours.", headed=True)
     assert prose == ["Booking\nBook through the portal.", "Booking\nRail under 4 hours."]
     assert chunk_units("Plain window text. Second one.", headed=False) == ["Plain window text.", "Second one."]
     picked = select_units(mock_encoder, ["What is the car allowance per km?"], [[(table.id, table.text)]], 1, True)
-    assert picked == [[(table.id, "Travel Policy > Allowances\n| Item | Domestic | Abroad |\n| Car per km | 0.31 euros | 0.31 euros |")]]
+    assert picked == [[(table.id, "Travel Policy > Allowances\nItem: Car per km; Domestic: 0.31 euros; Abroad: 0.31 euros")]]
+    # a row whose cells do not pair up with the header's stays as written, under its header
+    ragged = chunk_units("Fleet\n| Vessel | Built |\n|---|---|\n| MV Tern | 2015 | 74 m |", headed=True)
+    assert ragged == ["Fleet\n| Vessel | Built |\n| MV Tern | 2015 | 74 m |"]
 
 
 def test_unit_choices_show_what_each_rule_picks(mock_encoder):

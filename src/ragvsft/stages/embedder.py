@@ -8,7 +8,7 @@ from ..config import Config
 from ..corpus import Corpus
 from ..embedder import TUNED, hard_negatives, tune_encoder, tuning_pairs, validation_figures
 from ..files import atomic_write_json, read_json, sha256_json
-from ..index import Encoder, Index, chunk_corpus
+from ..index import UNITS, Encoder, Index, chunk_corpus
 from ..models import SentenceEncoder, load_encoder
 from ..probe import development_facts
 from .cache import Run
@@ -24,7 +24,7 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, encoder: Encoder, embedd
     settings["precision"] = cfg.finetune.precision  # the embedder trains in the run's training precision
     if cfg.index.tune_negatives:  # mined from the untuned embedder and these chunks: the key holds what decides them
         settings |= {"negatives": True, "k": cfg.index.k, "headed": cfg.index.headed}
-    key = sha256_json({"embedder": embedder_hash, "pairs": [[p.question, p.chunk_id] for p in pairs],
+    key = sha256_json({"embedder": embedder_hash, "pairs": [[p.question, p.chunk_id] for p in pairs], "units": UNITS,
                        "chunks": [[c.id, c.text] for c in chunks], "settings": settings, "seed": cfg.seed})
     return chunks, development, pairs, validation, key
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Config
 from ..corpus import Corpus
 from ..files import sha256_json
-from ..index import Encoder, Index
+from ..index import UNITS, Encoder, Index
 from .cache import Run
 
 CHUNKER = 2  # section chunking's version: 2 cuts an over-long paragraph between sentences, not inside one
@@ -17,7 +17,7 @@ def keys(cfg: Config, corpus: Corpus, embedder_key: str) -> tuple[str, str]:
     changes what every retrieving arm is shown, not the stage."""
     key = sha256_json({"documents": [[d.path, d.text] for d in corpus.documents], "embedder": embedder_key,
                        "chunking": cfg.index.chunking, "chunk_tokens": cfg.index.chunk_tokens,
-                       "chunk_overlap": cfg.index.chunk_overlap, "chunker": CHUNKER})
+                       "chunk_overlap": cfg.index.chunk_overlap, "chunker": CHUNKER, "units": UNITS})
     return key, sha256_json({"index": key, "retriever": cfg.index.retriever})
 
 
