@@ -187,6 +187,9 @@ NO_RETRIEVAL = ["base", "prompt", "fewshot", "lora"]
     ({"finetune.lora_r": 4}, ["index", "reader"], NOT_LORA),
     ({"reader.epochs": 1}, ["index", "finetune"], ARMS[:-1]),          # a new reader: only raft
     ({"reader.abstain_share": 0.5}, ["index", "finetune"], ARMS[:-1]),
+    ({"reader.min_steps": 1000}, ["index", "finetune"], ARMS[:-1]),     # more epochs: a new reader
+    ({"probe.contrast_plausibility": 0.1}, ["index", "finetune", "reader"],
+     [a for a in ARMS if a not in ("rag", "raft")]),                    # the arms that decode context-aware
     ({"probe.fewshot_k": 1}, ["index", "finetune", "reader"], [a for a in ARMS if a != "fewshot"]),
     ({"probe.max_new_tokens": 3}, ["index", "finetune", "reader"], []),
     ({"probe.arms": "[base, rag]"}, ["index", "probe"], ["base", "rag"]),            # no trained arm: no training stage

@@ -67,6 +67,8 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: E
     head_settings = {"questions": cfg.reader.head_questions, "layers": cfg.reader.head_layers} if by_head else None
     key = sha256_json({"sets": sets, "silent": silent, "folds": folds, "lm": lm_hash, "index": index_key,
                        "training": training.model_dump(mode="json"), "seed": cfg.seed,
+                       # each fold's epochs as reader.min_steps raises them (the training settings hold the base's)
+                       "epochs": [reader_epochs(len(rows), cfg.reader) for rows in sets],
                        # the head reads the reader's states in the generation dtype
                        **({"head": head_settings, "dtype": cfg.models.dtype} if by_head else {}),
                        **({"device": cfg.models.device} if cfg.models.device != "cpu" else {}),
