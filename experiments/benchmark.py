@@ -205,7 +205,8 @@ def adapters_check() -> dict:
     return rerun_check("bench-quick-named", "models.adapters=named", ("merged", "named"))
 
 
-GATE_SIGNALS = (["grounding"], ["support"], ["grounding", "support"])
+GATE_SIGNALS = (["grounding"], ["support"], ["grounding", "support"], ["retrieval", "margin"],
+                ["support", "retrieval", "margin"], ["grounding", "support", "retrieval", "margin"])
 
 
 def gate_check() -> dict:

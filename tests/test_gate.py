@@ -90,6 +90,30 @@ def test_prepare_reads_grounding_and_the_support_of_the_text_shown(mock_encoder)
     assert near["support"] > far["support"] >= 0.0 and blind["support"] == 0.0
     assert near["grounding"] == 1.0 and far["grounding"] == 0.0
     assert "support" not in other and "grounding" not in other
+    assert near["retrieval"] == near["margin"] == 0.0  # no chunk texts given: nothing retrieved to read
+
+
+def test_prepare_reads_the_retrieval_score_and_the_best_units_margin(mock_encoder):
+    """retrieval: the question's cosine with the first retrieved chunk; margin: the best unit's cosine over the
+    retrieved chunks' units less the runner-up's (one unit that fits clearly, against several that fit alike)."""
+    import numpy as np
+
+    from ragvsft.index import chunk_units
+
+    chunks = {"a": "Travel > Allowances\nThe daily meal allowance abroad is 61 euros. Hotels are booked centrally.",
+              "b": "Parking > Bikes\nThe bike room has ninety racks."}
+    question = "What is the daily meal allowance abroad?"
+    row = {"arm": "rag", "qid": "q", "gold": ["61 euros"], "answer": "Hi there! 61 euros.", "question": question,
+           "retrieved": ["a", "b"], "shown": [["a", "Travel > Allowances\nThe daily meal allowance abroad is 61 euros."]]}
+    gate.prepare([row], ["rag"], MARKERS, mock_encoder, chunks, headed=True)
+    query = mock_encoder.encode([question])[0]
+    assert row["retrieval"] == pytest.approx(float(mock_encoder.encode([chunks["a"]])[0] @ query), abs=1e-4)
+    units = sorted((float(v @ query) for v in mock_encoder.encode(
+        [u for cid in ("a", "b") for u in chunk_units(chunks[cid], True)])), reverse=True)
+    assert row["margin"] == pytest.approx(units[0] - units[1], abs=1e-4) and row["margin"] > 0
+    swapped = row | {"retrieved": ["b", "a"]}
+    gate.prepare([swapped], ["rag"], MARKERS, mock_encoder, chunks, headed=True)
+    assert swapped["retrieval"] < row["retrieval"] and swapped["margin"] == row["margin"] and np.isfinite(row["margin"])
 
 
 def test_apply_gates_from_the_generated_answer_every_time(mock_encoder):

@@ -5,7 +5,9 @@ answer (the documents are silent, or it misread) names some that it does not. `g
 0 when it names a number that neither the text shown nor the question holds, else the share of its content words
 (not the house-style markers, stop words or the question's own words) that the text shown holds. `support` is how
 close the text shown is to the question (the cosine under the run's embedder, the retriever's own measure): an
-unanswerable question about a neighbouring topic retrieves text that is near it but not about it.
+unanswerable question about a neighbouring topic retrieves text that is near it but not about it. `retrieval` is the
+cosine of the question with the best retrieved chunk, and `margin` how far the best sentence or row of the retrieved
+chunks stands above the runner-up: a question the documents answer tends to find one unit that fits it clearly.
 
 The gate reads the signals in `gate.signals` through a logistic regression fitted, per arm and cross-fitted fold, on
 development questions only to tell answerable from unanswerable ones (`fit`); an arm in `gate.arms` gives the
@@ -33,6 +35,7 @@ import re
 
 import numpy as np
 
+from .index import chunk_units
 from .score import ABSTAINED, normalize, verdict
 
 # The development table's rows: the share of answerable development questions a threshold may decline (the chosen
@@ -157,20 +160,38 @@ def _share(flags: list[bool]) -> float | None:
     return round(float(np.mean(flags)), 4) if flags else None
 
 
-def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder) -> None:
-    """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals: its grounding in the
-    text it was shown, and that text's support (cosine with the question under `encoder`; 0 where none was shown)."""
+SIGNALS = ("grounding", "support", "retrieval", "margin")  # the row fields `prepare` fills, each a gate may read
+
+
+def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chunks: dict[str, str] | None = None,
+            headed: bool = True) -> None:
+    """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals (SIGNALS): its grounding
+    in the text it was shown, that text's support (cosine with the question under `encoder`; 0 where none was
+    shown), and, from the retrieved chunks' texts (`chunks`: id -> text), the retrieval and margin signals (0 where
+    nothing was retrieved or `chunks` is not given)."""
     gated = [r for r in rows if r["arm"] in arms]
     for row in gated:
         row.setdefault("ungated_answer", row["answer"])
         row["grounding"] = grounding(row["ungated_answer"], [t for _, t in row["shown"]], row["question"], markers)
-        row["support"] = 0.0
+        row["support"] = row["retrieval"] = row["margin"] = 0.0
     shown = [r for r in gated if r["shown"]]
     if shown:
         cosines = (encoder.encode([r["question"] for r in shown])
                    * encoder.encode(["\n".join(t for _, t in r["shown"]) for r in shown])).sum(axis=1)
         for row, cosine in zip(shown, cosines):
             row["support"] = round(float(cosine), 4)
+    found = [r for r in gated if chunks and r.get("retrieved")]
+    if not found:
+        return
+    queries = encoder.encode([r["question"] for r in found])
+    texts = list(dict.fromkeys(t for r in found for cid in r["retrieved"]
+                               for t in [chunks[cid], *chunk_units(chunks[cid], headed)]))
+    vectors = dict(zip(texts, encoder.encode(texts)))  # each chunk and unit embedded once for all rows
+    for row, query in zip(found, queries):
+        row["retrieval"] = round(float(vectors[chunks[row["retrieved"][0]]] @ query), 4)
+        units = sorted((float(vectors[u] @ query) for cid in row["retrieved"] for u in chunk_units(chunks[cid], headed)),
+                       reverse=True)
+        row["margin"] = round(units[0] - units[1], 4) if len(units) > 1 else 0.0
 
 
 def apply(rows: list[dict], gates: dict[str, list[dict]], fold_of: dict[str, int], abstain_template: str,

@@ -80,7 +80,7 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | N
 
 
 def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict], development: list[dict],
-                 encoder: Encoder) -> dict | None:
+                 encoder: Encoder, index: Index) -> dict | None:
     """Calibrate the gated arms' thresholds on development questions, per cross-fitted fold (the reader's folds, for
     every arm alike), and gate their answers in place (gate.py); results.json `gate`."""
     arms = cfg.gated_arms
@@ -90,8 +90,9 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     fold_of = {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in predictions}
     markers, phrases = list(sample.style.markers), sample.abstain_phrases
     score_rows(development, [], sample)
+    texts = {c.id: c.text for c in index.chunks}
     for rows in (predictions, development):
-        gate.prepare(rows, arms, markers, encoder)
+        gate.prepare(rows, arms, markers, encoder, texts, cfg.index.headed)
     figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases,
                              cfg.gate.signals, cfg.gate.min_questions, cfg.gate.min_auroc, cfg.seed)
     gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
@@ -107,7 +108,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     cfg = run.cfg
     with run.timing("score"):
         score_rows(predictions, questions, sample)
-        gated = gate_figures(cfg, corpus, sample, predictions, development or [], encoder)
+        gated = gate_figures(cfg, corpus, sample, predictions, development or [], encoder, index)
         if gated:
             run.log("score: decline thresholds per fold, chosen on development questions: " + ", ".join(
                 f"{arm} {[round(t, 3) for t in v['thresholds']]}" for arm, v in gated["arms"].items()))
