@@ -318,12 +318,18 @@ def test_without_context_takes_only_the_retrieved_text_out(toy_corpus):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prompts(tiny_lm, toy_corpus, alpha):
+def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prompts(tiny_lm, toy_corpus, alpha,
+                                                                                     monkeypatch):
     """generate with `contrast`, recomputed by hand: at every step the token maximising (1 + w) log p(y | text,
     question) - w log p(y | question) is appended to both prompts, among the tokens with p(y | text, question) at
-    least `alpha` times the likeliest one's (the plausibility constraint); batching, padding and the shared prefix's
-    reuse give the same answers, and weight 0 is plain greedy decoding."""
+    least `alpha` times the likeliest one's (the plausibility constraint); batching, padding, the shared prefix's
+    reuse and the prompts' and contrasts' first passes computed apart (arms._prefilled) give the same answers, and
+    weight 0 is plain greedy decoding."""
+    import ragvsft.arms as arms
     from ragvsft.chat import cut_answer, stop_ids, stop_strings
+
+    prefilled = []
+    monkeypatch.setattr(arms, "_prefilled", lambda *a, real=arms._prefilled: prefilled.append(real(*a)) or prefilled[-1])
 
     model, tokenizer = load_lm(str(tiny_lm))
     torch.manual_seed(0)
@@ -359,6 +365,7 @@ def test_context_aware_decoding_picks_each_token_by_the_contrast_of_the_two_prom
         assert [(g.answer, g.generated_tokens) for g in got] == by_hand
         assert [g.prompt_tokens for g in got] == [g.prompt_tokens for g in plain]
         assert all(g.contrast_tokens > g.generated_tokens for g in got)
+    assert prefilled and all(cache is not None for cache in prefilled)  # every batch took the apart path
     assert [g.answer for g in plain] != [a for a, _ in by_hand]  # the contrast changed some answer
     if alpha:  # and the constraint changed some answer of the unconstrained contrast
         free = generate(model, tokenizer, conversations, steps, 4, contrast=contrast, contrast_weight=w)

@@ -299,6 +299,33 @@ def _prefix_of(model, layers: list):
         _prefix.reset(token)
 
 
+def _prefilled(model, encoded: dict, n: int, shared: int):
+    """The cache of a context-aware batch (its `n` prompts, then their contrasts) after all but each row's last token,
+    computed in two passes, the prompts' and the contrasts', each only as wide as its own longest row, then left
+    padded to the batch's width. Why: a contrast is the question alone, about a quarter of its prompt's own tokens,
+    yet padded into one pass with the prompts it cost as much; on the quick profile's rag prompts the first pass took
+    19.3 s for 82 pairs against 8.4 s for the prompts alone. None where a part has no token before its last one."""
+    from transformers import DynamicCache
+
+    mask = encoded["attention_mask"]
+    width = mask.shape[1]
+    positions = encoded.get("position_ids", (mask.cumsum(-1) - 1).clamp(min=0) + shared)
+    parts = []
+    for rows in (slice(0, n), slice(n, None)):
+        start = width - int(mask[rows].sum(-1).max())  # the part's longest row begins here
+        if width - start < 2:
+            return None
+        parts.append((start, model(input_ids=encoded["input_ids"][rows, start:-1], use_cache=True, logits_to_keep=1,
+                                   attention_mask=mask[rows, start:-1], position_ids=positions[rows, start:-1],
+                                   past_key_values=DynamicCache(config=model.config)).past_key_values))
+    cache = DynamicCache(config=model.config)
+    pad = lambda x, start: torch.nn.functional.pad(x, (0, 0, start, 0))  # noqa: E731  (left, along the tokens)
+    for layer in range(len(parts[0][1].layers)):
+        cache.update(torch.cat([pad(part.layers[layer].keys, start) for start, part in parts]),
+                     torch.cat([pad(part.layers[layer].values, start) for start, part in parts]), layer)
+    return cache
+
+
 def shared_prefix(ids: list[list[int]]) -> int:
     """How many leading tokens all prompts share (the system prompt and the template's opening), leaving each prompt
     at least one token of its own to start generation from."""
@@ -366,6 +393,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     longest = max(lengths + [len(x) for x in others], default=0) + max_new_tokens
     shared = shared_prefix(ids + others) if reuse_prefix and _prefix_shareable(model, longest) else 0
     shared = shared if shared >= PREFIX_MIN_TOKENS else 0
+    # a contrast's own pass needs the cache generate would build (plain causal attention, _prefix_shareable)
+    separate_prefill = contrasted and _prefix_shareable(model, longest)
     began = time.perf_counter()  # the first batch's clock includes computing the shared prefix: its queries' seconds
     layers: list = []
     if shared:
@@ -388,6 +417,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         scored = _StepLogprob()
         processors = ([_ContextAware(len(batch), contrast_weight, plausibility)] if contrasted else []) + [scored]
         with torch.inference_mode(), (_prefix_of(model, layers) if shared else contextlib.nullcontext()):
+            cache = _prefilled(model, encoded, len(batch), shared) if contrasted and separate_prefill else None
+            if cache is not None:
+                encoded["past_key_values"] = cache
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, stopping_criteria=beats,
                                     logits_processor=LogitsProcessorList(processors),
