@@ -114,6 +114,10 @@ def test_prepare_reads_the_retrieval_score_and_the_best_units_margin(mock_encode
     swapped = row | {"retrieved": ["b", "a"]}
     gate.prepare([swapped], ["rag"], MARKERS, mock_encoder, chunks, headed=True)
     assert swapped["retrieval"] < row["retrieval"] and swapped["margin"] == row["margin"] and np.isfinite(row["margin"])
+    unasked = row | {"qid": "u"}
+    unasked.pop("retrieval"), unasked.pop("margin")
+    gate.prepare([unasked], ["rag"], MARKERS, mock_encoder, chunks, headed=True, signals=["grounding", "support"])
+    assert "retrieval" not in unasked and "margin" not in unasked  # not asked for: no unit is embedded
 
 
 def test_apply_gates_from_the_generated_answer_every_time(mock_encoder):

@@ -417,7 +417,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         scored = _StepLogprob()
         processors = ([_ContextAware(len(batch), contrast_weight, plausibility)] if contrasted else []) + [scored]
         with torch.inference_mode(), (_prefix_of(model, layers) if shared else contextlib.nullcontext()):
-            cache = _prefilled(model, encoded, len(batch), shared) if contrasted and separate_prefill else None
+            cache = _prefilled(model, encoded, len(batch), shared) if separate_prefill else None
             if cache is not None:
                 encoded["past_key_values"] = cache
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -67,18 +67,22 @@ def grounding(answer: str, shown: list[str], question: str, markers: list[str]) 
     return round(float(np.mean([w in text for w in content])), 4) if content else 1.0
 
 
+def _logistic():
+    """The gate's model: its signals standardised, then a logistic regression (`fit` and `cross_validated_auroc`)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
 def fit(rows: list[dict], signals: list[str]) -> dict | None:
     """The logistic regression that tells the rows' answerable questions from their unanswerable ones by `signals`
     (standardised first), as JSON-ready weights; None when the rows hold only one kind (nothing to tell apart)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     labels = [r["gold"] is not None for r in rows]
     if len(set(labels)) < 2:
         return None
-    features = np.array([[r[s] for s in signals] for r in rows], dtype=float)
-    scaler = StandardScaler().fit(features)
-    model = LogisticRegression(max_iter=1000).fit(scaler.transform(features), labels)
+    scaler, model = _logistic().fit(np.array([[r[s] for s in signals] for r in rows], dtype=float), labels)
     return {"signals": list(signals), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}
 
@@ -90,19 +94,15 @@ def cross_validated_auroc(rows: list[dict], signals: list[str], seed: int) -> fl
     """How well a gate fitted on part of `rows` ranks the rest: each row scored by the logistic regression fitted
     without its part (stratified, CV_FOLDS parts, shuffled with `seed`), the AUROC of those scores for answerable
     against unanswerable. None when either kind has fewer rows than parts."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     labels = np.array([r["gold"] is not None for r in rows])
     if min(labels.sum(), (~labels).sum()) < CV_FOLDS:
         return None
     features = np.array([[r[s] for s in signals] for r in rows], dtype=float)
     folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
-    scores = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), features, labels,
-                               cv=folds, method="predict_proba")[:, 1]
+    scores = cross_val_predict(_logistic(), features, labels, cv=folds, method="predict_proba")[:, 1]
     return round(float(roc_auc_score(labels, scores)), 4)
 
 
@@ -164,34 +164,36 @@ SIGNALS = ("grounding", "support", "retrieval", "margin")  # the row fields `pre
 
 
 def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chunks: dict[str, str] | None = None,
-            headed: bool = True) -> None:
-    """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals (SIGNALS): its grounding
-    in the text it was shown, that text's support (cosine with the question under `encoder`; 0 where none was
-    shown), and, from the retrieved chunks' texts (`chunks`: id -> text), the retrieval and margin signals (0 where
-    nothing was retrieved or `chunks` is not given)."""
+            headed: bool = True, signals=SIGNALS) -> None:
+    """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals: its grounding in the
+    text it was shown, that text's support (cosine with the question under `encoder`; 0 where none was shown), and,
+    where `signals` asks for them, the retrieval and margin signals from the retrieved chunks' texts (`chunks`: id ->
+    text; 0 where nothing was retrieved or `chunks` is not given; absent where not asked for: they embed every unit of
+    those chunks)."""
     gated = [r for r in rows if r["arm"] in arms]
+    from_chunks = bool({"retrieval", "margin"} & set(signals))
     for row in gated:
         row.setdefault("ungated_answer", row["answer"])
         row["grounding"] = grounding(row["ungated_answer"], [t for _, t in row["shown"]], row["question"], markers)
-        row["support"] = row["retrieval"] = row["margin"] = 0.0
+        row["support"] = 0.0
+        if from_chunks:
+            row["retrieval"] = row["margin"] = 0.0
     shown = [r for r in gated if r["shown"]]
     if shown:
         cosines = (encoder.encode([r["question"] for r in shown])
                    * encoder.encode(["\n".join(t for _, t in r["shown"]) for r in shown])).sum(axis=1)
         for row, cosine in zip(shown, cosines):
             row["support"] = round(float(cosine), 4)
-    found = [r for r in gated if chunks and r.get("retrieved")]
+    found = [r for r in gated if chunks and r.get("retrieved")] if from_chunks else []
     if not found:
         return
-    queries = encoder.encode([r["question"] for r in found])
-    texts = list(dict.fromkeys(t for r in found for cid in r["retrieved"]
-                               for t in [chunks[cid], *chunk_units(chunks[cid], headed)]))
+    units = {cid: chunk_units(chunks[cid], headed) for r in found for cid in r["retrieved"]}
+    texts = list(dict.fromkeys(t for cid, mine in units.items() for t in [chunks[cid], *mine]))
     vectors = dict(zip(texts, encoder.encode(texts)))  # each chunk and unit embedded once for all rows
-    for row, query in zip(found, queries):
+    for row, query in zip(found, encoder.encode([r["question"] for r in found])):
         row["retrieval"] = round(float(vectors[chunks[row["retrieved"][0]]] @ query), 4)
-        units = sorted((float(vectors[u] @ query) for cid in row["retrieved"] for u in chunk_units(chunks[cid], headed)),
-                       reverse=True)
-        row["margin"] = round(units[0] - units[1], 4) if len(units) > 1 else 0.0
+        ranked = sorted((float(vectors[u] @ query) for cid in row["retrieved"] for u in units[cid]), reverse=True)
+        row["margin"] = round(ranked[0] - ranked[1], 4) if len(ranked) > 1 else 0.0
 
 
 def apply(rows: list[dict], gates: dict[str, list[dict]], fold_of: dict[str, int], abstain_template: str,

@@ -135,7 +135,7 @@ class Session:
         folds = self.gate.get("fold_facts") or [[]]
         style = self.corpus.style
         gate.prepare(rows, list(gates), list(style.markers), self.encoder, {c.id: c.text for c in self.index.chunks},
-                     self.config.index.headed)
+                     self.config.index.headed, self.gate.get("signals", gate.SIGNALS))
         gate.apply(rows, gates, {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)},
                    style.abstain_template, self.corpus.abstain_phrases)
         score_rows(rows, [asked], self.corpus)

@@ -92,7 +92,7 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     score_rows(development, [], sample)
     texts = {c.id: c.text for c in index.chunks}
     for rows in (predictions, development):
-        gate.prepare(rows, arms, markers, encoder, texts, cfg.index.headed)
+        gate.prepare(rows, arms, markers, encoder, texts, cfg.index.headed, cfg.gate.signals)
     figures = gate.calibrate(predictions, development, arms, len(folds), fold_of, cfg.gate.max_declined, phrases,
                              cfg.gate.signals, cfg.gate.min_questions, cfg.gate.min_auroc, cfg.seed)
     gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
