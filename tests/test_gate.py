@@ -179,15 +179,17 @@ def test_a_gate_declines_only_where_its_development_questions_show_it_can():
 
 def test_development_questions_never_hold_a_scored_question():
     """A set assertion over both shipped profiles: what the gated arms answer to calibrate on holds no probe question
-    of a scored fact and no unanswerable question the run asks."""
+    of a scored fact and no unanswerable question the run asks, except the silenced questions of a profile that
+    cross-fits several folds (its scored facts', which only the other folds calibrate on: the next test)."""
     from ragvsft.config import load_config
     from ragvsft.probe import question_sets
+    from ragvsft.reader import fold_count
     from ragvsft.score import normalize
-    from ragvsft.stages.probe import DEVELOPMENT, development_questions
+    from ragvsft.stages.probe import DEVELOPMENT, SILENCED, development_questions
 
     repo = Path(__file__).resolve().parents[1]
     corpus = load_corpus(repo / "corpus")
-    for profile, expected in (("quick", 80 + 35), ("full", 0)):
+    for profile, expected, silenced in (("quick", 80 + 35, 0), ("full", 40, 40)):
         cfg = load_config(repo / "experiments" / f"{profile}.yaml", corpus=str(repo / "corpus"))
         sample = cfg.sample_of(corpus)
         development = development_questions(cfg, corpus, sample)
@@ -195,9 +197,39 @@ def test_development_questions_never_hold_a_scored_question():
         asked = {normalize(q.question) for q in question_sets(sample, cfg.probe)}
         scored = asked | {normalize(q) for f in sample.facts for q in f.probe_questions}
         scored |= {normalize(u.question) for u in sample.unanswerable}
-        assert not {normalize(q.question) for q in development} & scored, profile
+        plain = [q for q in development if f"/{SILENCED}/" not in q.qid]
+        assert not {normalize(q.question) for q in plain} & scored, profile
         assert all(q.set == DEVELOPMENT for q in development)
-        assert not {q.fact_id for q in development} & {f.id for f in sample.facts}
+        assert not {q.fact_id for q in plain} & {f.id for f in sample.facts}
+        quiet = [q for q in development if f"/{SILENCED}/" in q.qid]
+        assert len(quiet) == silenced and all(q.gold is None and q.fact_id for q in quiet), profile
+        if fold_count(corpus, sample, cfg.reader) == 1:
+            assert not {q.fact_id for q in quiet} & {f.id for f in sample.facts}, profile
+
+
+def test_a_silenced_question_is_shown_no_chunk_that_names_its_answer_and_no_fold_calibrates_on_its_own(mock_encoder):
+    """Retrieval for a silenced question skips every chunk that names the answer and shows the nearest that remain;
+    its row (a scored fact's) enters the pool of every fold but its own."""
+    from ragvsft.index import Chunk, Index
+    from ragvsft.probe import Question, retrieve
+
+    texts = ["Travel\nThe meal allowance abroad is 61 euros.", "Travel\nMeals abroad follow the allowance table.",
+             "Parking\nThe bike room has ninety racks."]
+    chunks = [Chunk(f"d#{i}", "d", i, i + 1, text) for i, text in enumerate(texts)]
+    index = Index(chunks, mock_encoder.encode(texts))
+    asked = Question("heldout", "meal/heldout/0", "What is the meal allowance abroad?", "meal", ("61 euros",))
+    quiet = Question("development", "meal/silenced/0", asked.question, "meal", None)
+    found = retrieve(index, mock_encoder, [asked, quiet], 2, units=1, hidden={quiet.qid: ("61 euros", "61")})
+    assert "d#0" in found[asked.qid].chunks
+    assert "d#0" not in found[quiet.qid].chunks and len(found[quiet.qid].chunks) == 2
+    assert not any("61" in text for _, text in found[quiet.qid].shown)
+
+    grounded, invented = "Hi there! 61 euros.", "Hi there! 75 euros."
+    scored = [_row("rag", f"a{i}", ["61 euros"], grounded, 1.0, "heldout", f"f{i % 2}") for i in range(4)]
+    silenced = [_row("rag", f"f{i}/silenced/0", None, invented, 0.0, fact=f"f{i}") for i in range(2)]
+    fold_of = {r["qid"]: int(r["fact_id"][1]) for r in scored + silenced}
+    folds = gate.calibrate(scored, silenced, ["rag"], 2, fold_of, 0.25, PHRASES, ["grounding"])["rag"]["folds"]
+    assert [f["from_development_questions"] for f in folds] == [1, 1] and [f["unanswerable"] for f in folds] == [1, 1]
 
 
 def test_a_sampled_run_calibrates_its_gate_on_development_questions_it_never_scores(tmp_path, tiny_lm):

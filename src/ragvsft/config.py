@@ -135,6 +135,7 @@ class GateConfig(_Section):
     min_questions: int = Field(ge=0)
     min_auroc: float = Field(ge=0, le=1)
     development_questions: int = Field(ge=0)
+    silenced_questions: int = Field(ge=0)
 
 
 class UpdateConfig(_Section):

@@ -14,9 +14,10 @@ development questions only to tell answerable from unanswerable ones (`fit`); an
 house-style abstention where that score is below a threshold. The threshold is the largest at which the arm declines
 at most `gate.max_declined` of the answerable development questions (its own abstentions included), which makes it
 decline as many unanswerable development questions as that allows (`choose_threshold`). Development questions of fold
-i: the probe question of facts the run does not score and the unanswerable questions it does not ask (generated for
-the gated arms only, `development.jsonl`), and the held-out and unanswerable questions of the other folds. A
-question's own fold never sets its threshold.
+i: the probe question of facts the run does not score, the unanswerable questions it does not ask and the silenced
+questions (a fact's probe question asked with its answer's chunks taken out of retrieval, of facts outside fold i;
+all generated for the gated arms only, `development.jsonl`), and the held-out and unanswerable questions of the other
+folds. A question's own fold never sets its threshold.
 
 A gate declines only where its pool shows it can: at least `gate.min_questions` answerable and as many unanswerable
 development questions, and a cross-validated AUROC of its score there (fitted on four fifths of the pool, scored on
@@ -221,16 +222,16 @@ def calibrate(predictions: list[dict], development: list[dict], arms: list[str],
     for arm in arms:
         chosen = []
         for fold in range(folds):
-            pool = [r for r in development if r["arm"] == arm]
-            pool += [r for r in predictions if r["arm"] == arm and r["set"] in DEVELOPMENT_SETS
-                     and fold_of.get(r["qid"], 0) != fold]
+            # Development rows of a scored fact (silenced questions) belong to its fold; the others to none.
+            mine = [r for r in development if r["arm"] == arm and fold_of.get(r["qid"]) != fold]
+            pool = mine + [r for r in predictions if r["arm"] == arm and r["set"] in DEVELOPMENT_SETS
+                           and fold_of.get(r["qid"], 0) != fold]
             model = fit(pool, signals)
             auroc = cross_validated_auroc(pool, signals, seed)
             held_back = why_not(pool, auroc, min_questions, min_auroc)
             picked = choose_threshold(pool, model, max_declined, abstain_phrases)
             chosen.append(picked | {"threshold": 0.0 if held_back else picked["threshold"], "model": model,
                                     "auroc_cv": auroc, "declines": held_back is None, "why_not": held_back,
-                                    "from_development_questions": sum(r["arm"] == arm for r in development),
-                                    "from_other_folds": len(pool) - sum(r["arm"] == arm for r in development)})
+                                    "from_development_questions": len(mine), "from_other_folds": len(pool) - len(mine)})
         figures[arm] = {"thresholds": [c["threshold"] for c in chosen], "folds": chosen}
     return figures

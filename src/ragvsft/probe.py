@@ -69,12 +69,23 @@ class Context:
     shown: tuple[tuple[str, str], ...]  # (source chunk id, text) as put into the prompt
 
 
+HIDDEN_DEPTH = 20  # chunks searched beyond k for a question whose answer's chunks are taken out
+
+
 def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, units: int | None = None,
-             headed: bool = True) -> dict[str, Context]:
+             headed: bool = True, hidden: dict[str, tuple[str, ...]] | None = None) -> dict[str, Context]:
     """qid -> the top-k chunks retrieved for every question and what the retrieving arms are shown: those chunks
-    whole, or with `units` their best sentences/table rows as (source chunk id, unit text) (`index.context_units`)."""
-    texts = [q.question for q in questions]
-    hits = [[c for c, _ in row] for row in index.search(encoder, texts, k)]
+    whole, or with `units` their best sentences/table rows as (source chunk id, unit text) (`index.context_units`).
+    `hidden`: qid -> answers; that question's top k are the best chunks that name none of them (a silenced
+    development question, stages/probe.silenced_questions)."""
+    hidden = hidden or {}
+    found: dict[str, list] = {}
+    # The others are searched exactly as without silenced questions (a deeper search may order ties otherwise).
+    for group, depth in (([q for q in questions if q.qid not in hidden], k),
+                         ([q for q in questions if q.qid in hidden], k + HIDDEN_DEPTH)):
+        for q, row in zip(group, index.search(encoder, [q.question for q in group], depth)):
+            found[q.qid] = [c for c, _ in row if q.qid not in hidden or not names_answer([c.text], list(hidden[q.qid]))]
+    texts, hits = [q.question for q in questions], [found[q.qid][:k] for q in questions]
     return {q.qid: Context(tuple(c.id for c in row), tuple(context))
             for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed))}
 

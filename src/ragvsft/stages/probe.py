@@ -15,7 +15,7 @@ from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
 from ..index import Encoder, Index, evidence_units
 from ..probe import Question, development_facts, retrieve, run_models, run_probe
-from ..reader import fold_of_question
+from ..reader import fold_count, fold_of_question
 from .cache import Run
 from .reader import ReaderPlan
 
@@ -24,7 +24,8 @@ ROWS_VERSION = 2
 
 
 def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
-            reader_key: str | None = None, evidence: dict[str, str] | None = None) -> str:
+            reader_key: str | None = None, evidence: dict[str, str] | None = None,
+            hidden: dict[str, tuple[str, ...]] | None = None) -> str:
     """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
     style marker only re-scores."""
     # The device only where it is not the CPU: an accelerator's arithmetic differs slightly; CPU keys stay as they were.
@@ -51,6 +52,9 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
             inputs["plausibility"] = cfg.probe.contrast_plausibility
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
+        mine = {q.qid: list(hidden[q.qid]) for q in questions if hidden and q.qid in hidden}
+        if mine:  # what a silenced question is not shown follows its fact's answers
+            inputs["hidden"] = mine
     if model_of(arm) == "closed_book":
         inputs["finetune"] = ft_key
     if model_of(arm) == "reader":
@@ -59,12 +63,14 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
 
 
 DEVELOPMENT = "development"  # the set name of the questions a gate is calibrated on
+SILENCED = "silenced"  # the qid part of a development question asked with its answer taken out of retrieval
 
 
 def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
-    facts the run does not score and as many unanswerable questions it does not ask (reproducible samples). None of
-    them is a scored question (a test asserts it over the shipped profiles)."""
+    facts the run does not score, as many unanswerable questions it does not ask, and the silenced questions
+    (`silenced_questions`), reproducible samples. None of them is a question the run scores (a test asserts it over
+    the shipped profiles); a silenced question of a scored fact is only calibrated on by the other folds."""
     if not cfg.gated_arms:
         return []
     asked = {u.id for u in sample.unanswerable}
@@ -74,7 +80,29 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
     facts = sorted(rng.sample(facts, n) if len(facts) > n else facts, key=lambda f: f.id)
     unasked = sorted(rng.sample(unasked, n) if len(unasked) > n else unasked, key=lambda u: u.id)
     return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold)) for f in facts]
-            + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked])
+            + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked]
+            + silenced_questions(cfg, corpus, sample))
+
+
+def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
+    """Development questions made unanswerable: the first probe question of up to `gate.silenced_questions` facts,
+    asked with every chunk that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is
+    shown the nearest text that remains, as a real unanswerable question about a documented topic is. Gold None:
+    the right answer is a decline. The facts the run does not score, and, where it cross-fits several folds, its
+    scored facts too (a fold never calibrates on its own facts' rows, gate.calibrate)."""
+    n = cfg.gate.silenced_questions
+    facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
+    if fold_count(corpus, sample, cfg.reader) > 1:
+        facts += [f for f in sample.facts if f.probe_questions]
+    rng = random.Random(f"{cfg.seed}:gate-silenced")
+    facts = sorted(rng.sample(facts, n) if len(facts) > n else facts, key=lambda f: f.id)
+    return [Question(DEVELOPMENT, f"{f.id}/{SILENCED}/0", f.probe_questions[0], f.id, None) for f in facts]
+
+
+def hidden_answers(corpus: Corpus, questions: list[Question]) -> dict[str, tuple[str, ...]]:
+    """qid -> the answers whose chunks a silenced question never retrieves (its fact's answer and aliases)."""
+    gold = {f.id: tuple(f.gold) for f in corpus.facts}
+    return {q.qid: gold[q.fact_id] for q in questions if f"/{SILENCED}/" in q.qid}
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -91,10 +119,11 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     stored = (read_jsonl(path) if path.is_file() else []) + (read_jsonl(dev_path) if dev_path.is_file() else [])
     by_arm = {arm: [r for r in stored if r["arm"] == arm] for arm in cfg.probe.arms}
     development = development_questions(cfg, corpus, sample)
+    hidden = hidden_answers(corpus, development)
     asked = {arm: questions + (development if arm in cfg.gated_arms else []) for arm in cfg.probe.arms}
     evidence = evidence_units(sample.facts, index.chunks, corpus.documents, cfg.index.headed)
     keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key,
-                         evidence) for arm in cfg.probe.arms}
+                         evidence, hidden) for arm in cfg.probe.arms}
     todo = [arm for arm in cfg.probe.arms
             if not (len(by_arm[arm]) == len(asked[arm]) and run.records.fresh(f"probe/{arm}", keys[arm], path))]
     models: dict = {}
@@ -108,7 +137,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                             cfg.models.adapters, cfg.reader.abstain_by == "head")
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions + development, cfg.index.k, cfg.index.context_units,
-                              cfg.index.headed) if needs_k else {})
+                              cfg.index.headed, hidden) if needs_k else {})
         run.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})"
                 + (f", and {len(development)} development questions for the gated arms" if development else ""))
     seconds = 0.0

@@ -17,6 +17,7 @@ from ..probe import development_facts, evaluate_retrieval, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
+from .probe import SILENCED
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
@@ -76,7 +77,8 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | N
             "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development),
             # the gate's development questions (stages/probe.development_questions), answered by the gated arms
             "gate_calibrated_on": {"facts": gated["development_answerable"] if gated else 0,
-                                   "unanswerable": gated["development_unanswerable"] if gated else 0}}
+                                   "unanswerable": gated["development_unanswerable"] if gated else 0,
+                                   "silenced": gated.get("development_silenced", 0) if gated else 0}}
 
 
 def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[dict], development: list[dict],
@@ -88,6 +90,8 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
         return None
     folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
     fold_of = {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in predictions}
+    scored = {fact for ids in folds for fact in ids}  # a silenced question of a scored fact belongs to its fold
+    fold_of |= {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in development if r["fact_id"] in scored}
     markers, phrases = list(sample.style.markers), sample.abstain_phrases
     score_rows(development, [], sample)
     texts = {c.id: c.text for c in index.chunks}
@@ -98,8 +102,10 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
                phrases)
     dev = {r["qid"]: r["gold"] is not None for r in development}
+    silenced = sum(f"/{SILENCED}/" in qid for qid in dev)
     return {"arms": figures, "signals": cfg.gate.signals, "max_declined": cfg.gate.max_declined, "folds": len(folds),
-            "fold_facts": folds, "development_answerable": sum(dev.values()), "development_unanswerable": len(dev) - sum(dev.values())}
+            "fold_facts": folds, "development_answerable": sum(dev.values()),
+            "development_unanswerable": len(dev) - sum(dev.values()) - silenced, "development_silenced": silenced}
 
 
 def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder, questions: list,
