@@ -189,7 +189,7 @@ def test_development_questions_never_hold_a_scored_question():
 
     repo = Path(__file__).resolve().parents[1]
     corpus = load_corpus(repo / "corpus")
-    for profile, expected, silenced in (("quick", 80 + 35, 0), ("full", 40, 40)):
+    for profile, expected, silenced in (("quick", 80 + 35 + 5, 5), ("full", 40, 40)):  # topped up to 40
         cfg = load_config(repo / "experiments" / f"{profile}.yaml", corpus=str(repo / "corpus"))
         sample = cfg.sample_of(corpus)
         development = development_questions(cfg, corpus, sample)

@@ -68,8 +68,8 @@ SILENCED = "silenced"  # the qid part of a development question asked with its a
 
 def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
-    facts the run does not score, as many unanswerable questions it does not ask, and the silenced questions
-    (`silenced_questions`), reproducible samples. None of them is a question the run scores (a test asserts it over
+    facts the run does not score, as many unanswerable questions it does not ask, and silenced questions that top
+    those up to `gate.silenced_questions` (`silenced_questions`), reproducible samples. None of them is a question the run scores (a test asserts it over
     the shipped profiles); a silenced question of a scored fact is only calibrated on by the other folds."""
     if not cfg.gated_arms:
         return []
@@ -81,16 +81,16 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
     unasked = sorted(rng.sample(unasked, n) if len(unasked) > n else unasked, key=lambda u: u.id)
     return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold)) for f in facts]
             + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked]
-            + silenced_questions(cfg, corpus, sample))
+            + silenced_questions(cfg, corpus, sample, cfg.gate.silenced_questions - len(unasked)))
 
 
-def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
-    """Development questions made unanswerable: the first probe question of up to `gate.silenced_questions` facts,
-    asked with every chunk that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is
+def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus, n: int) -> list[Question]:
+    """Development questions made unanswerable: the first probe question of up to `n` facts, asked with every chunk that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is
     shown the nearest text that remains, as a real unanswerable question about a documented topic is. Gold None:
     the right answer is a decline. The facts the run does not score, and, where it cross-fits several folds, its
     scored facts too (a fold never calibrates on its own facts' rows, gate.calibrate)."""
-    n = cfg.gate.silenced_questions
+    if n <= 0:
+        return []
     facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
     if fold_count(corpus, sample, cfg.reader) > 1:
         facts += [f for f in sample.facts if f.probe_questions]
