@@ -87,6 +87,12 @@ def test_units_keep_heading_and_table_header(mock_encoder):
     # a row whose cells do not pair up with the header's stays as written, under its header
     ragged = chunk_units("Fleet\n| Vessel | Built |\n|---|---|\n| MV Tern | 2015 | 74 m |", headed=True)
     assert ragged == ["Fleet\n| Vessel | Built |\n| MV Tern | 2015 | 74 m |"]
+    # each list item is a unit of its own, without its marker (no sentence starts at "- "); a blank line ends a paragraph
+    listed = chunk_units("Pay > Allowances\nAllowances are paid\n- Uniform: 240 pounds per year.\n- Overnight: 38 pounds."
+                         "\n2) Travel: free. Ask the office\n\nfor a ticket", headed=True)
+    assert listed == ["Pay > Allowances\nAllowances are paid", "Pay > Allowances\nUniform: 240 pounds per year.",
+                      "Pay > Allowances\nOvernight: 38 pounds.", "Pay > Allowances\nTravel: free.",
+                      "Pay > Allowances\nAsk the office", "Pay > Allowances\nfor a ticket"]
 
 
 def test_unit_choices_show_what_each_rule_picks(mock_encoder):

@@ -176,7 +176,9 @@ def _sentence_pieces(text: str, start: int, end: int, token_spans, room: int) ->
     return [(start + a, start + a + len(body[a:b].rstrip())) for a, b in pieces]
 
 
-UNITS = 2  # how chunk_units cuts and writes units (stage keys hold it): 2 writes a table row as "column: value" fields
+UNITS = 3  # how chunk_units cuts and writes units (stage keys hold it): 2 writes a table row as "column: value" fields,
+# 3 makes each list item a unit of its own
+LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
 
 
 def _table_cells(line: str) -> list[str]:
@@ -196,22 +198,28 @@ def _row_unit(header: str, row: str) -> str:
 
 
 def chunk_units(text: str, headed: bool) -> list[str]:
-    """A chunk's sentences and table rows, each led by the chunk's heading line (when `headed`); a row is written as
-    its table's column names with its values (`_row_unit`): small pieces a 135M reader can use without losing what
-    they are about."""
+    """A chunk's sentences, list items and table rows, each led by the chunk's heading line (when `headed`); a row is
+    written as its table's column names with its values (`_row_unit`), an item without its list marker: small pieces
+    a 135M reader can use without losing what they are about. Why items: joined as prose, a list ran together into
+    one unit ("- Uniform allowance: 240 pounds per year, paid in March. - Overnight allowance: ..."), since a list
+    marker does not start a sentence; 39 of the shipped corpus's 247 chunks hold a list."""
     lines = text.split("\n")
     head = lines.pop(0) if headed and len(lines) > 1 else ""
-    units, header, prose = [], None, []
+    units, header, paragraphs = [], None, [[]]
     for line in (line.strip() for line in lines):
         if line.startswith("|"):
             if header is None:
                 header = line
             elif not TABLE_RULE.match(line):
                 units.append("\n".join(x for x in (head, _row_unit(header, line)) if x))
+        elif item := LIST_ITEM.match(line):
+            paragraphs += [[line[item.end():]], []]  # an item is a paragraph of its own
         elif line:
-            prose.append(line)
-    units += ["\n".join(x for x in (head, sentence.strip()) if x)
-              for sentence in SENTENCE_END.split(" ".join(prose)) if sentence.strip()]
+            paragraphs[-1].append(line)
+        else:
+            paragraphs.append([])
+    units += ["\n".join(x for x in (head, sentence.strip()) if x) for paragraph in paragraphs if paragraph
+              for sentence in SENTENCE_END.split(" ".join(paragraph)) if sentence.strip()]
     return units
 
 
