@@ -315,6 +315,23 @@ def test_without_context_takes_only_the_retrieved_text_out(toy_corpus):
     contrast = without_context(messages, "Who leads security?")
     assert contrast[:-1] == messages[:-1] and contrast[-1] == {"role": "user", "content": "Who leads security?"}
     assert "Dalia Fenwick" not in "\n".join(m["content"] for m in contrast)
+    # the heading path that led the sentence stays: what the sentence adds is what the contrast takes out
+    shown = "Security > Team\nDalia Fenwick is the head of security."
+    headed = build_messages("rag", "Who leads security?", corpus, [shown], demos)
+    contrast = without_context(headed, "Who leads security?", ("Security > Team",))
+    assert contrast[:-1] == headed[:-1] and "Dalia Fenwick" not in contrast[-1]["content"]
+    assert contrast[-1]["content"] == headed[-1]["content"].replace("\nDalia Fenwick is the head of security.", "")
+
+
+def test_retrieval_records_the_heading_paths_of_what_it_shows(mock_encoder):
+    from ragvsft.index import Chunk, Index
+    from ragvsft.probe import Question, retrieve
+
+    texts = ["Travel > Meals\nThe meal allowance abroad is 61 euros. Meals are booked ahead.", "Parking\nNinety racks."]
+    index = Index([Chunk(f"d#{i}", "d", i, i + 1, t) for i, t in enumerate(texts)], mock_encoder.encode(texts))
+    asked = [Question("heldout", "q", "What is the meal allowance abroad?", "f", ("61 euros",))]
+    assert retrieve(index, mock_encoder, asked, 2, units=2)["q"].headings == ("Travel > Meals",)
+    assert retrieve(index, mock_encoder, asked, 2, units=2, headed=False)["q"].headings == ()
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])

@@ -66,10 +66,14 @@ def reading_demos(corpus: Corpus, evidence: dict[str, str], exclude_fact: str | 
             for f in itertools.islice(shown, k)]
 
 
-def without_context(messages: list[dict], question: str) -> list[dict]:
-    """The same conversation with the retrieved text taken out of its last turn: the question alone after whatever
-    came before it (system prompt, worked examples). What context-aware decoding contrasts the answer with."""
-    return [*messages[:-1], {"role": "user", "content": question}]
+def without_context(messages: list[dict], question: str, headings: tuple[str, ...] | list[str] = ()) -> list[dict]:
+    """The same conversation with the retrieved text's sentences taken out of its last turn: the question after the
+    heading paths that led them (`headings`), after whatever came before (system prompt, worked examples). What
+    context-aware decoding contrasts the answer with, so that it favours what the sentences add. Why the headings
+    stay: contrasted with the question alone, a heading path was what the text added most, and the reader copied it
+    ("Pay and Allowances > Payday" for "When are salaries paid?"); kept, the second corpus's train questions asked
+    back were answered right 35 times of 40 against 26, the quick profile's development questions 49 of 80 as before."""
+    return [*messages[:-1], {"role": "user", "content": context_block(list(headings)) + question if headings else question}]
 
 
 def closed_book_messages(question: str) -> list[dict]:

@@ -67,6 +67,7 @@ class Context:
 
     chunks: tuple[str, ...]  # the top-k chunk ids, best first
     shown: tuple[tuple[str, str], ...]  # (source chunk id, text) as put into the prompt
+    headings: tuple[str, ...] = ()  # the heading paths that lead the texts shown (section chunks), each once
 
 
 HIDDEN_DEPTH = 20  # chunks searched beyond k for a question whose answer's chunks are taken out
@@ -86,7 +87,8 @@ def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, 
         for q, row in zip(group, index.search(encoder, [q.question for q in group], depth)):
             found[q.qid] = [c for c, _ in row if q.qid not in hidden or not names_answer([c.text], list(hidden[q.qid]))]
     texts, hits = [q.question for q in questions], [found[q.qid][:k] for q in questions]
-    return {q.qid: Context(tuple(c.id for c in row), tuple(context))
+    heads = lambda shown: tuple(dict.fromkeys(t.split("\n", 1)[0] for _, t in shown if "\n" in t)) if headed else ()  # noqa: E731
+    return {q.qid: Context(tuple(c.id for c in row), tuple(context), heads(context))
             for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed))}
 
 
@@ -205,7 +207,8 @@ def run_probe(models: dict, tokenizer, corpus: Corpus, questions: list[Question]
         which = model_of(arm)
         route = [reader_fold[q.qid] for q in questions] if which == "reader" else None
         weight = contrast_weight(arm, cfg)
-        contrast = [without_context(c, q.question) for c, q in zip(conversations, questions)] if weight > 0 else None
+        contrast = ([without_context(c, q.question, retrieved[q.qid].headings if q.qid in retrieved else ())
+                     for c, q in zip(conversations, questions)] if weight > 0 else None)
         generations = _answer(models[which], tokenizer, conversations, cfg, route,
                               progress_line(log, f"arm {arm}") if log else None, blocks, contrast, weight)
         heads = models.get("reader_heads") if route else None

@@ -48,6 +48,7 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
                            for q in questions]
     if contrast_weight(arm, cfg.probe):
         inputs["contrast"] = contrast_weight(arm, cfg.probe)
+        inputs["contrast_keeps"] = "headings"  # what the contrast keeps of the text shown (arms.without_context)
         if cfg.probe.contrast_plausibility:  # absent at 0: answers cached before the constraint existed stay valid
             inputs["plausibility"] = cfg.probe.contrast_plausibility
     if arm in RAG_ARMS:
