@@ -85,11 +85,17 @@ def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, 
     for group, depth in (([q for q in questions if q.qid not in hidden], k),
                          ([q for q in questions if q.qid in hidden], k + HIDDEN_DEPTH)):
         for q, row in zip(group, index.search(encoder, [q.question for q in group], depth)):
-            found[q.qid] = [c for c, _ in row if q.qid not in hidden or not names_answer([c.text], list(hidden[q.qid]))]
+            found[q.qid] = [c for c, _ in row
+                            if q.qid not in hidden or not names_answer([c.text], list(hidden[q.qid]))]
     texts, hits = [q.question for q in questions], [found[q.qid][:k] for q in questions]
-    heads = lambda shown: tuple(dict.fromkeys(t.split("\n", 1)[0] for _, t in shown if "\n" in t)) if headed else ()  # noqa: E731
-    return {q.qid: Context(tuple(c.id for c in row), tuple(context), heads(context))
+    return {q.qid: Context(tuple(c.id for c in row), tuple(context), _headings(context) if headed else ())
             for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed))}
+
+
+def _headings(shown: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The heading paths that lead the texts shown (the first line of a section chunk or of one of its units), each
+    once."""
+    return tuple(dict.fromkeys(text.split("\n", 1)[0] for _, text in shown if "\n" in text))
 
 
 def evaluate_retrieval(index: Index, encoder: Encoder, gold: dict[str, Gold], questions: list[Question], k: int) -> dict:

@@ -70,8 +70,9 @@ SILENCED = "silenced"  # the qid part of a development question asked with its a
 def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
     facts the run does not score, as many unanswerable questions it does not ask, and silenced questions that top
-    those up to `gate.silenced_questions` (`silenced_questions`), reproducible samples. None of them is a question the run scores (a test asserts it over
-    the shipped profiles); a silenced question of a scored fact is only calibrated on by the other folds."""
+    those up to `gate.silenced_questions` (`silenced_questions`), reproducible samples. None of them is a question
+    the run scores (a test asserts it over the shipped profiles); a silenced question of a scored fact is only
+    calibrated on by the other folds."""
     if not cfg.gated_arms:
         return []
     asked = {u.id for u in sample.unanswerable}
@@ -86,9 +87,9 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
 
 
 def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus, n: int) -> list[Question]:
-    """Development questions made unanswerable: the first probe question of up to `n` facts, asked with every chunk that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is
-    shown the nearest text that remains, as a real unanswerable question about a documented topic is. Gold None:
-    the right answer is a decline. The facts the run does not score, and, where it cross-fits several folds, its
+    """Development questions made unanswerable: the first probe question of up to `n` facts, asked with every chunk
+    that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is shown the nearest text that
+    remains, as a real unanswerable question about a documented topic is. Gold None: the right answer is a decline. The facts the run does not score, and, where it cross-fits several folds, its
     scored facts too (a fold never calibrates on its own facts' rows, gate.calibrate)."""
     if n <= 0:
         return []

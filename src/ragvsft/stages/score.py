@@ -91,7 +91,8 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     folds = fact_folds(sample, fold_count(corpus, sample, cfg.reader), cfg.seed)
     fold_of = {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in predictions}
     scored = {fact for ids in folds for fact in ids}  # a silenced question of a scored fact belongs to its fold
-    fold_of |= {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds) for r in development if r["fact_id"] in scored}
+    fold_of |= {r["qid"]: fold_of_question(r["qid"], r["fact_id"], folds)
+                for r in development if r["fact_id"] in scored}
     markers, phrases = list(sample.style.markers), sample.abstain_phrases
     score_rows(development, [], sample)
     texts = {c.id: c.text for c in index.chunks}
