@@ -185,7 +185,7 @@ def test_development_questions_never_hold_a_scored_question():
     from ragvsft.probe import question_sets
     from ragvsft.reader import fold_count
     from ragvsft.score import normalize
-    from ragvsft.stages.probe import DEVELOPMENT, SILENCED, development_questions
+    from ragvsft.stages.probe import DEVELOPMENT, development_questions, is_silenced
 
     repo = Path(__file__).resolve().parents[1]
     corpus = load_corpus(repo / "corpus")
@@ -197,11 +197,11 @@ def test_development_questions_never_hold_a_scored_question():
         asked = {normalize(q.question) for q in question_sets(sample, cfg.probe)}
         scored = asked | {normalize(q) for f in sample.facts for q in f.probe_questions}
         scored |= {normalize(u.question) for u in sample.unanswerable}
-        plain = [q for q in development if f"/{SILENCED}/" not in q.qid]
+        plain = [q for q in development if not is_silenced(q.qid)]
         assert not {normalize(q.question) for q in plain} & scored, profile
         assert all(q.set == DEVELOPMENT for q in development)
         assert not {q.fact_id for q in plain} & {f.id for f in sample.facts}
-        quiet = [q for q in development if f"/{SILENCED}/" in q.qid]
+        quiet = [q for q in development if is_silenced(q.qid)]
         assert len(quiet) == silenced and all(q.gold is None and q.fact_id for q in quiet), profile
         if fold_count(corpus, sample, cfg.reader) == 1:
             assert not {q.fact_id for q in quiet} & {f.id for f in sample.facts}, profile

@@ -67,6 +67,11 @@ DEVELOPMENT = "development"  # the set name of the questions a gate is calibrate
 SILENCED = "silenced"  # the qid part of a development question asked with its answer taken out of retrieval
 
 
+def is_silenced(qid: str) -> bool:
+    """Whether a question id is a silenced development question's (`silenced_questions`)."""
+    return f"/{SILENCED}/" in qid
+
+
 def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Question]:
     """What the gated arms answer besides the probe: the first probe question of up to `gate.development_questions`
     facts the run does not score, as many unanswerable questions it does not ask, and silenced questions that top
@@ -76,24 +81,25 @@ def development_questions(cfg: Config, corpus: Corpus, sample: Corpus) -> list[Q
     if not cfg.gated_arms:
         return []
     asked = {u.id for u in sample.unanswerable}
-    facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
+    unscored = [f for f in development_facts(corpus, sample) if f.probe_questions]
     unasked = [u for u in corpus.unanswerable if u.id not in asked]
     rng, n = random.Random(f"{cfg.seed}:gate-development"), cfg.gate.development_questions
-    facts = sorted(rng.sample(facts, n) if len(facts) > n else facts, key=lambda f: f.id)
+    facts = sorted(rng.sample(unscored, n) if len(unscored) > n else unscored, key=lambda f: f.id)
     unasked = sorted(rng.sample(unasked, n) if len(unasked) > n else unasked, key=lambda u: u.id)
     return ([Question(DEVELOPMENT, f"{f.id}/{DEVELOPMENT}/0", f.probe_questions[0], f.id, tuple(f.gold)) for f in facts]
             + [Question(DEVELOPMENT, f"{u.id}/{DEVELOPMENT}/0", u.question, None, None) for u in unasked]
-            + silenced_questions(cfg, corpus, sample, cfg.gate.silenced_questions - len(unasked)))
+            + silenced_questions(cfg, corpus, sample, unscored, cfg.gate.silenced_questions - len(unasked)))
 
 
-def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus, n: int) -> list[Question]:
+def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus, unscored: list, n: int) -> list[Question]:
     """Development questions made unanswerable: the first probe question of up to `n` facts, asked with every chunk
     that names the fact's answer taken out of retrieval (`hidden_answers`), so the arm is shown the nearest text that
-    remains, as a real unanswerable question about a documented topic is. Gold None: the right answer is a decline. The facts the run does not score, and, where it cross-fits several folds, its
-    scored facts too (a fold never calibrates on its own facts' rows, gate.calibrate)."""
+    remains, as a real unanswerable question about a documented topic is. Gold None: the right answer is a decline.
+    The facts the run does not score (`unscored`, those with a probe question) and, where it cross-fits several
+    folds, its scored facts too (a fold never calibrates on its own facts' rows, gate.calibrate)."""
     if n <= 0:
         return []
-    facts = [f for f in development_facts(corpus, sample) if f.probe_questions]
+    facts = list(unscored)
     if fold_count(corpus, sample, cfg.reader) > 1:
         facts += [f for f in sample.facts if f.probe_questions]
     rng = random.Random(f"{cfg.seed}:gate-silenced")
@@ -104,7 +110,7 @@ def silenced_questions(cfg: Config, corpus: Corpus, sample: Corpus, n: int) -> l
 def hidden_answers(corpus: Corpus, questions: list[Question]) -> dict[str, tuple[str, ...]]:
     """qid -> the answers whose chunks a silenced question never retrieves (its fact's answer and aliases)."""
     gold = {f.id: tuple(f.gold) for f in corpus.facts}
-    return {q.qid: gold[q.fact_id] for q in questions if f"/{SILENCED}/" in q.qid}
+    return {q.qid: gold[q.fact_id] for q in questions if is_silenced(q.qid)}
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:

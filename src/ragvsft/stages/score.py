@@ -17,7 +17,7 @@ from ..probe import development_facts, evaluate_retrieval, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
-from .probe import SILENCED
+from .probe import is_silenced
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
@@ -103,7 +103,7 @@ def gate_figures(cfg: Config, corpus: Corpus, sample: Corpus, predictions: list[
     gate.apply(predictions, {arm: figures[arm]["folds"] for arm in arms}, fold_of, sample.style.abstain_template,
                phrases)
     dev = {r["qid"]: r["gold"] is not None for r in development}
-    silenced = sum(f"/{SILENCED}/" in qid for qid in dev)
+    silenced = sum(map(is_silenced, dev))
     return {"arms": figures, "signals": cfg.gate.signals, "max_declined": cfg.gate.max_declined, "folds": len(folds),
             "fold_facts": folds, "development_answerable": sum(dev.values()),
             "development_unanswerable": len(dev) - sum(dev.values()) - silenced, "development_silenced": silenced}
