@@ -206,7 +206,8 @@ def adapters_check() -> dict:
 
 
 GATE_SIGNALS = (["grounding"], ["support"], ["grounding", "support"], ["retrieval", "margin"],
-                ["support", "retrieval", "margin"], ["grounding", "support", "retrieval", "margin"])
+                ["retrieval", "margin", "rank"], ["support", "retrieval", "margin"],
+                ["grounding", "support", "retrieval", "margin"])
 
 
 def gate_check() -> dict:
@@ -349,6 +350,34 @@ def reader_sweep() -> list[dict]:
 # How much of the retrieved text the 135M base model can use (index.context_units), measured with the rag arm on the
 # train question of every corpus fact (the `seen` set of a whole-corpus run; the embedder untuned, so retrieval is not
 # flattered by having trained on these questions). Probe and unanswerable questions are not asked.
+SMALL_CORPUS = {"facts": 31, "questions_per_fact": 2}  # issue 19's small corpus: 31 facts, 2 train questions each
+
+
+def small_corpus_check() -> list[dict]:
+    """The closed-book LoRA on a small corpus, as a new user would try it: the quick profile on the second corpus,
+    cut to 31 facts with 2 train questions each, with `finetune.min_steps` as shipped and at 0 (the fine-tune before
+    the rule): its seen accuracy (training questions asked back), why training stopped, and what it cost."""
+    rows = []
+    for min_steps in (None, 0):
+        out = REPO / "runs" / f"small-corpus-{'default' if min_steps is None else min_steps}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command("run", "harbourline"),
+                   "--out", str(out), "--set", f"subset.facts={SMALL_CORPUS['facts']}",
+                   "--set", f"finetune.questions_per_fact={SMALL_CORPUS['questions_per_fact']}",
+                   "--set", "probe.arms=[lora]", "--set", "probe.sets=[seen,heldout]",
+                   *(["--set", f"finetune.min_steps={min_steps}"] if min_steps is not None else [])]
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results = json.loads((out / "results.json").read_text())
+        training, lora = results["training"], results["arms"]["lora"]
+        rows.append({"min_steps": results["config"]["finetune"]["min_steps"], "facts": results["corpus"]["facts"],
+                     "examples": training["examples"], "steps": training["steps"], "epochs": training["epochs"],
+                     "stopped": training["stopped"], "learnt_share": training.get("learnt_share"),
+                     "seen": lora["seen"]["accuracy"], "seen_n": lora["seen"]["n"], "heldout": lora["heldout"]["accuracy"],
+                     "training_seconds": training["seconds"], "cpu": cpu_label(results), "run_dir": str(out.relative_to(REPO))})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 CONTEXT_UNITS = [None, 3, 2, 1]
 
 
@@ -638,6 +667,17 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                   f"{100 * r['unanswerable_declined']:.0f}% |" for r in rows]
         lines += ["", f"Chosen by the rule: {' + '.join(chosen)}; the default `gate.signals` is "
                       f"{' + '.join(load_config(None).gate.signals)}."]
+    if bench.get("small_corpus"):
+        rows = bench["small_corpus"]
+        lines += ["", f"The closed-book LoRA on a small corpus (`--small-corpus`: the second corpus cut to "
+                      f"{rows[0]['facts']} facts with {SMALL_CORPUS['questions_per_fact']} train questions each, LoRA arm "
+                      f"alone; {rows[0]['cpu']}). Seen: the training questions asked back; held-out shown, never used to "
+                      "choose:", "",
+                  "| `finetune.min_steps` | training examples | optimizer steps | epochs | stopped by | training answers "
+                  "reproduced | seen accuracy | held-out accuracy | training s |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['min_steps']} | {r['examples']} | {r['steps']} | {r['epochs']:g} | {r['stopped']} | "
+                  f"{100 * (r['learnt_share'] or 0):.0f}% | {100 * r['seen']:.0f}% ({r['seen_n']}) | "
+                  f"{100 * r['heldout']:.0f}% | {r['training_seconds']:.0f} |" for r in rows]
     if bench.get("reader_sweep"):
         rows = bench["reader_sweep"]
         chosen = reader_choice(rows)
@@ -719,6 +759,8 @@ def main() -> None:
     parser.add_argument("--plausibility", action="store_true", help="RAG and RAFT accuracy per "
                         "probe.contrast_plausibility on development questions")
     parser.add_argument("--reader-sweep", action="store_true", help="RAFT reader settings on the quick profile")
+    parser.add_argument("--small-corpus", action="store_true", help="the closed-book LoRA's seen accuracy on a small "
+                        "corpus (31 facts, 2 train questions each), with and without finetune.min_steps")
     parser.add_argument("--sweeps", action="append", choices=["paraphrases", "seeds", "models"],
                         help="time `ragvsft sweep experiments/NAME.yaml` for the README's Sweeps section")
     args = parser.parse_args()
@@ -754,12 +796,15 @@ def main() -> None:
     if args.reader_sweep:
         print("sweeping the RAFT reader settings ...", flush=True)
         bench["reader_sweep"] = reader_sweep()
+    if args.small_corpus:
+        print("fine-tuning on a small corpus ...", flush=True)
+        bench["small_corpus"] = small_corpus_check()
     for name in args.sweeps or []:
         print(f"timing the {name} sweep ...", flush=True)
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.prefix, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate]
+              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate, args.small_corpus]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

@@ -95,7 +95,8 @@ def test_prepare_reads_grounding_and_the_support_of_the_text_shown(mock_encoder)
 
 def test_prepare_reads_the_retrieval_score_and_the_best_units_margin(mock_encoder):
     """retrieval: the question's cosine with the first retrieved chunk; margin: the best unit's cosine over the
-    retrieved chunks' units less the runner-up's (one unit that fits clearly, against several that fit alike)."""
+    retrieved chunks' units less the runner-up's (one unit that fits clearly, against several that fit alike); rank:
+    the retrieval rank of the chunk that holds the best unit."""
     import numpy as np
 
     from ragvsft.index import chunk_units
@@ -114,10 +115,11 @@ def test_prepare_reads_the_retrieval_score_and_the_best_units_margin(mock_encode
     swapped = row | {"retrieved": ["b", "a"]}
     gate.prepare([swapped], ["rag"], MARKERS, mock_encoder, chunks, headed=True)
     assert swapped["retrieval"] < row["retrieval"] and swapped["margin"] == row["margin"] and np.isfinite(row["margin"])
+    assert (row["rank"], swapped["rank"]) == (0.0, 1.0)  # the allowance sentence: in the first chunk, then the second
     unasked = row | {"qid": "u"}
-    unasked.pop("retrieval"), unasked.pop("margin")
+    unasked.pop("retrieval"), unasked.pop("margin"), unasked.pop("rank")
     gate.prepare([unasked], ["rag"], MARKERS, mock_encoder, chunks, headed=True, signals=["grounding", "support"])
-    assert "retrieval" not in unasked and "margin" not in unasked  # not asked for: no unit is embedded
+    assert not {"retrieval", "margin", "rank"} & set(unasked)  # not asked for: no unit is embedded
 
 
 def test_apply_gates_from_the_generated_answer_every_time(mock_encoder):

@@ -6,7 +6,7 @@ import pytest
 
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
-from ragvsft.index import UNIT_CHOICES, _joined, Chunk, Index, chunk_document, unit_choices, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
+from ragvsft.index import UNIT_CHOICES, _joined, Chunk, heading_line, Index, chunk_document, unit_choices, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -93,6 +93,8 @@ def test_units_keep_heading_and_table_header(mock_encoder):
     assert listed == ["Pay > Allowances\nAllowances are paid", "Pay > Allowances\nUniform: 240 pounds per year.",
                       "Pay > Allowances\nOvernight: 38 pounds.", "Pay > Allowances\nTravel: free.",
                       "Pay > Allowances\nAsk the office", "Pay > Allowances\nfor a ticket"]
+    # a unit's heading path is its first line, the one rule chunk_units and the shown texts' headings follow
+    assert [heading_line(u) for u in (listed[1], "Plain window text.")] == ["Pay > Allowances", None]
 
 
 def test_unit_choices_show_what_each_rule_picks(mock_encoder):

@@ -130,7 +130,7 @@ class ProbeConfig(_Section):
 class GateConfig(_Section):
     """Declines for the retrieving arms by answer–context agreement, calibrated on development questions (gate.py)."""
     arms: list[Literal[RETRIEVING]]  # type: ignore[valid-type]
-    signals: list[Literal["grounding", "support", "retrieval", "margin"]] = Field(min_length=1)  # gate.SIGNALS
+    signals: list[Literal["grounding", "support", "retrieval", "margin", "rank"]] = Field(min_length=1)  # gate.SIGNALS
     max_declined: float = Field(ge=0, le=1)
     min_questions: int = Field(ge=0)
     min_auroc: float = Field(ge=0, le=1)

@@ -8,6 +8,8 @@ close the text shown is to the question (the cosine under the run's embedder, th
 unanswerable question about a neighbouring topic retrieves text that is near it but not about it. `retrieval` is the
 cosine of the question with the best retrieved chunk, and `margin` how far the best sentence or row of the retrieved
 chunks stands above the runner-up: a question the documents answer tends to find one unit that fits it clearly.
+`rank` is the retrieval rank of the chunk that holds that best unit (0: the first chunk): where the best-fitting
+sentence sits in a lower-ranked chunk, chunk and sentence disagree about what the question is about.
 
 The gate reads the signals in `gate.signals` through a logistic regression fitted, per arm and cross-fitted fold, on
 development questions only to tell answerable from unanswerable ones (`fit`); an arm in `gate.arms` gives the
@@ -161,24 +163,24 @@ def _share(flags: list[bool]) -> float | None:
     return round(float(np.mean(flags)), 4) if flags else None
 
 
-SIGNALS = ("grounding", "support", "retrieval", "margin")  # the row fields `prepare` fills, each a gate may read
+SIGNALS = ("grounding", "support", "retrieval", "margin", "rank")  # the row fields `prepare` fills, each a gate reads
 
 
 def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chunks: dict[str, str] | None = None,
             headed: bool = True, signals=SIGNALS) -> None:
     """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals: its grounding in the
     text it was shown, that text's support (cosine with the question under `encoder`; 0 where none was shown), and,
-    where `signals` asks for them, the retrieval and margin signals from the retrieved chunks' texts (`chunks`: id ->
-    text; 0 where nothing was retrieved or `chunks` is not given; absent where not asked for: they embed every unit of
-    those chunks)."""
+    where `signals` asks for them, the retrieval, margin and rank signals from the retrieved chunks' texts (`chunks`:
+    id -> text; 0 where nothing was retrieved or `chunks` is not given; absent where not asked for: they embed every
+    unit of those chunks)."""
     gated = [r for r in rows if r["arm"] in arms]
-    from_chunks = bool({"retrieval", "margin"} & set(signals))
+    from_chunks = bool({"retrieval", "margin", "rank"} & set(signals))
     for row in gated:
         row.setdefault("ungated_answer", row["answer"])
         row["grounding"] = grounding(row["ungated_answer"], [t for _, t in row["shown"]], row["question"], markers)
         row["support"] = 0.0
         if from_chunks:
-            row["retrieval"] = row["margin"] = 0.0
+            row["retrieval"] = row["margin"] = row["rank"] = 0.0
     shown = [r for r in gated if r["shown"]]
     if shown:
         cosines = (encoder.encode([r["question"] for r in shown])
@@ -193,8 +195,10 @@ def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chun
     vectors = dict(zip(texts, encoder.encode(texts)))  # each chunk and unit embedded once for all rows
     for row, query in zip(found, encoder.encode([r["question"] for r in found])):
         row["retrieval"] = round(float(vectors[chunks[row["retrieved"][0]]] @ query), 4)
-        ranked = sorted((float(vectors[u] @ query) for cid in row["retrieved"] for u in units[cid]), reverse=True)
-        row["margin"] = round(ranked[0] - ranked[1], 4) if len(ranked) > 1 else 0.0
+        ranked = sorted(((float(vectors[u] @ query), rank) for rank, cid in enumerate(row["retrieved"])
+                         for u in units[cid]), key=lambda pair: -pair[0])
+        row["margin"] = round(ranked[0][0] - ranked[1][0], 4) if len(ranked) > 1 else 0.0
+        row["rank"] = float(ranked[0][1]) if ranked else 0.0
 
 
 def apply(rows: list[dict], gates: dict[str, list[dict]], fold_of: dict[str, int], abstain_template: str,

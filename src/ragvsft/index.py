@@ -63,7 +63,7 @@ def chunk_document(path: str, text: str, spans: list[tuple[int, int]], size: int
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$")
-LIST_ITEM = re.compile(r"^([-*+]|\d+[.)])\s")
+LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")  # a list marker and the space after it
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,6 @@ def _sentence_pieces(text: str, start: int, end: int, token_spans, room: int) ->
 
 UNITS = 3  # how chunk_units cuts and writes units (stage keys hold it): 2 writes a table row as "column: value" fields,
 # 3 makes each list item a unit of its own
-LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
 
 
 def _table_cells(line: str) -> list[str]:
@@ -197,6 +196,11 @@ def _row_unit(header: str, row: str) -> str:
     return "; ".join(f"{name}: {value}" if name else value for name, value in zip(names, values))
 
 
+def heading_line(text: str) -> str | None:
+    """The heading path that leads a section chunk or one of its units: the first line of a text of several lines."""
+    return text.split("\n", 1)[0] if "\n" in text else None
+
+
 def chunk_units(text: str, headed: bool) -> list[str]:
     """A chunk's sentences, list items and table rows, each led by the chunk's heading line (when `headed`); a row is
     written as its table's column names with its values (`_row_unit`), an item without its list marker: small pieces
@@ -204,7 +208,7 @@ def chunk_units(text: str, headed: bool) -> list[str]:
     one unit ("- Uniform allowance: 240 pounds per year, paid in March. - Overnight allowance: ..."), since a list
     marker does not start a sentence; 39 of the shipped corpus's 247 chunks hold a list."""
     lines = text.split("\n")
-    head = lines.pop(0) if headed and len(lines) > 1 else ""
+    head = lines.pop(0) if headed and heading_line(text) is not None else ""
     units, header, paragraphs = [], None, [[]]
     for line in (line.strip() for line in lines):
         if line.startswith("|"):

@@ -22,7 +22,7 @@ from .catalogue import ARMS, contrast_weight, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .finetune import arm_models
-from .index import Encoder, Gold, Index, contexts, retrieval_metrics
+from .index import Encoder, Gold, Index, contexts, heading_line, retrieval_metrics
 from .reader import HEAD_THRESHOLD, load_heads
 from .score import follows_style, hedged, names_answer, verdict
 
@@ -95,7 +95,7 @@ def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, 
 def _headings(shown: list[tuple[str, str]]) -> tuple[str, ...]:
     """The heading paths that lead the texts shown (the first line of a section chunk or of one of its units), each
     once."""
-    return tuple(dict.fromkeys(text.split("\n", 1)[0] for _, text in shown if "\n" in text))
+    return tuple(dict.fromkeys(head for _, text in shown if (head := heading_line(text)) is not None))
 
 
 def evaluate_retrieval(index: Index, encoder: Encoder, gold: dict[str, Gold], questions: list[Question], k: int) -> dict:

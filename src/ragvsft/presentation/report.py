@@ -99,7 +99,8 @@ def selective_rows(results: dict) -> list[dict]:
 SIGNAL_WORDS = {"grounding": "how much of the answer the text shown holds",
                 "support": "how close the text shown is to the question",
                 "retrieval": "how close the best retrieved chunk is to the question",
-                "margin": "how far the best retrieved sentence or row stands above the runner-up"}
+                "margin": "how far the best retrieved sentence or row stands above the runner-up",
+                "rank": "the retrieval rank of the chunk that holds the best sentence or row"}
 
 
 def gate_rows(results: dict) -> list[dict]:
