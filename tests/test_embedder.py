@@ -166,6 +166,13 @@ def test_development_data_never_holds_a_scored_probe_question_or_an_unanswerable
         assert tuned and not tuned & scored and not tuned & unanswerable, profile
         if development:  # the probe's question style does reach the embedder, through facts nobody scores
             assert {normalize(q) for f in development for q in f.probe_questions} <= tuned
+            # tune_development: train, the development facts tuned on as the scored ones are: train questions only
+            pairs, validation = tuning_pairs(sample, chunks, True, True, development, probes=False)
+            as_scored = {normalize(p.question) for p in pairs}
+            probes = {normalize(q) for f in (*sample.facts, *development) for q in f.probe_questions}
+            assert not as_scored & probes and not as_scored & unanswerable
+            assert {normalize(q) for f in development for q in f.train_questions[1:]} <= as_scored
+            assert {q for q, _ in validation} == {f.train_questions[0] for f in (*sample.facts, *development)}
 
 
 def test_each_distinct_text_is_embedded_once_and_served_in_the_order_asked():

@@ -51,7 +51,7 @@ class IndexConfig(_Section):
     context_units: int | None = Field(ge=1, le=50)
     tune_embedder: bool
     tune_units: bool
-    tune_development: bool
+    tune_development: bool | Literal["train"]  # embedder.tuning_pairs: false, train (as scored facts), true
     tune_negatives: bool
     tune_epochs: int = Field(ge=1, le=50)
     tune_learning_rate: float = Field(gt=0)

@@ -59,25 +59,27 @@ class Pair(NamedTuple):
 
 
 def tuning_pairs(sample: Corpus, chunks: list[Chunk], units: bool = False, headed: bool = True,
-                 development: tuple = ()) -> tuple[list[Pair], list[tuple[str, set[str]]]]:
+                 development: tuple = (), probes: bool = True) -> tuple[list[Pair], list[tuple[str, set[str]]]]:
     """Training pairs (question -> gold chunk) from every train question but each fact's first, and (first train
     question, gold chunk ids) for validation. With `units`, each such question also gets its evidence unit (the first
     sentence or table row of its gold chunks that names the answer, as `index.chunk_units` cuts them) as a second pair
     under the same chunk id: the embedder learns to rank the unit a reader is shown, not only the chunk.
-    `development`: facts the run does not score (development data), whose train and probe questions all become pairs
-    too: they bring the probe's question style, and no scored fact's probe question is among them."""
+    `development`: facts the run does not score (development data). With `probes`, all their train and probe
+    questions become pairs too: they bring the probe's question style, and no scored fact's probe question is among
+    them. Without, they are tuned on exactly as the scored facts are (train questions only, the first held back), so
+    that a development probe question meets the tuned embedder as a scored one does."""
     gold = gold_chunk_map((*sample.facts, *development), chunks, sample.documents)
     text = {c.id: c.text for c in chunks}
     pairs, validation = [], []
-    asked = [(fact, True) for fact in sample.facts] + [(fact, False) for fact in development]
-    for fact, scored in asked:
+    asked = [(fact, True) for fact in sample.facts] + [(fact, not probes) for fact in development]
+    for fact, as_scored in asked:
         ids = sorted(gold[fact.id].ids)
         if not ids:
             continue
-        if scored:
+        if as_scored:
             validation.append((fact.train_questions[0], set(ids)))
         answers, gold_ids = tuple(fact.gold), frozenset(ids)
-        for question in (fact.train_questions[1:] if scored else (*fact.train_questions, *fact.probe_questions)):
+        for question in (fact.train_questions[1:] if as_scored else (*fact.train_questions, *fact.probe_questions)):
             pairs.append(Pair(question, text[ids[0]], ids[0], answers, gold_ids))
             evidence = next(((cid, unit) for cid in ids if (unit := evidence_unit([text[cid]], list(fact.gold), question,
                                                                                   headed))), None) if units else None

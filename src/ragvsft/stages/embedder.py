@@ -19,7 +19,8 @@ def inputs(cfg: Config, corpus: Corpus, sample: Corpus, encoder: Encoder, embedd
     the chunks only: embedding them is left to the stage when it tunes."""
     chunks = chunk_corpus(corpus, encoder, cfg.index.chunk_tokens, cfg.index.chunk_overlap, cfg.index.chunking)
     development = development_facts(corpus, sample) if cfg.index.tune_development else ()
-    pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development)
+    pairs, validation = tuning_pairs(sample, chunks, cfg.index.tune_units, cfg.index.headed, development,
+                                     probes=cfg.index.tune_development is True)
     settings = {k: getattr(cfg.index, k) for k in ("tune_epochs", "tune_learning_rate", "tune_batch_size")}
     settings["precision"] = cfg.finetune.precision  # the embedder trains in the run's training precision
     if cfg.index.tune_negatives:  # mined from the untuned embedder and these chunks: the key holds what decides them
