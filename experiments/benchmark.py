@@ -52,6 +52,7 @@ BARS = {"quick": 300, "full": 1200, "harbourline": 300}  # seconds: the bars of 
 PROFILES = ("quick", "full", "update", "harbourline")
 # Profiles that run the quick profile unchanged on another corpus in the documented format.
 OTHER_CORPORA = {"harbourline": "experiments/corpora/harbourline"}
+RAGVSFT = str(Path(sys.executable).with_name("ragvsft"))  # the command of this environment, whatever PATH says
 
 
 def profile_command(verb: str, name: str) -> list[str]:
@@ -66,7 +67,7 @@ def timed_command(verb: str, name: str) -> tuple[Path, float, float]:
     in seconds without a line of output, start and end included: what a workshop sees as a silent wait)."""
     out = REPO / "runs" / f"bench-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command(verb, name), "--out", str(out)]
+    command = [RAGVSFT, *profile_command(verb, name), "--out", str(out)]
     began = time.perf_counter()
     last, silence, after, line = began, 0.0, "(start)", "(start)"
     console = []  # each line with the seconds since the start: runs/bench-NAME.log, to find a silent stretch
@@ -134,7 +135,7 @@ def rerun_check(folder: str, setting: str, labels: tuple[str, str]) -> dict:
     change is reused by the stage keys, the rest is computed again; verdicts, accuracies and speed compared, under
     `labels` (the benchmark run's, the rerun's)."""
     source, out = copy_of_quick_run(folder)
-    command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+    command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                "--set", setting]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     folders = dict(zip(labels, (source, out)))
@@ -217,7 +218,7 @@ def gate_check() -> dict:
     source, out = copy_of_quick_run("bench-quick-gate")
     rows = []
     for signals in GATE_SIGNALS:
-        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                    "--set", f"gate.signals=[{','.join(signals)}]"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         results = json.loads((out / "results.json").read_text())
@@ -297,7 +298,7 @@ def sweep() -> list[dict]:
         name = "-".join(f"{k.split('.')[-1]}{v:g}" for k, v in setting.items())
         out = REPO / "runs" / "sweep" / name
         shutil.rmtree(out, ignore_errors=True)
-        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                    "--set", "probe.arms=[lora]", "--set", "probe.sets=[seen, heldout]", "--set", "finetune.curve_points=0"]
         command += [arg for k, v in setting.items() for arg in ("--set", f"{k}={v}")]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -329,7 +330,7 @@ def reader_sweep() -> list[dict]:
     rows = []
     for i, setting in enumerate(READER_SWEEP):
         out = REPO / "runs" / "reader-sweep" / str(i)  # kept between calls: an unchanged setting reuses its stages
-        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                    "--set", "probe.arms=[rag, raft]"]
         command += [arg for k, v in setting.items() for arg in ("--set", f"{k}={'null' if v is None else v}")]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -361,7 +362,7 @@ def small_corpus_check() -> list[dict]:
     for min_steps in (None, 0):
         out = REPO / "runs" / f"small-corpus-{'default' if min_steps is None else min_steps}"
         shutil.rmtree(out, ignore_errors=True)
-        command = [str(Path(sys.executable).with_name("ragvsft")), *profile_command("run", "harbourline"),
+        command = [RAGVSFT, *profile_command("run", "harbourline"),
                    "--out", str(out), "--set", f"subset.facts={SMALL_CORPUS['facts']}",
                    "--set", f"finetune.questions_per_fact={SMALL_CORPUS['questions_per_fact']}",
                    "--set", "probe.arms=[lora]", "--set", "probe.sets=[seen,heldout]",
@@ -386,7 +387,7 @@ def context_sweep() -> list[dict]:
 
     rows, out = [], REPO / "runs" / "context-sweep"  # one folder: the index is built once and reused
     for units in CONTEXT_UNITS:
-        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                    "--set", "subset.facts=null", "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]",
                    "--set", "index.tune_embedder=false", "--set", f"index.context_units={'null' if units is None else units}"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -419,7 +420,7 @@ def development_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
     markers = list(load_corpus(REPO / "corpus").style.markers)
     rows, out = [], REPO / "runs" / f"{setting.replace('_', '-')}-sweep"  # one folder: embedder, index computed once
     for value in values:
-        command = [str(Path(sys.executable).with_name("ragvsft")), "run", "experiments/quick.yaml", "--out", str(out),
+        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
                    "--set", f"probe.arms=[{arm}]", "--set", "probe.sets=[seen]", "--set", f"probe.{setting}={value}"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         developed = [json.loads(line) for line in (out / "development.jsonl").read_text().splitlines()]

@@ -260,3 +260,16 @@ def test_a_sampled_run_calibrates_its_gate_on_development_questions_it_never_sco
         assert ("ungated_answer" in row) == (row["arm"] in figures)
         if row.get("gated"):
             assert row["answer"] == load_corpus(corpus).style.abstain_template != row["ungated_answer"]
+
+
+def test_the_config_and_the_report_know_every_gate_signal():
+    """gate.SIGNALS, the config's accepted `gate.signals` and the report's words for them are three lists kept in
+    step by hand (config cannot import gate without faiss): a signal added to one and not the others fails here."""
+    from typing import get_args
+
+    from ragvsft.config import GateConfig
+    from ragvsft.presentation.report import SIGNAL_WORDS
+
+    accepted = get_args(get_args(GateConfig.model_fields["signals"].annotation)[0])
+    assert set(accepted) == set(gate.SIGNALS) == set(SIGNAL_WORDS)
+    assert set(gate.FROM_CHUNKS) < set(gate.SIGNALS)

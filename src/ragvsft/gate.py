@@ -164,6 +164,7 @@ def _share(flags: list[bool]) -> float | None:
 
 
 SIGNALS = ("grounding", "support", "retrieval", "margin", "rank")  # the row fields `prepare` fills, each a gate reads
+FROM_CHUNKS = ("retrieval", "margin", "rank")  # the signals read from the retrieved chunks' units (embedding them all)
 
 
 def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chunks: dict[str, str] | None = None,
@@ -174,13 +175,13 @@ def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chun
     id -> text; 0 where nothing was retrieved or `chunks` is not given; absent where not asked for: they embed every
     unit of those chunks)."""
     gated = [r for r in rows if r["arm"] in arms]
-    from_chunks = bool({"retrieval", "margin", "rank"} & set(signals))
+    from_chunks = bool(set(FROM_CHUNKS) & set(signals))
     for row in gated:
         row.setdefault("ungated_answer", row["answer"])
         row["grounding"] = grounding(row["ungated_answer"], [t for _, t in row["shown"]], row["question"], markers)
         row["support"] = 0.0
         if from_chunks:
-            row["retrieval"] = row["margin"] = row["rank"] = 0.0
+            row.update(dict.fromkeys(FROM_CHUNKS, 0.0))
     shown = [r for r in gated if r["shown"]]
     if shown:
         cosines = (encoder.encode([r["question"] for r in shown])
