@@ -64,6 +64,21 @@ def test_bad_cli_override():
         parse_overrides(["no-equals-sign"])
 
 
+def test_a_bad_value_of_a_key_with_several_types_is_one_problem_at_its_own_line(tmp_path):
+    """index.tune_development takes a boolean or "train": pydantic reports each branch with a tag after the key
+    ("...bool", "...literal['train']"), which once sent the message to defaults.yaml's line, twice."""
+    exp = tmp_path / "e.yaml"
+    exp.write_text("index:\n  k: 3\n  tune_development: sometimes\n")
+    with pytest.raises(InputError) as exc:
+        load_config(exp)
+    assert exc.value.problems == [f"{exp}:3: Input should be a valid boolean, unable to interpret input or input "
+                                  "should be 'train': 'index.tune_development'"]
+    with pytest.raises(InputError) as exc:
+        load_config(None, ["index.tune_development=sometimes"])
+    assert len(exc.value.problems) == 1 and exc.value.problems[0].startswith("--set: ")
+    assert exc.value.problems[0].endswith(": 'index.tune_development'")
+
+
 def test_invalid_yaml_names_line(tmp_path):
     exp = tmp_path / "e.yaml"
     exp.write_text("subset:\n  facts: [1, 2\n")

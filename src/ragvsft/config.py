@@ -276,16 +276,19 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None, swe
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems: dict[tuple[str, str], list[str]] = {}  # (where, key) -> messages: a union's branches share a key
         for error in exc.errors():
             loc = tuple(str(x) for x in error["loc"] if not isinstance(x, int))
+            if error["type"] != "missing":  # a union's branch tags ("bool", "literal['train']") name no key: cut them
+                loc = next(loc[:depth] for depth in range(len(loc), -1, -1) if _has_path(data, loc[:depth]))
             key = ".".join(loc) or "(top level)"
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
             where = "--set" if _has_path(cli, loc) else None
             if where is None:
                 where = _locate(sources, loc)
-            problems.append(f"{where}: {message}: '{key}'")
-        raise InputError(problems) from None
+            problems.setdefault((where, key), []).append(message)
+        raise InputError([f"{where}: {' or '.join(m[:1].lower() + m[1:] if i else m for i, m in enumerate(messages))}: "
+                          f"'{key}'" for (where, key), messages in problems.items()]) from None
 
 
 def _experiment_files(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, tuple[dict, dict]]]:
