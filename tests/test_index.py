@@ -6,7 +6,7 @@ import pytest
 
 from ragvsft.corpus import load_corpus
 from ragvsft.corpus import Fact
-from ragvsft.index import UNIT_CHOICES, _joined, Chunk, heading_line, Index, chunk_document, unit_choices, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
+from ragvsft.index import UNIT_CHOICES, UnitQuestions, _joined, Chunk, unit_questions, evidence_unit, heading_line, Index, chunk_document, unit_choices, chunk_sections, chunk_units, document_blocks, select_units, gold_chunk_map, gold_chunks, retrieval_metrics
 
 
 def test_chunks_overlap_and_cover_the_document(mock_encoder):
@@ -88,8 +88,10 @@ def test_units_keep_heading_and_table_header(mock_encoder):
     ragged = chunk_units("Fleet\n| Vessel | Built |\n|---|---|\n| MV Tern | 2015 | 74 m |", headed=True)
     assert ragged == ["Fleet\n| Vessel | Built |\n| MV Tern | 2015 | 74 m |"]
     # each list item is a unit of its own, without its marker (no sentence starts at "- "); a blank line ends a paragraph
-    listed = chunk_units("Pay > Allowances\nAllowances are paid\n- Uniform: 240 pounds per year.\n- Overnight: 38 pounds."
-                         "\n2) Travel: free. Ask the office\n\nfor a ticket", headed=True)
+    # an item's wrapped lines stay with it (cut there, "least six months in advance." was shown alone); a "---" rule
+    # is no unit
+    listed = chunk_units("Pay > Allowances\nAllowances are paid\n- Uniform: 240 pounds per year.\n- Overnight: 38\n"
+                         "  pounds.\n2) Travel: free. Ask the office\n\n---\nfor a ticket", headed=True)
     assert listed == ["Pay > Allowances\nAllowances are paid", "Pay > Allowances\nUniform: 240 pounds per year.",
                       "Pay > Allowances\nOvernight: 38 pounds.", "Pay > Allowances\nTravel: free.",
                       "Pay > Allowances\nAsk the office", "Pay > Allowances\nfor a ticket"]
@@ -101,7 +103,9 @@ def test_unit_choices_show_what_each_rule_picks(mock_encoder):
     first = Chunk("a#0", "a.md", 0, 1, "Leave\nSick leave needs a doctor's note. From the fourth day the note is due.")
     second = Chunk("b#0", "b.md", 0, 1, "Rules\n| Item | Limit |\n|---|---|\n| Doctor note | fourth sick day |\n| Hotel | 155 euros |")
     query = "When is a doctor's note due for sick leave?"
-    shown = unit_choices(mock_encoder, [query], [[(first, 0.2), (second, 0.9)]], headed=True)
+    # a train question attached to the hotel row, worded as the query: the bank lifts that row above the others
+    bank = UnitQuestions({"Rules\nItem: Hotel; Limit: 155 euros": (query,)}, 2.0)
+    shown = unit_choices(mock_encoder, [query], [[(first, 0.2), (second, 0.9)]], headed=True, bank=bank)
     assert set(shown) == set(UNIT_CHOICES)
     cosine = {u: float(mock_encoder.encode([u])[0] @ mock_encoder.encode([query])[0])
               for c in (first, second) for u in chunk_units(c.text, True)}
@@ -112,11 +116,32 @@ def test_unit_choices_show_what_each_rule_picks(mock_encoder):
     assert shown["whole chunks"] == [[first.text, second.text]]
     # The chunk's score lifts the second chunk's units above the first's.
     assert shown["best unit, chunk score added"][0][0].startswith("Rules\n")
+    assert best != "Rules\nItem: Hotel; Limit: 155 euros"
+    assert shown["best unit, train questions attached"] == [["Rules\nItem: Hotel; Limit: 155 euros"]]
+    picked = select_units(mock_encoder, [query], [[(first.id, first.text), (second.id, second.text)]], 1, True, bank)
+    assert picked == [[("b#0", "Rules\nItem: Hotel; Limit: 155 euros")]]
+    assert select_units(mock_encoder, [query], [[(second.id, second.text)]], 1, True, UnitQuestions({}, 0.5)) == \
+        select_units(mock_encoder, [query], [[(second.id, second.text)]], 1, True)  # no question attached: cosine
     # The unit before is joined under one heading line (and, for a row, one table header).
     assert _joined("Rules\n| Item | Limit |\n| A | 1 |", "Rules\n| Item | Limit |\n| B | 2 |") == \
         "Rules\n| Item | Limit |\n| A | 1 |\n| B | 2 |"
     assert _joined("Leave\nOne.", "Leave\nTwo.") == "Leave\nOne.\nTwo."
-    assert unit_choices(mock_encoder, ["q"], [[]], headed=True)["best unit"] == [[]]
+    assert unit_choices(mock_encoder, ["q"], [[]], headed=True, bank=bank)["best unit"] == [[]]
+
+
+def test_unit_questions_attach_every_train_question_to_its_evidence_unit(toy_corpus, mock_encoder):
+    corpus = load_corpus(toy_corpus)
+    index = Index.build(corpus, mock_encoder, size=40, overlap=0)
+    bank = unit_questions(corpus.facts, index.chunks, corpus.documents, True, 0.5)
+    gold = gold_chunk_map(corpus.facts, index.chunks, corpus.documents)
+    text = {c.id: c.text for c in index.chunks}
+    for fact in corpus.facts:
+        for question in fact.train_questions:
+            unit = evidence_unit([text[c] for c in sorted(gold[fact.id].ids)], list(fact.gold), question, True)
+            assert unit is None or question in bank.by_unit[unit]
+    attached = [q for qs in bank.by_unit.values() for q in qs]
+    assert attached and len(attached) == len(set(attached))
+    assert not {q for f in corpus.facts for q in f.probe_questions} & set(attached)  # probe questions never
 
 
 def test_search_finds_the_document_with_the_keywords(toy_corpus, mock_encoder):

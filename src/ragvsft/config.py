@@ -49,6 +49,7 @@ class IndexConfig(_Section):
     k: int = Field(ge=1, le=20)
     retriever: Literal["dense", "bm25", "hybrid"]
     context_units: int | None = Field(ge=1, le=50)
+    unit_questions: float = Field(ge=0, le=10)  # index.UnitQuestions.weight
     tune_embedder: bool
     tune_units: bool
     tune_development: bool | Literal["train"]  # embedder.tuning_pairs: false, train (as scored facts), true

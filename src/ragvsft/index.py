@@ -176,8 +176,9 @@ def _sentence_pieces(text: str, start: int, end: int, token_spans, room: int) ->
     return [(start + a, start + a + len(body[a:b].rstrip())) for a, b in pieces]
 
 
-UNITS = 3  # how chunk_units cuts and writes units (stage keys hold it): 2 writes a table row as "column: value" fields,
-# 3 makes each list item a unit of its own
+UNITS = 4  # how chunk_units cuts and writes units (stage keys hold it): 2 writes a table row as "column: value" fields,
+# 3 makes each list item a unit of its own, 4 keeps an item's wrapped lines with it and drops "---" rules
+THEMATIC_BREAK = re.compile(r"^(?:-{3,}|\*{3,}|_{3,})$")
 
 
 def _table_cells(line: str) -> list[str]:
@@ -217,7 +218,9 @@ def chunk_units(text: str, headed: bool) -> list[str]:
             elif not TABLE_RULE.match(line):
                 units.append("\n".join(x for x in (head, _row_unit(header, line)) if x))
         elif item := LIST_ITEM.match(line):
-            paragraphs += [[line[item.end():]], []]  # an item is a paragraph of its own
+            paragraphs.append([line[item.end():]])  # an item starts a paragraph of its own; its wrapped lines follow
+        elif THEMATIC_BREAK.match(line):
+            paragraphs.append([])  # a "---" rule separates; it is no sentence to show
         elif line:
             paragraphs[-1].append(line)
         else:
@@ -227,11 +230,48 @@ def chunk_units(text: str, headed: bool) -> list[str]:
     return units
 
 
+@dataclass(frozen=True)
+class UnitQuestions:
+    """The fine-tuning set's questions, each attached to the sentence or row that names its answer (its evidence unit,
+    as RAFT finds its oracle passage): a unit is then chosen by its cosine with the question plus `weight` x the
+    highest cosine of a question attached to it (document expansion by queries, Nogueira et al. 2019, "doc2query").
+    Why: a probe question is a paraphrase of its fact's train questions, and MiniLM matches a paraphrase to a question
+    better than to the sentence that answers it. Units no train question names are chosen by their cosine alone."""
+    by_unit: dict[str, tuple[str, ...]]
+    weight: float
+
+
+def unit_questions(facts, chunks: list[Chunk], documents, headed: bool, weight: float) -> UnitQuestions:
+    """Every train question of `facts` attached to its evidence unit (`evidence_unit`, over its fact's gold chunks);
+    a question whose gold chunks name its answer in no unit is left out."""
+    text = {c.id: c.text for c in chunks}
+    gold = gold_chunk_map(facts, chunks, documents)
+    by_unit: dict[str, list[str]] = {}
+    for fact in facts:
+        texts = [text[c] for c in sorted(gold[fact.id].ids)]
+        for question in fact.train_questions:
+            if unit := evidence_unit(texts, list(fact.gold), question, headed):
+                by_unit.setdefault(unit, []).append(question)
+    return UnitQuestions({unit: tuple(qs) for unit, qs in by_unit.items()}, weight)
+
+
+def _attached_similarity(encoder: Encoder, queries: np.ndarray, units: list[str], bank: UnitQuestions) -> np.ndarray:
+    """[query, unit]: the highest cosine of the query with a train question attached to the unit (0 where none)."""
+    attached = [(i, q) for i, unit in enumerate(units) for q in bank.by_unit.get(unit, ())]
+    best = np.zeros((len(queries), len(units)), dtype=np.float32)
+    if attached:
+        cosines = queries @ encoder.encode([q for _, q in attached]).T
+        for column, (i, _) in enumerate(attached):
+            best[:, i] = np.maximum(best[:, i], cosines[:, column])
+    return best
+
+
 def select_units(encoder: Encoder, questions: list[str], contexts: list[list[tuple[str, str]]], n: int,
-                 headed: bool) -> list[list[tuple[str, str]]]:
-    """For each question, the `n` sentences or table rows of its retrieved chunks most similar to it (cosine), best
-    first, as (source chunk id, unit text). Adding the cosine of the unit's whole chunk to its score was measured
-    and bought nothing once the embedder is tuned on units (index.tune_units)."""
+                 headed: bool, bank: UnitQuestions | None = None) -> list[list[tuple[str, str]]]:
+    """For each question, the `n` sentences or table rows of its retrieved chunks most similar to it (cosine, plus
+    the weighted similarity of the train questions attached to each unit where `bank` is given), best first, as
+    (source chunk id, unit text). Adding the cosine of the unit's whole chunk to its score was measured and bought
+    nothing once the embedder is tuned on units (index.tune_units)."""
     flat = [(qi, cid, unit) for qi, context in enumerate(contexts) for cid, text in context
             for unit in chunk_units(text, headed)]
     out: list[list[tuple[str, str]]] = [[] for _ in questions]
@@ -243,6 +283,9 @@ def select_units(encoder: Encoder, questions: list[str], contexts: list[list[tup
     units = encoder.encode(distinct)[[position[u] for _, _, u in flat]]
     queries = encoder.encode(questions)
     scores = (units * queries[[qi for qi, _, _ in flat]]).sum(axis=1)
+    if bank and bank.weight:
+        attached = _attached_similarity(encoder, queries, distinct, bank)
+        scores = scores + bank.weight * attached[[qi for qi, _, _ in flat], [position[u] for _, _, u in flat]]
     for i in sorted(range(len(flat)), key=lambda i: -scores[i]):
         qi, cid, unit = flat[i]
         if len(out[qi]) < n:
@@ -256,6 +299,8 @@ UNIT_CHOICES = {  # how a reader's text is chosen from the top-k chunks; the nam
     "best unit and the one before it": "the best unit led by the sentence or row before it in its chunk",
     "best unit of the first chunk": "the most similar unit of the best-ranked chunk only",
     "best unit, chunk score added": "unit cosine plus its chunk's retrieval score",
+    "best unit, train questions attached": "unit cosine plus the weighted cosine of the train questions whose answer "
+                                           "it names (index.unit_questions), what a weight above 0 shows",
     "whole chunks": "the k chunks whole: the ceiling of any choice of units",
 }
 
@@ -268,9 +313,10 @@ def _joined(before: str, unit: str) -> str:
 
 
 def unit_choices(encoder: Encoder, queries: list[str], chunks: list[list[tuple[Chunk, float]]],
-                 headed: bool) -> dict[str, list[list[str]]]:
+                 headed: bool, bank: UnitQuestions) -> dict[str, list[list[str]]]:
     """What each way of choosing units (UNIT_CHOICES) would show for each query, given its top-k (chunk, score)
-    pairs: the texts only, for measuring context recall side by side (`retrieval.unit_choices`)."""
+    pairs and the train questions attached to units (`bank`): the texts only, for measuring context recall side by
+    side (`retrieval.unit_choices`)."""
     candidates = [[(rank, score, j, units) for rank, (chunk, score) in enumerate(row)
                    for units in [chunk_units(chunk.text, headed)] for j in range(len(units))] for row in chunks]
     distinct = list(dict.fromkeys(units[j] for row in candidates for *_, j, units in row))
@@ -278,8 +324,10 @@ def unit_choices(encoder: Encoder, queries: list[str], chunks: list[list[tuple[C
         return {name: [[] for _ in queries] for name in UNIT_CHOICES}
     vectors = dict(zip(distinct, encoder.encode(distinct)))
     queried = encoder.encode(queries)
+    attached = _attached_similarity(encoder, queried, distinct, bank)
+    column = {unit: i for i, unit in enumerate(distinct)}
     out: dict[str, list[list[str]]] = {name: [] for name in UNIT_CHOICES}
-    for row, query, hits in zip(candidates, queried, chunks):
+    for qi, (row, query, hits) in enumerate(zip(candidates, queried, chunks)):
         out["whole chunks"].append([chunk.text for chunk, _ in hits])
         if not row:
             for name in UNIT_CHOICES:
@@ -297,14 +345,17 @@ def unit_choices(encoder: Encoder, queries: list[str], chunks: list[list[tuple[C
         combined = cosine + np.array([score for _, score, *_ in row])
         best = int(np.argmax(combined))
         out["best unit, chunk score added"].append([row[best][3][row[best][2]]])
+        expanded = cosine + bank.weight * np.array([attached[qi, column[units[j]]] for *_, j, units in row])
+        best = int(np.argmax(expanded))
+        out["best unit, train questions attached"].append([row[best][3][row[best][2]]])
     return out
 
 
 def contexts(chunks: list[list[Chunk]], encoder: Encoder, queries: list[str], units: int | None,
-             headed: bool) -> list[list[tuple[str, str]]]:
+             headed: bool, bank: UnitQuestions | None = None) -> list[list[tuple[str, str]]]:
     """What a reader is shown for each query: its chunks whole, or with `units` the best sentences/rows of them."""
     whole = [[(c.id, c.text) for c in row] for row in chunks]
-    return whole if units is None else select_units(encoder, queries, whole, units, headed)
+    return whole if units is None else select_units(encoder, queries, whole, units, headed, bank)
 
 
 def chunk_corpus(corpus: Corpus, encoder: Encoder, size: int, overlap: int, chunking: str = "section") -> list[Chunk]:

@@ -24,7 +24,7 @@ from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl, require_complete_run
-from .index import Index, evidence_units
+from .index import Index, evidence_units, unit_questions
 from .embedder import run_encoder
 from .models import load_lm, resolve_adapters, resolve_device
 from . import gate
@@ -93,6 +93,12 @@ class Session:
         """The rag arm's worked reading examples' units (index.evidence_units), read off the run's index once."""
         return evidence_units(self.corpus.facts, self.index.chunks, self.corpus.documents, self.config.index.headed)
 
+    @functools.cached_property
+    def bank(self):
+        """The train questions attached to units (index.UnitQuestions): every fact's, as the run's probe had them."""
+        corpus, index = load_corpus(self.config.corpus), self.config.index
+        return unit_questions(corpus.facts, self.index.chunks, corpus.documents, index.headed, index.unit_questions)
+
     @property
     def arms(self) -> list[str]:
         return [a for a in self.config.probe.arms if model_of(a) in self.models]
@@ -111,7 +117,8 @@ class Session:
         probe_question = self.known.get(normalize(question))
         asked = probe_question or Question("live", "live/0", question, None, ())
         index = self.config.index
-        retrieved = retrieve(self.index, self.encoder, [asked], index.k, index.context_units, index.headed)
+        retrieved = retrieve(self.index, self.encoder, [asked], index.k, index.context_units, index.headed,
+                             bank=self.bank)
         cfg = self.config.probe.model_copy(update={"arms": arms or self.arms, "batch_size": 1})
         folds = self.reader_folds if "reader" in self.models else None
         route = {asked.qid: fold_of_question(asked.qid, asked.fact_id, folds)} if folds else None

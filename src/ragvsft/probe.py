@@ -22,7 +22,7 @@ from .catalogue import ARMS, contrast_weight, model_of
 from .config import ProbeConfig
 from .corpus import Corpus
 from .finetune import arm_models
-from .index import Encoder, Gold, Index, contexts, heading_line, retrieval_metrics
+from .index import Encoder, Gold, Index, UnitQuestions, contexts, heading_line, retrieval_metrics
 from .reader import HEAD_THRESHOLD, load_heads
 from .score import follows_style, hedged, names_answer, verdict
 
@@ -74,11 +74,13 @@ HIDDEN_DEPTH = 20  # chunks searched beyond k for a question whose answer's chun
 
 
 def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, units: int | None = None,
-             headed: bool = True, hidden: dict[str, tuple[str, ...]] | None = None) -> dict[str, Context]:
+             headed: bool = True, hidden: dict[str, tuple[str, ...]] | None = None,
+             bank: UnitQuestions | None = None) -> dict[str, Context]:
     """qid -> the top-k chunks retrieved for every question and what the retrieving arms are shown: those chunks
     whole, or with `units` their best sentences/table rows as (source chunk id, unit text) (`index.context_units`).
     `hidden`: qid -> answers; that question's top k are the best chunks that name none of them (a silenced
-    development question, stages/probe.silenced_questions)."""
+    development question, stages/probe.silenced_questions). `bank`: the train questions attached to units, which
+    choose them with their cosine (index.UnitQuestions)."""
     hidden = hidden or {}
     found: dict[str, list] = {}
     # The others are searched exactly as without silenced questions (a deeper search may order ties otherwise).
@@ -89,7 +91,7 @@ def retrieve(index: Index, encoder: Encoder, questions: list[Question], k: int, 
                             if q.qid not in hidden or not names_answer([c.text], list(hidden[q.qid]))]
     texts, hits = [q.question for q in questions], [found[q.qid][:k] for q in questions]
     return {q.qid: Context(tuple(c.id for c in row), tuple(context), _headings(context) if headed else ())
-            for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed))}
+            for q, row, context in zip(questions, hits, contexts(hits, encoder, texts, units, headed, bank))}
 
 
 def _headings(shown: list[tuple[str, str]]) -> tuple[str, ...]:

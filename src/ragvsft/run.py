@@ -142,10 +142,11 @@ def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> d
     development = probe.development_questions(cfg, corpus, sample)
     hidden = probe.hidden_answers(corpus, development)
     evidence = evidence_units(sample.facts, chunks.chunks, corpus.documents, cfg.index.headed)
+    bank = probe.question_bank(cfg, corpus, chunks.chunks)
     for arm in arms:
         asked = questions + (development if arm in cfg.gated_arms else [])
         keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, asked, index_key, keys["finetune"],
-                                             keys["reader"], evidence, hidden)
+                                             keys["reader"], evidence, hidden, bank)
     if cfg.update.enabled:
         earlier = {"index": index_key, "finetune": keys["finetune"], "reader": keys["reader"]}
         keys["update"] = update.update_key(cfg, corpus, changed_questions(questions, sample), earlier, hashes["lm"])

@@ -13,7 +13,7 @@ from ..catalogue import ARMS, contrast_weight, model_of, uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
-from ..index import Encoder, Index, evidence_units
+from ..index import Encoder, Index, UnitQuestions, evidence_units, unit_questions
 from ..probe import Question, development_facts, retrieve, run_models, run_probe
 from ..reader import fold_count, fold_of_question
 from .cache import Run
@@ -23,9 +23,15 @@ from .reader import ReaderPlan
 ROWS_VERSION = 2
 
 
+def question_bank(cfg: Config, corpus: Corpus, chunks: list) -> UnitQuestions:
+    """The train questions attached to the units that name their answers (index.UnitQuestions), every fact's: the
+    development facts' too, so that a development question is shown a unit chosen as a scored one's is."""
+    return unit_questions(corpus.facts, chunks, corpus.documents, cfg.index.headed, cfg.index.unit_questions)
+
+
 def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,
             reader_key: str | None = None, evidence: dict[str, str] | None = None,
-            hidden: dict[str, tuple[str, ...]] | None = None) -> str:
+            hidden: dict[str, tuple[str, ...]] | None = None, bank: UnitQuestions | None = None) -> str:
     """Exactly what generating one arm's answers reads (as the catalogue declares it): a changed statistic, alias or
     style marker only re-scores."""
     # The device only where it is not the CPU: an accelerator's arithmetic differs slightly; CPU keys stay as they were.
@@ -53,6 +59,8 @@ def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list
             inputs["plausibility"] = cfg.probe.contrast_plausibility
     if arm in RAG_ARMS:
         inputs |= {"index": index_key, "k": cfg.index.k, "context_units": cfg.index.context_units}
+        if bank and bank.weight:  # absent at 0: answers shown units by their cosine alone stay valid
+            inputs["unit_questions"] = [bank.weight, sorted([u, list(qs)] for u, qs in bank.by_unit.items())]
         mine = {q.qid: list(hidden[q.qid]) for q in questions if hidden and q.qid in hidden}
         if mine:  # what a silenced question is not shown follows its fact's answers
             inputs["hidden"] = mine
@@ -130,8 +138,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
     hidden = hidden_answers(corpus, development)
     asked = {arm: questions + (development if arm in cfg.gated_arms else []) for arm in cfg.probe.arms}
     evidence = evidence_units(sample.facts, index.chunks, corpus.documents, cfg.index.headed)
+    bank = question_bank(cfg, corpus, index.chunks)
     keys = {arm: arm_key(cfg, run.hashes["lm"], arm, sample, asked[arm], index_key, ft_key, reader and reader.key,
-                         evidence, hidden) for arm in cfg.probe.arms}
+                         evidence, hidden, bank) for arm in cfg.probe.arms}
     todo = [arm for arm in cfg.probe.arms
             if not (len(by_arm[arm]) == len(asked[arm]) and run.records.fresh(f"probe/{arm}", keys[arm], path))]
     models: dict = {}
@@ -145,7 +154,7 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, index: Index, encoder: Encod
                             cfg.models.adapters, cfg.reader.abstain_by == "head")
         needs_k = any(arm in RAG_ARMS for arm in todo)
         retrieved = (retrieve(index, encoder, questions + development, cfg.index.k, cfg.index.context_units,
-                              cfg.index.headed, hidden) if needs_k else {})
+                              cfg.index.headed, hidden, bank) if needs_k else {})
         run.log(f"probe: {len(questions)} questions x {len(todo)} arms ({', '.join(todo)})"
                 + (f", and {len(development)} development questions for the gated arms" if development else ""))
     seconds = 0.0

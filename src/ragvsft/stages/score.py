@@ -17,7 +17,7 @@ from ..probe import development_facts, evaluate_retrieval, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
-from .probe import is_silenced
+from .probe import is_silenced, question_bank
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,
@@ -45,11 +45,14 @@ def unit_choice_figures(cfg: Config, corpus: Corpus, sample: Corpus, index: Inde
     questions (where a choice may be made), with the words each shows. The arms read the one marked used."""
     asked = {"heldout": [(q.question, q.gold) for q in questions if q.set == "heldout"],
              "development": [(q, f.gold) for f in development_facts(corpus, sample) for q in f.probe_questions]}
-    used = {1: "best unit", 2: "best two units", None: "whole chunks"}.get(cfg.index.context_units)
+    best = "best unit, train questions attached" if cfg.index.unit_questions else "best unit"
+    used = {1: best, 2: "best two units", None: "whole chunks"}.get(cfg.index.context_units)
     figures: dict = {name: {"used": name == used} for name in UNIT_CHOICES}
+    bank = question_bank(cfg, corpus, index.chunks)
     for set_name, pairs in asked.items():
         texts = [q for q, _ in pairs]
-        shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed) if pairs else {}
+        shown = unit_choices(encoder, texts, index.search(encoder, texts, cfg.index.k), cfg.index.headed,
+                             bank) if pairs else {}
         for name, entry in figures.items():
             named = [names_answer(t, list(gold), q) for t, (q, gold) in zip(shown.get(name, []), pairs)]
             entry[set_name] = round(float(np.mean(named)), 4) if named else None

@@ -17,6 +17,7 @@ from ..probe import retrieve, run_models, run_probe
 from ..reader import fold_of_question
 from ..update import changed_questions, update_figures, update_verdict
 from .cache import Run
+from .probe import question_bank
 from .reader import ReaderPlan
 
 
@@ -78,7 +79,9 @@ def stage(run: Run, corpus: Corpus, sample: Corpus, encoder: Encoder, model, tok
             models = run_models(run_dir, model, wanted, len(reader.folds) if reader else 0, cfg.models.dtype, device,
                                 cfg.models.adapters, cfg.reader.abstain_by == "head")
             folds = {q.qid: fold_of_question(q.qid, q.fact_id, reader.folds) for q in asked} if reader else None
-            retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed)
+            bank = question_bank(cfg, corpus.updated(), index.chunks)  # the new version's answers name its units
+            retrieved = retrieve(index, encoder, asked, cfg.index.k, cfg.index.context_units, cfg.index.headed,
+                                 bank=bank)
             rows = [dict(r, phase="after") for r in run_probe(models, tokenizer, sample_after, asked, retrieved,
                                                                cfg.probe, cfg.seed, run.log, folds, evidence)]
             adapter_arms = [a for a in cfg.probe.arms if model_of(a) == "closed_book"]
