@@ -13,6 +13,7 @@
     .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
     .venv/bin/python experiments/benchmark.py --raft-contrast --readme  # the same for the RAFT reader
     .venv/bin/python experiments/benchmark.py --plausibility --readme  # its plausibility constraint, both arms
+    .venv/bin/python experiments/benchmark.py --unit-questions --readme  # the unit choice with train questions attached
     .venv/bin/python experiments/benchmark.py --gate --readme         # the decline gate's signals on the quick run
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
@@ -406,10 +407,11 @@ DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
 CONTRAST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RAFT_CONTRAST_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 PLAUSIBILITY = (0.0, 0.05, 0.1, 0.2, 0.3)
+UNIT_QUESTION_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
-def development_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
-    """One gated arm (rag, raft) per value of one `probe.` setting (rag_demos, rag_contrast, raft_contrast) on the
+def development_sweep(setting: str, values, arm: str = "rag", section: str = "probe") -> list[dict]:
+    """One gated arm (rag, raft) per value of one setting of `section` (probe.rag_demos, index.unit_questions) on the
     quick profile's development questions (facts it does not score, and unanswerable questions it does not ask: what
     its gate calibrates on); the probe asks only the train questions back, so no scored question's answer is seen.
     The retrieval (and the RAFT reader) is the run's own and the same for every value; each row keeps the setting
@@ -421,7 +423,7 @@ def development_sweep(setting: str, values, arm: str = "rag") -> list[dict]:
     rows, out = [], REPO / "runs" / f"{setting.replace('_', '-')}-sweep"  # one folder: embedder, index computed once
     for value in values:
         command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
-                   "--set", f"probe.arms=[{arm}]", "--set", "probe.sets=[seen]", "--set", f"probe.{setting}={value}"]
+                   "--set", f"probe.arms=[{arm}]", "--set", "probe.sets=[seen]", "--set", f"{section}.{setting}={value}"]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         developed = [json.loads(line) for line in (out / "development.jsonl").read_text().splitlines()]
         answerable = [r for r in developed if r["gold"]]
@@ -630,16 +632,18 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         default = load_config(None).index.context_units
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
-    for name, flag, setting, what, column, arm in (
-            ("demos", "demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG"),
+    for name, flag, setting, what, column, arm, section in (
+            ("unit_questions", "unit-questions", "unit_questions", "The unit shown chosen with the train questions "
+             "whose answer it names, by their weight (0: its cosine alone)", "weight", "RAG", "index"),
+            ("demos", "demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG", "probe"),
             ("contrast", "contrast", "rag_contrast", "Context-aware decoding of the rag arm, by its weight w", "weight w",
-             "RAG"),
+             "RAG", "probe"),
             ("raft_contrast", "raft-contrast", "raft_contrast", "Context-aware decoding of the RAFT reader, by its weight "
-             "w", "weight w", "RAFT"),
+             "w", "weight w", "RAFT", "probe"),
             ("plausibility", "plausibility", "contrast_plausibility", "The plausibility constraint of the rag arm's "
-             "context-aware decoding, by its alpha", "alpha", "RAG"),
+             "context-aware decoding, by its alpha", "alpha", "RAG", "probe"),
             ("raft_plausibility", "plausibility", "contrast_plausibility", "The same constraint for the RAFT reader",
-             "alpha", "RAFT")):
+             "alpha", "RAFT", "probe")):
         if not bench.get(name):
             continue
         rows = bench[name]
@@ -653,7 +657,7 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                   f"{100 * r['right_when_shown']:.0f}% | {100 * r['unanswerable_declined']:.0f}% | {100 * r['style']:.0f}% | "
                   f"{r['prompt_tokens']:.0f} | {r['seconds']:.0f} |" for r in rows]
         lines += ["", f"Highest development accuracy (the smallest on a tie): {best[setting]}; the default "
-                      f"`probe.{setting}` is {getattr(load_config(None).probe, setting)}."]
+                      f"`{section}.{setting}` is {getattr(getattr(load_config(None), section), setting)}."]
     if bench.get("gate"):
         rows, chosen = bench["gate"]["rows"], gate_choice(bench["gate"]["rows"])
         lines += ["", f"The decline gate by its signals (`--gate`: the quick run scored again with each `gate.signals`; "
@@ -751,6 +755,8 @@ def main() -> None:
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
     parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
+    parser.add_argument("--unit-questions", action="store_true", help="RAG accuracy per index.unit_questions on "
+                        "development questions")
     parser.add_argument("--demos", action="store_true", help="RAG accuracy per probe.rag_demos on development questions")
     parser.add_argument("--contrast", action="store_true", help="RAG accuracy per probe.rag_contrast (context-aware "
                         "decoding) on development questions")
@@ -781,6 +787,9 @@ def main() -> None:
     if args.context:
         print("measuring how much context the base reader uses ...", flush=True)
         bench["context"] = context_sweep()
+    if args.unit_questions:
+        print("measuring the unit choice with the train questions attached ...", flush=True)
+        bench["unit_questions"] = development_sweep("unit_questions", UNIT_QUESTION_WEIGHTS, section="index")
     if args.demos:
         print("measuring the rag arm's worked reading examples ...", flush=True)
         bench["demos"] = development_sweep("rag_demos", DEMO_COUNTS)
@@ -805,7 +814,7 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.prefix, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate, args.small_corpus]
+              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate, args.small_corpus, args.unit_questions]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)

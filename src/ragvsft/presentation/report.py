@@ -368,8 +368,8 @@ def _finding_unit_choice(results: dict) -> list[str]:
     others = {n: v for n, v in choices.items() if n not in (used, "whole chunks") and v.get("development") is not None}
     if others and choices[used].get("development") is not None:
         name, best = max(others.items(), key=lambda item: item[1]["development"])
-        sentence += (f" On development questions the best other choice of units, {name} ({best['words']:.0f} words), "
-                     f"named it for {pct(best['development'])} against {pct(choices[used]['development'])}.")
+        sentence += (f" On development questions it named it for {pct(choices[used]['development'])}; the best other "
+                     f"choice of units, {name} ({best['words']:.0f} words), for {pct(best['development'])}.")
     return [sentence]
 
 
