@@ -94,6 +94,7 @@ def test_results_keep_the_design_keys(tiny_run):
     # the gate calibrates on the silenced questions of all 4 (each fold on the other fold's).
     assert results["development"] == {"facts": 0, "train_questions": 0, "probe_questions": 0, "unanswerable_not_asked": 0,
                                       "embedder_tuned_on": 0, "reader_trained_on": 0, "unit_choices_measured_on": 0,
+                                      "units_chosen_by_train_questions_of": 0,
                                       "gate_calibrated_on": {"facts": 0, "unanswerable": 0, "silenced": 4}}
     assert results["retrieval"]["unit_choices"]["whole chunks"]["used"]  # index.context_units: null
     assert list(results["arms"]) == ARMS

@@ -47,6 +47,7 @@ def test_real_run_has_all_arms_and_a_report(real_run):
     development = results["development"]
     assert development["facts"] == results["corpus"]["facts_in_corpus"] - 6
     assert development["reader_trained_on"] == len(trained) and development["embedder_tuned_on"] == 0
+    assert development["units_chosen_by_train_questions_of"] == development["facts"]  # index.unit_questions: 1.0
     assert arms["raft"]["style_adherence"] > 0.2  # 0.93 after 10 steps of 8 (0.14 after 4 of 16)
     # The rag arm's worked reading examples show the house style that the system prompt alone only asks for (0.86).
     assert arms["rag"]["style_adherence"] > 0.2 > arms["prompt"]["style_adherence"]

@@ -236,7 +236,10 @@ class UnitQuestions:
     as RAFT finds its oracle passage): a unit is then chosen by its cosine with the question plus `weight` x the
     highest cosine of a question attached to it (document expansion by queries, Nogueira et al. 2019, "doc2query").
     Why: a probe question is a paraphrase of its fact's train questions, and MiniLM matches a paraphrase to a question
-    better than to the sentence that answers it. Units no train question names are chosen by their cosine alone."""
+    better than to the sentence that answers it. Units no train question names are chosen by their cosine alone.
+    Two readers of units leave it out: the RAFT reader's training contexts (its training questions are the attached
+    ones, so each would be shown its own evidence unit) and the decline gate's signals (a question like a train
+    question is not thereby answerable: the probe asks only about the facts listed, a user need not)."""
     by_unit: dict[str, tuple[str, ...]]
     weight: float
 

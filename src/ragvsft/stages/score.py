@@ -64,8 +64,9 @@ def unit_choice_figures(cfg: Config, corpus: Corpus, sample: Corpus, index: Inde
 
 def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | None) -> dict:
     """What the run's development data holds (facts it does not score, unanswerable questions it does not ask) and
-    which stage read it: the embedder (index.tune_development), the RAFT readers (train questions of facts outside
-    their fold), the decline gate's thresholds and the unit-choice measurement (nothing is chosen by it)."""
+    which stage read it: the embedder (index.tune_development), the unit choice (their train questions,
+    index.unit_questions), the RAFT readers (train questions of facts outside their fold), the decline gate's
+    thresholds and the unit-choice measurement (nothing is chosen by it)."""
     development = development_facts(corpus, sample)
     ids = {f.id for f in development}
     reader_set = run.run_dir / "reader_set.jsonl"
@@ -78,6 +79,8 @@ def development_record(run: Run, corpus: Corpus, sample: Corpus, gated: dict | N
             "unanswerable_not_asked": len(corpus.unanswerable) - len(sample.unanswerable),
             "embedder_tuned_on": len(development) if cfg.index.tune_embedder and cfg.index.tune_development else 0,
             "reader_trained_on": len(reader_facts & ids), "unit_choices_measured_on": len(development),
+            # their train questions choose the units shown (index.unit_questions), as the scored facts' do
+            "units_chosen_by_train_questions_of": len(development) if cfg.index.unit_questions else 0,
             # the gate's development questions (stages/probe.development_questions), answered by the gated arms
             "gate_calibrated_on": {"facts": gated["development_answerable"] if gated else 0,
                                    "unanswerable": gated["development_unanswerable"] if gated else 0,
