@@ -414,8 +414,8 @@ def development_sweep(setting: str, values, arm: str = "rag", section: str = "pr
     """One gated arm (rag, raft) per value of one setting of `section` (probe.rag_demos, index.unit_questions) on the
     quick profile's development questions (facts it does not score, and unanswerable questions it does not ask: what
     its gate calibrates on); the probe asks only the train questions back, so no scored question's answer is seen.
-    The retrieval (and the RAFT reader) is the run's own and the same for every value; each row keeps the setting
-    under its own name."""
+    The chunks retrieved (and the RAFT reader) are the run's own and the same for every value; each row keeps the
+    setting under its own name."""
     from ragvsft.corpus import load_corpus
     from ragvsft.score import follows_style
 

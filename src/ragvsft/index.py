@@ -247,13 +247,11 @@ class UnitQuestions:
 def unit_questions(facts, chunks: list[Chunk], documents, headed: bool, weight: float) -> UnitQuestions:
     """Every train question of `facts` attached to its evidence unit (`evidence_unit`, over its fact's gold chunks);
     a question whose gold chunks name its answer in no unit is left out."""
-    text = {c.id: c.text for c in chunks}
-    gold = gold_chunk_map(facts, chunks, documents)
+    gold = gold_texts(facts, chunks, documents)
     by_unit: dict[str, list[str]] = {}
     for fact in facts:
-        texts = [text[c] for c in sorted(gold[fact.id].ids)]
         for question in fact.train_questions:
-            if unit := evidence_unit(texts, list(fact.gold), question, headed):
+            if unit := evidence_unit(gold[fact.id], list(fact.gold), question, headed):
                 by_unit.setdefault(unit, []).append(question)
     return UnitQuestions({unit: tuple(qs) for unit, qs in by_unit.items()}, weight)
 
@@ -509,12 +507,17 @@ def evidence_unit(texts: list[str], gold: list[str], question: str, headed: bool
                 None)
 
 
+def gold_texts(facts, chunks: list[Chunk], documents) -> dict[str, list[str]]:
+    """fact id -> the texts of its gold chunks, in id order: where its evidence unit is looked for."""
+    text = {c.id: c.text for c in chunks}
+    return {fid: [text[c] for c in sorted(gold.ids)] for fid, gold in gold_chunk_map(facts, chunks, documents).items()}
+
+
 def evidence_units(facts, chunks: list[Chunk], documents, headed: bool) -> dict[str, str]:
     """fact id -> the evidence unit for its first train question, for the facts that have one: the text of the rag
     arm's worked reading examples (arms.reading_demos)."""
-    text = {c.id: c.text for c in chunks}
-    gold = gold_chunk_map(facts, chunks, documents)
-    found = {f.id: evidence_unit([text[c] for c in sorted(gold[f.id].ids)], list(f.gold), f.train_questions[0], headed)
+    gold = gold_texts(facts, chunks, documents)
+    found = {f.id: evidence_unit(gold[f.id], list(f.gold), f.train_questions[0], headed)
              for f in facts if f.train_questions}
     return {fid: unit for fid, unit in found.items() if unit}
 

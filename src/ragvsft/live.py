@@ -24,11 +24,11 @@ from .catalogue import label, model_of
 from .config import Config
 from .corpus import Corpus, load_corpus
 from .files import InputError, read_jsonl, require_complete_run
-from .index import Index, evidence_units, unit_questions
+from .index import Index, evidence_units
 from .embedder import run_encoder
 from .models import load_lm, resolve_adapters, resolve_device
 from . import gate
-from .probe import Question, retrieve, run_models, run_probe, score_rows
+from .probe import Question, question_bank, retrieve, run_models, run_probe, score_rows
 from .reader import fold_of_question
 from .score import normalize
 
@@ -96,8 +96,7 @@ class Session:
     @functools.cached_property
     def bank(self):
         """The train questions attached to units (index.UnitQuestions): every fact's, as the run's probe had them."""
-        corpus, index = load_corpus(self.config.corpus), self.config.index
-        return unit_questions(corpus.facts, self.index.chunks, corpus.documents, index.headed, index.unit_questions)
+        return question_bank(self.config, load_corpus(self.config.corpus), self.index.chunks)
 
     @property
     def arms(self) -> list[str]:

@@ -19,10 +19,10 @@ from .precision import torch_dtype
 from .arms import (RAG_ARMS, Progress, build_messages, fewshot_pairs, generate, progress_line, prompt_states,
                    reading_demos, without_context)
 from .catalogue import ARMS, contrast_weight, model_of
-from .config import ProbeConfig
+from .config import Config, ProbeConfig
 from .corpus import Corpus
 from .finetune import arm_models
-from .index import Encoder, Gold, Index, UnitQuestions, contexts, heading_line, retrieval_metrics
+from .index import Encoder, Gold, Index, UnitQuestions, contexts, heading_line, retrieval_metrics, unit_questions
 from .reader import HEAD_THRESHOLD, load_heads
 from .score import follows_style, hedged, names_answer, verdict
 
@@ -41,6 +41,12 @@ def development_facts(corpus: Corpus, sample: Corpus) -> tuple:
     any arm; a scored fact's probe questions and the unanswerable questions never do."""
     scored = {f.id for f in sample.facts}
     return tuple(f for f in corpus.facts if f.id not in scored)
+
+
+def question_bank(cfg: Config, corpus: Corpus, chunks: list) -> UnitQuestions:
+    """The train questions attached to the units that name their answers (index.UnitQuestions), every fact's: the
+    development facts' too, so that a development question is shown a unit chosen as a scored one's is."""
+    return unit_questions(corpus.facts, chunks, corpus.documents, cfg.index.headed, cfg.index.unit_questions)
 
 
 def question_sets(corpus: Corpus, cfg: ProbeConfig) -> list[Question]:

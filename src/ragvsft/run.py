@@ -26,7 +26,7 @@ from .files import InputError, atomic_write_json, atomic_write_jsonl, atomic_wri
 from .models import (cache_dir, embedder_folder, embedder_sha256, lm_depth, lm_folder, lm_problems, lm_sha256,
                      load_encoder, load_lm, resolve_adapters, resolve_device)
 from .precision import cpu_flags, cpu_name, resolve as resolve_precision
-from .probe import question_sets
+from .probe import question_bank, question_sets
 from .presentation.publish import write_reports
 from .update import changed_questions
 from .stages import embedder, finetune, index, probe, reader, score, update
@@ -142,7 +142,7 @@ def stage_keys(cfg: Config, corpus: Corpus, encoder: Encoder, hashes: dict) -> d
     development = probe.development_questions(cfg, corpus, sample)
     hidden = probe.hidden_answers(corpus, development)
     evidence = evidence_units(sample.facts, chunks.chunks, corpus.documents, cfg.index.headed)
-    bank = probe.question_bank(cfg, corpus, chunks.chunks)
+    bank = question_bank(cfg, corpus, chunks.chunks)
     for arm in arms:
         asked = questions + (development if arm in cfg.gated_arms else [])
         keys[f"probe/{arm}"] = probe.arm_key(cfg, hashes["lm"], arm, sample, asked, index_key, keys["finetune"],

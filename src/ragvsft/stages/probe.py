@@ -13,20 +13,14 @@ from ..catalogue import ARMS, contrast_weight, model_of, uses
 from ..config import Config
 from ..corpus import Corpus
 from ..files import atomic_write_jsonl, read_jsonl, sha256_json
-from ..index import Encoder, Index, UnitQuestions, evidence_units, unit_questions
-from ..probe import Question, development_facts, retrieve, run_models, run_probe
+from ..index import Encoder, Index, UnitQuestions, evidence_units
+from ..probe import Question, development_facts, question_bank, retrieve, run_models, run_probe
 from ..reader import fold_count, fold_of_question
 from .cache import Run
 from .reader import ReaderPlan
 
 
 ROWS_VERSION = 2
-
-
-def question_bank(cfg: Config, corpus: Corpus, chunks: list) -> UnitQuestions:
-    """The train questions attached to the units that name their answers (index.UnitQuestions), every fact's: the
-    development facts' too, so that a development question is shown a unit chosen as a scored one's is."""
-    return unit_questions(corpus.facts, chunks, corpus.documents, cfg.index.headed, cfg.index.unit_questions)
 
 
 def arm_key(cfg: Config, lm_hash: str, arm: str, sample: Corpus, questions: list, index_key: str, ft_key: str | None,

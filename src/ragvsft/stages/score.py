@@ -13,11 +13,11 @@ from ..corpus import Corpus
 from ..files import read_jsonl
 from ..index import RETRIEVERS, UNIT_CHOICES, Encoder, Index, gold_chunk_map, unit_choices
 from ..precision import performance
-from ..probe import development_facts, evaluate_retrieval, score_rows
+from ..probe import development_facts, evaluate_retrieval, question_bank, score_rows
 from ..reader import fact_folds, fold_count, fold_of_question
 from ..score import arm_figures, comparisons, names_answer, rag_errors, risk_coverage_figures
 from .cache import Run
-from .probe import is_silenced, question_bank
+from .probe import is_silenced
 
 
 def retriever_variants(cfg: Config, corpus: Corpus, sample: Corpus, index: Index, encoder: Encoder,

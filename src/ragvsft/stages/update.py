@@ -13,11 +13,10 @@ from ..files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from ..finetune import arm_models, build_finetune_set, train_lora
 from ..index import Encoder, Index, evidence_units
 from ..precision import torch_dtype
-from ..probe import retrieve, run_models, run_probe
+from ..probe import question_bank, retrieve, run_models, run_probe
 from ..reader import fold_of_question
 from ..update import changed_questions, update_figures, update_verdict
 from .cache import Run
-from .probe import question_bank
 from .reader import ReaderPlan
 
 
