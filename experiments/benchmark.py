@@ -8,13 +8,14 @@
     .venv/bin/python experiments/benchmark.py --negatives --readme    # embedder tuning with and without hard negatives
     .venv/bin/python experiments/benchmark.py --training --readme     # LoRA training speed: precision x batch size
     .venv/bin/python experiments/benchmark.py --sweep --readme        # epochs x learning rate x rank, LoRA arm only
-    .venv/bin/python experiments/benchmark.py --context --readme      # how much retrieved context the base reader uses
+    .venv/bin/python experiments/benchmark.py --context --readme      # how many sentences or rows the rag arm is shown
     .venv/bin/python experiments/benchmark.py --demos --readme        # worked reading examples in the rag prompt
     .venv/bin/python experiments/benchmark.py --contrast --readme     # context-aware decoding of the rag arm
     .venv/bin/python experiments/benchmark.py --raft-contrast --readme  # the same for the RAFT reader
     .venv/bin/python experiments/benchmark.py --plausibility --readme  # its plausibility constraint, both arms
     .venv/bin/python experiments/benchmark.py --unit-questions --readme  # the unit choice with train questions attached
     .venv/bin/python experiments/benchmark.py --gate --readme         # the decline gate's signals on the quick run
+    .venv/bin/python experiments/benchmark.py --gate-ceiling --readme  # how far any threshold on them could go
     .venv/bin/python experiments/benchmark.py --reader-sweep --readme # RAFT reader settings, rag and raft arms only
     .venv/bin/python experiments/benchmark.py --profile update --readme  # the knowledge update and the claims ledger
     .venv/bin/python experiments/benchmark.py --profile harbourline --readme  # the quick profile on a second corpus
@@ -237,6 +238,56 @@ def gate_check() -> dict:
     return {"rows": rows, "cpu": cpu_label(json.loads((source / "results.json").read_text()))}
 
 
+CEILING_PROFILES = ("quick", "harbourline", "full")
+
+
+def gate_ceiling() -> list[dict]:
+    """How far the decline gate's signals could go on each profile's run that `--profile` left (runs/bench-NAME): per
+    gated arm, the AUROC of its gate score for the scored answerable (held-out) questions against the unanswerable
+    ones, and the share of unanswerable ones declined at the threshold the scored questions themselves would pick for
+    the gate.max_declined budget (one threshold per cross-fitted fold, as the run's gate has, chosen together so that
+    at most that share of answerable questions is declined over all folds). Those thresholds are chosen on what they
+    are measured on, so no run may use them: they are a ceiling for any thresholds on these signals, beside what the
+    run's gate (chosen on development questions) did. The AUROC pools the folds' scores."""
+    from sklearn.metrics import roc_auc_score
+
+    from ragvsft.corpus import load_corpus
+    from ragvsft.gate import best_thresholds
+    from ragvsft.reader import fold_of_question
+    from ragvsft.score import verdict
+
+    rows = []
+    for profile in CEILING_PROFILES:
+        run = REPO / "runs" / f"bench-{profile}"
+        if not (run / "results.json").is_file():
+            continue
+        results = json.loads((run / "results.json").read_text())
+        phrases = load_corpus(results["config"]["corpus"]).abstain_phrases
+        budget, folds = results["gate"]["max_declined"], results["gate"]["fold_facts"]
+        predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        for arm in results["gate"]["arms"]:
+            # Each scored question: (its fold, its gate score, its verdict without the gate, answerable or not)
+            judged = [(fold_of_question(r["qid"], r["fact_id"], folds), r["gate_score"],
+                       verdict(r["ungated_answer"], r["gold"], phrases), r["set"] == "heldout")
+                      for r in predictions if r["arm"] == arm and r["set"] in ("heldout", "unanswerable")]
+            answerable_count = sum(a for *_, a in judged)
+            spent, gained, right = best_thresholds(judged, len(folds), budget)
+            scored = results["arms"][arm]
+            rows.append({"profile": profile, "arm": arm, "budget": budget, "folds": len(folds),
+                         "answerable": answerable_count, "unanswerable": len(judged) - answerable_count,
+                         "auroc": round(float(roc_auc_score([a for *_, a in judged], [g for _, g, _, _ in judged])), 3),
+                         "gate_unanswerable_declined": scored["unanswerable"]["accuracy"],
+                         "gate_answerable_declined": scored["heldout"]["abstention_rate"],
+                         "ceiling_unanswerable_declined": round(gained / (len(judged) - answerable_count), 4),
+                         "ceiling_answerable_declined": round(spent / answerable_count, 4),
+                         "ceiling_accuracy": round(right / answerable_count, 4),
+                         "accuracy": scored["heldout"]["accuracy"],
+                         "ungated_accuracy": round(sum(v == "correct" for _, _, v, a in judged if a) / answerable_count, 4),
+                         "cpu": cpu_label(results)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def gate_choice(rows: list[dict]) -> list[str]:
     """The signals that decline the most unanswerable development questions, on average over the gated arms, within
     the budget (the fewest signals on a tie)."""
@@ -349,9 +400,6 @@ def reader_sweep() -> list[dict]:
     return rows
 
 
-# How much of the retrieved text the 135M base model can use (index.context_units), measured with the rag arm on the
-# train question of every corpus fact (the `seen` set of a whole-corpus run; the embedder untuned, so retrieval is not
-# flattered by having trained on these questions). Probe and unanswerable questions are not asked.
 SMALL_CORPUS = {"facts": 31, "questions_per_fact": 2}  # issue 19's small corpus: 31 facts, 2 train questions each
 
 
@@ -380,27 +428,7 @@ def small_corpus_check() -> list[dict]:
     return rows
 
 
-CONTEXT_UNITS = [None, 3, 2, 1]
-
-
-def context_sweep() -> list[dict]:
-    from ragvsft.score import matches_gold
-
-    rows, out = [], REPO / "runs" / "context-sweep"  # one folder: the index is built once and reused
-    for units in CONTEXT_UNITS:
-        command = [RAGVSFT, "run", "experiments/quick.yaml", "--out", str(out),
-                   "--set", "subset.facts=null", "--set", "probe.arms=[rag]", "--set", "probe.sets=[seen]",
-                   "--set", "index.tune_embedder=false", "--set", f"index.context_units={'null' if units is None else units}"]
-        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rag = json.loads((out / "results.json").read_text())["arms"]["rag"]
-        asked = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-        shown = [matches_gold(r["messages"][-1]["content"].rsplit(r["question"], 1)[0], r["gold"]) for r in asked]
-        given = [r["verdict"] == "correct" for r, s in zip(asked, shown) if s]
-        rows.append({"context_units": units, "questions": len(asked), "accuracy": rag["seen"]["accuracy"],
-                     "answer_shown": sum(shown) / len(asked), "right_when_shown": sum(given) / max(1, len(given)),
-                     "prompt_tokens": rag["prompt_tokens_per_query"], "seconds_per_query": rag["seconds_per_query"]})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+CONTEXT_UNITS = (1, 2, 3)  # index.context_units: the best n sentences or table rows of the top-k chunks
 
 
 DEMO_COUNTS = (0, 1, 2, 3, 4, 5)
@@ -618,7 +646,7 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         if chosen:
             lines += ["", f"Fewest epochs (then lowest rank) with at least 90% seen accuracy: {chosen['finetune.epochs']:g} epochs at "
                           f"{chosen['finetune.learning_rate']:g}, rank {chosen['finetune.lora_r']}."]
-    if bench.get("context"):
+    if bench.get("context"):  # as measured before 2026-12-07, on train questions (a section of that time keeps it)
         rows = bench["context"]
         best = max(rows, key=lambda r: r["accuracy"])
         lines += ["", f"How much retrieved text the base model can use (`--context`; the rag arm on the train question of "
@@ -633,6 +661,8 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
         lines += ["", f"Highest RAG accuracy on these training questions: context_units {best['context_units']}; the "
                       f"default `index.context_units` is {default}."]
     for name, flag, setting, what, column, arm, section in (
+            ("context_units", "context", "context_units", "How much of the retrieved text the rag arm is shown: the "
+             "best n sentences or table rows of the top-k chunks", "units shown", "RAG", "index"),
             ("unit_questions", "unit-questions", "unit_questions", "The unit shown chosen with the train questions "
              "whose answer it names, by their weight (0: its cosine alone)", "weight", "RAG", "index"),
             ("demos", "demos", "rag_demos", "Worked reading examples in the rag prompt", "worked examples", "RAG", "probe"),
@@ -672,6 +702,24 @@ def readme_section(bench: dict, command: str = ".venv/bin/python experiments/ben
                   f"{100 * r['unanswerable_declined']:.0f}% |" for r in rows]
         lines += ["", f"Chosen by the rule: {' + '.join(chosen)}; the default `gate.signals` is "
                       f"{' + '.join(load_config(None).gate.signals)}."]
+    if bench.get("gate_ceiling"):
+        rows = bench["gate_ceiling"]
+        lines += ["", f"How far any threshold on the gate's signals could go (`--gate-ceiling`, on the profile runs above; "
+                      f"{rows[0]['cpu']}): the AUROC of the gate score for the scored answerable (held-out) questions "
+                      "against the unanswerable ones, and the most unanswerable questions that thresholds picked on the "
+                      "scored questions themselves decline (one per cross-fitted fold, as the run's gate has) while at "
+                      f"most {100 * rows[0]['budget']:.0f}% of the answerable ones are declined, then the most answered "
+                      "right. Those thresholds are chosen on what they are measured on, so no run uses them: they are a "
+                      "ceiling, beside what the run's gate, chosen on development questions, did:", "",
+                  "| profile | arm | scored questions (answerable, unanswerable) | gate AUROC on them | ceiling: "
+                  "unanswerable declined | answerable declined | held-out accuracy | run: unanswerable declined | "
+                  "answerable declined | held-out accuracy | without the gate: held-out accuracy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['profile']} | {r['arm']} | {r['answerable']}, {r['unanswerable']} | {r['auroc']:.3f} | "
+                  f"{100 * r['ceiling_unanswerable_declined']:.0f}% | {100 * r['ceiling_answerable_declined']:.1f}% | "
+                  f"{100 * r['ceiling_accuracy']:.1f}% | {100 * r['gate_unanswerable_declined']:.0f}% | "
+                  f"{100 * r['gate_answerable_declined']:.1f}% | {100 * r['accuracy']:.1f}% | "
+                  f"{100 * r['ungated_accuracy']:.1f}% |" for r in rows]
     if bench.get("small_corpus"):
         rows = bench["small_corpus"]
         lines += ["", f"The closed-book LoRA on a small corpus (`--small-corpus`: the second corpus cut to "
@@ -754,13 +802,16 @@ def main() -> None:
     parser.add_argument("--negatives", action="store_true", help="embedder tuning with and without hard negatives")
     parser.add_argument("--training", action="store_true", help="time LoRA training: precision x batch size")
     parser.add_argument("--sweep", action="store_true", help="epochs x learning rate x rank on the quick facts")
-    parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on train questions")
+    parser.add_argument("--context", action="store_true", help="RAG accuracy per index.context_units on development "
+                        "questions")
     parser.add_argument("--unit-questions", action="store_true", help="RAG accuracy per index.unit_questions on "
                         "development questions")
     parser.add_argument("--demos", action="store_true", help="RAG accuracy per probe.rag_demos on development questions")
     parser.add_argument("--contrast", action="store_true", help="RAG accuracy per probe.rag_contrast (context-aware "
                         "decoding) on development questions")
     parser.add_argument("--gate", action="store_true", help="the decline gate per gate.signals on the quick run")
+    parser.add_argument("--gate-ceiling", action="store_true", help="how far any threshold on the gate's signals "
+                        "could go on the profile runs left in runs/bench-*")
     parser.add_argument("--raft-contrast", action="store_true", help="RAFT accuracy per probe.raft_contrast on "
                         "development questions")
     parser.add_argument("--plausibility", action="store_true", help="RAG and RAFT accuracy per "
@@ -785,8 +836,8 @@ def main() -> None:
         print("sweeping the fine-tuning settings ...", flush=True)
         bench["sweep"] = sweep()
     if args.context:
-        print("measuring how much context the base reader uses ...", flush=True)
-        bench["context"] = context_sweep()
+        print("measuring how much retrieved text the rag arm is shown ...", flush=True)
+        bench["context_units"] = development_sweep("context_units", CONTEXT_UNITS, section="index")
     if args.unit_questions:
         print("measuring the unit choice with the train questions attached ...", flush=True)
         bench["unit_questions"] = development_sweep("unit_questions", UNIT_QUESTION_WEIGHTS, section="index")
@@ -814,7 +865,8 @@ def main() -> None:
         bench.setdefault("sweeps", {})[name] = run_sweep_file(name)
     # the measurements other than the profiles; with none of them and no --readme, both profiles are timed
     others = [args.dtype_check, args.adapters, args.prefix, args.negatives, args.training, args.sweep, args.context, args.demos,
-              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate, args.small_corpus, args.unit_questions]
+              args.contrast, args.raft_contrast, args.plausibility, args.reader_sweep, args.gate, args.small_corpus, args.unit_questions,
+              args.gate_ceiling]
     profiles = args.profile or ([] if any(others) or args.sweeps or args.readme else ["quick", "full"])
     for profile in profiles:
         print(f"timing the {profile} profile ...", flush=True)
@@ -832,6 +884,8 @@ def main() -> None:
     if args.gate:
         print("scoring the quick run's decline gate with each choice of signals ...", flush=True)
         bench["gate"] = gate_check()
+    if args.gate_ceiling:
+        bench["gate_ceiling"] = gate_ceiling()
     command = " ".join([".venv/bin/python experiments/benchmark.py", *(a for a in sys.argv[1:] if a != "--readme")])
     if profiles or any(others) or args.sweeps:  # this command measured something: it is named beside its figures
         bench["commands"] = [c for c in bench.get("commands", []) if c != command] + [command]

@@ -273,3 +273,18 @@ def test_the_config_and_the_report_know_every_gate_signal():
     accepted = get_args(get_args(GateConfig.model_fields["signals"].annotation)[0])
     assert set(accepted) == set(gate.SIGNALS) == set(SIGNAL_WORDS)
     assert set(gate.FROM_CHUNKS) < set(gate.SIGNALS)
+
+
+def test_best_thresholds_pools_the_budget_over_folds():
+    """The ceiling's thresholds: one per fold, chosen together under one budget over all folds, then the most right."""
+    judged = [(0, s, "correct", True) for s in (0.6, 0.7, 0.8, 0.9)] + [(0, 0.95, "hallucinated", False)]
+    judged += [(1, 0.1, "hallucinated", True), (1, 0.2, "correct", True), (1, 0.8, "correct", True),
+               (1, 0.9, "correct", True), (1, 0.3, "hallucinated", False), (1, 0.35, "hallucinated", False)]
+    # 2 of 8 answerable may be declined: both in fold 1 (below 0.8), which declines its two unanswerable ones
+    # (a budget held per fold, 1 of 4 each, would decline none)
+    assert gate.best_thresholds(judged, 2, 0.25) == (2, 2, 6)
+    # 1 of 8: no threshold reaches an unanswerable question; declining nothing keeps the most right
+    assert gate.best_thresholds(judged, 2, 0.125) == (0, 0, 7)
+    # an answer the arm abstained on itself is declined at every threshold and spends the budget
+    abstained = judged + [(0, 0.99, "abstained", True)]
+    assert gate.best_thresholds(abstained, 2, 0.25) == (1, 0, 7)

@@ -34,6 +34,7 @@ they were fitted on and the development figures at each share of answerable ques
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -157,6 +158,32 @@ def choose_threshold(development: list[dict], model: dict | None, max_declined: 
     chosen = next(p["threshold"] for p in table if p["declined_at_most"] == max_declined)
     return {"threshold": chosen, "answerable": len(answerable), "unanswerable": len(silent), "table": table,
             "ungated": figures(0.0)}  # the arm's own abstentions only: what a gate that declines nothing leaves
+
+
+def best_thresholds(judged: list[tuple[int, float, str, bool]], folds: int, max_declined: float) -> tuple[int, int, int]:
+    """The most unanswerable questions that one threshold per fold declines while at most `max_declined` of the
+    answerable ones are declined over all folds, then the most answerable ones answered right: (answerable declined,
+    unanswerable declined, answered right), counts. `judged` holds per question (its fold, gate score, its verdict
+    without the gate, answerable or not); a question is declined where its arm abstained itself or its score is below
+    its fold's threshold. A knapsack over the folds: benchmark.py's ceiling for thresholds picked on the very
+    questions they are measured on, which no run may do."""
+    allowed = max_declined * sum(answerable for *_, answerable in judged) + 1e-9
+    best = {0: (0, 0)}  # answerable declined so far -> (unanswerable declined, answered right), the most of both
+    for fold in range(folds):
+        mine = [(g, v, a) for f, g, v, a in judged if f == fold]
+        options = set()
+        for t in {0.0, math.inf} | {g for g, _, _ in mine}:
+            out = [(v == ABSTAINED or g < t, v, a) for g, v, a in mine]
+            options.add((sum(d for d, _, a in out if a), sum(d for d, _, a in out if not a),
+                         sum(not d and v == "correct" for d, v, a in out if a)))
+        reached: dict[int, tuple[int, int]] = {}
+        for spent, (gained, right) in best.items():
+            for a, u, c in options:
+                if spent + a <= allowed:
+                    reached[spent + a] = max(reached.get(spent + a, (-1, -1)), (gained + u, right + c))
+        best = reached
+    spent, (gained, right) = max(best.items(), key=lambda item: (item[1], -item[0]))
+    return spent, gained, right
 
 
 def _share(flags: list[bool]) -> float | None:
