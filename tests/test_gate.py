@@ -91,6 +91,12 @@ def test_prepare_reads_grounding_and_the_support_of_the_text_shown(mock_encoder)
     assert near["grounding"] == 1.0 and far["grounding"] == 0.0
     assert "support" not in other and "grounding" not in other
     assert near["retrieval"] == near["margin"] == 0.0  # no chunk texts given: nothing retrieved to read
+    # A near miss under a heading that names what was asked: support reads the unit's own words only
+    titled = far | {"qid": "t", "shown": [["c", "Daily meal allowance abroad\nThe bike room has ninety racks."]]}
+    gate.prepare([titled], ["rag"], MARKERS, mock_encoder)
+    assert titled["support"] == far["support"]
+    gate.prepare([titled], ["rag"], MARKERS, mock_encoder, headed=False)  # unheaded units: every line is their own
+    assert titled["support"] > far["support"]
 
 
 def test_prepare_reads_the_retrieval_score_and_the_best_units_margin(mock_encoder):

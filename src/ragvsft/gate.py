@@ -4,8 +4,11 @@ A reader that copies from the text it was shown names words and numbers that the
 answer (the documents are silent, or it misread) names some that it does not. `grounding` scores an answer by that:
 0 when it names a number that neither the text shown nor the question holds, else the share of its content words
 (not the house-style markers, stop words or the question's own words) that the text shown holds. `support` is how
-close the text shown is to the question (the cosine under the run's embedder, the retriever's own measure): an
-unanswerable question about a neighbouring topic retrieves text that is near it but not about it. `retrieval` is the
+close the text shown is to the question (the cosine under the run's embedder, the retriever's own measure), each
+unit's heading path left out: an unanswerable question about a neighbouring topic retrieves text that is near it but
+not about it, and is often a near miss, an attribute the documents never give of an entity they do name ("the list
+price of a Tern T3", shown "Robot weight: 86 kg" under the Tern T3's heading), which the heading would make look
+near. `retrieval` is the
 cosine of the question with the best retrieved chunk, and `margin` how far the best sentence or row of the retrieved
 chunks stands above the runner-up: a question the documents answer tends to find one unit that fits it clearly.
 `rank` is the retrieval rank of the chunk that holds that best unit (0: the first chunk): where the best-fitting
@@ -197,7 +200,8 @@ FROM_CHUNKS = ("retrieval", "margin", "rank")  # the signals read from the retri
 def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chunks: dict[str, str] | None = None,
             headed: bool = True, signals=SIGNALS) -> None:
     """Keep each gated row's generated answer (`ungated_answer`, once) and read its signals: its grounding in the
-    text it was shown, that text's support (cosine with the question under `encoder`; 0 where none was shown), and,
+    text it was shown, that text's support (cosine with the question under `encoder`, heading paths left out where
+    units are `headed`; 0 where none was shown), and,
     where `signals` asks for them, the retrieval, margin and rank signals from the retrieved chunks' texts (`chunks`:
     id -> text; 0 where nothing was retrieved or `chunks` is not given; absent where not asked for: they embed every
     unit of those chunks)."""
@@ -211,8 +215,9 @@ def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chun
             row.update(dict.fromkeys(FROM_CHUNKS, 0.0))
     shown = [r for r in gated if r["shown"]]
     if shown:
-        cosines = (encoder.encode([r["question"] for r in shown])
-                   * encoder.encode(["\n".join(t for _, t in r["shown"]) for r in shown])).sum(axis=1)
+        # a unit's own words: its heading path (its first line, where units are headed) names only what it is about
+        bodies = [" ".join(t.split("\n", 1)[-1] if headed else t for _, t in r["shown"]) for r in shown]
+        cosines = (encoder.encode([r["question"] for r in shown]) * encoder.encode(bodies)).sum(axis=1)
         for row, cosine in zip(shown, cosines):
             row["support"] = round(float(cosine), 4)
     found = [r for r in gated if chunks and r.get("retrieved")] if from_chunks else []
