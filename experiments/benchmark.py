@@ -262,6 +262,8 @@ def gate_ceiling() -> list[dict]:
         if not (run / "results.json").is_file():
             continue
         results = json.loads((run / "results.json").read_text())
+        if not results.get("gate"):  # a run that gates no arm has no threshold to bound
+            continue
         phrases = load_corpus(results["config"]["corpus"]).abstain_phrases
         budget, folds = results["gate"]["max_declined"], results["gate"]["fold_facts"]
         predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]

@@ -42,8 +42,8 @@ import re
 
 import numpy as np
 
-from .index import chunk_units
-from .score import ABSTAINED, normalize, verdict
+from .index import chunk_units, unit_body
+from .score import ABSTAINED, CORRECT, normalize, verdict
 
 # The development table's rows: the share of answerable development questions a threshold may decline (the chosen
 # one, gate.max_declined, is always among them).
@@ -135,6 +135,12 @@ def score(row: dict, model: dict | None) -> float:
     return float(1 / (1 + np.exp(-(z @ np.array(model["coef"]) + model["intercept"]))))
 
 
+def declined(value: float, own: str, threshold: float) -> bool:
+    """Whether a gated answer is declined: its arm abstained itself (`own`, its verdict without the gate), or its
+    gate score is below the threshold."""
+    return own == ABSTAINED or value < threshold
+
+
 def choose_threshold(development: list[dict], model: dict | None, max_declined: float,
                      abstain_phrases: list[str]) -> dict:
     """The largest threshold on the rows' scores at which at most `max_declined` of the answerable development rows
@@ -145,12 +151,11 @@ def choose_threshold(development: list[dict], model: dict | None, max_declined: 
               for r in development]
     answerable = [(g, v) for g, v, has_gold in judged if has_gold]
     silent = [(g, v) for g, v, has_gold in judged if not has_gold]
-    declined = lambda g, v, t: v == ABSTAINED or g < t  # noqa: E731
 
     def figures(t: float) -> dict:
         return {"threshold": t, "answerable_declined": _share([declined(g, v, t) for g, v in answerable]),
                 "unanswerable_declined": _share([declined(g, v, t) for g, v in silent]),
-                "accuracy": _share([not declined(g, v, t) and v == "correct" for g, v in answerable])}
+                "accuracy": _share([not declined(g, v, t) and v == CORRECT for g, v in answerable])}
 
     candidates = [figures(t) for t in sorted({0.0} | {g for g, _, _ in judged})] if answerable and silent else []
     table = []
@@ -176,9 +181,9 @@ def best_thresholds(judged: list[tuple[int, float, str, bool]], folds: int, max_
         mine = [(g, v, a) for f, g, v, a in judged if f == fold]
         options = set()
         for t in {0.0, math.inf} | {g for g, _, _ in mine}:
-            out = [(v == ABSTAINED or g < t, v, a) for g, v, a in mine]
+            out = [(declined(g, v, t), v, a) for g, v, a in mine]
             options.add((sum(d for d, _, a in out if a), sum(d for d, _, a in out if not a),
-                         sum(not d and v == "correct" for d, v, a in out if a)))
+                         sum(not d and v == CORRECT for d, v, a in out if a)))
         reached: dict[int, tuple[int, int]] = {}
         for spent, (gained, right) in best.items():
             for a, u, c in options:
@@ -215,8 +220,8 @@ def prepare(rows: list[dict], arms: list[str], markers: list[str], encoder, chun
             row.update(dict.fromkeys(FROM_CHUNKS, 0.0))
     shown = [r for r in gated if r["shown"]]
     if shown:
-        # a unit's own words: its heading path (its first line, where units are headed) names only what it is about
-        bodies = [" ".join(t.split("\n", 1)[-1] if headed else t for _, t in r["shown"]) for r in shown]
+        # a unit's own words: its heading path names only what it is about
+        bodies = [" ".join(unit_body(t) if headed else t for _, t in r["shown"]) for r in shown]
         cosines = (encoder.encode([r["question"] for r in shown]) * encoder.encode(bodies)).sum(axis=1)
         for row, cosine in zip(shown, cosines):
             row["support"] = round(float(cosine), 4)

@@ -202,6 +202,11 @@ def heading_line(text: str) -> str | None:
     return text.split("\n", 1)[0] if "\n" in text else None
 
 
+def unit_body(text: str) -> str:
+    """A unit's own words: the text without its heading line (`heading_line`)."""
+    return text.split("\n", 1)[1] if heading_line(text) is not None else text
+
+
 def chunk_units(text: str, headed: bool) -> list[str]:
     """A chunk's sentences, list items and table rows, each led by the chunk's heading line (when `headed`); a row is
     written as its table's column names with its values (`_row_unit`), an item without its list marker: small pieces
